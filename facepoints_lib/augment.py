@@ -1,0 +1,166 @@
+"""Augmentation of whole batches with tensor ops: flip, rotation, scale, shift, photometric.
+
+Geometry works in the ``[-1, 1]`` grid coordinates of ``torch.nn.functional.grid_sample``
+with ``align_corners=False``: grid ``g = 2 u - 1`` for normalised ``u`` (see ``schema``).
+A forward transform maps a point of the input image to the output image,
+``p_out = A @ p_in + t`` with ``A = scale * R(angle) @ F`` (``F`` mirrors x when
+flipping); the image is resampled through its inverse. Points that are mirrored are
+also re-labelled through ``FLIP_PERMUTATION``, so "left eye" stays on the image's left.
+
+Every function takes an explicit ``torch.Generator``, so a seed fixes the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .schema import FLIP_PERMUTATION
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the random training-time transforms (0 disables one)."""
+
+    flip_prob: float = 0.5        # chance of a horizontal mirror
+    rotation_deg: float = 20.0    # rotation uniform in [-r, r] degrees
+    scale: float = 0.10           # zoom factor uniform in [1 - s, 1 + s] (> 1 zooms in)
+    shift: float = 0.06           # translation uniform in [-t, t], fraction of the image side
+    brightness: float = 0.15      # added value uniform in [-b, b] (image range is [0, 1])
+    contrast: float = 0.30        # contrast factor uniform in [1 - c, 1 + c]
+    grayscale_prob: float = 0.2   # chance of dropping colour
+    lowres_prob: float = 0.15     # chance of a 2-3x down-and-up sampling (tiny source images)
+    margin: float = 0.0           # keep every point this far inside the frame (grid units)
+
+
+@dataclass
+class AffineParams:
+    """Per-sample geometric parameters of a batch (all tensors of length N)."""
+
+    flip: torch.Tensor    # bool
+    angle: torch.Tensor   # radians
+    scale: torch.Tensor
+    shift: torch.Tensor   # (N, 2), grid units
+
+    @staticmethod
+    def identity(n: int) -> "AffineParams":
+        return AffineParams(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.ones(n),
+                            torch.zeros(n, 2))
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return low + (high - low) * torch.rand((n, *shape), generator=generator)
+
+
+def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> AffineParams:
+    """Draw random flip / rotation / scale / shift parameters for ``n`` samples."""
+    flip = torch.rand(n, generator=generator) < cfg.flip_prob
+    angle = _uniform(n, -cfg.rotation_deg, cfg.rotation_deg, generator) * (math.pi / 180)
+    scale = _uniform(n, 1 - cfg.scale, 1 + cfg.scale, generator)
+    shift = _uniform(n, -2 * cfg.shift, 2 * cfg.shift, generator, 2)
+    return AffineParams(flip, angle, scale, shift)
+
+
+def affine_matrices(params: AffineParams) -> torch.Tensor:
+    """Forward matrices (N, 2, 3) in grid coordinates: input point -> output point."""
+    cos, sin = torch.cos(params.angle), torch.sin(params.angle)
+    mirror = 1.0 - 2.0 * params.flip.float()
+    a = torch.stack([torch.stack([cos * mirror, -sin], -1),
+                     torch.stack([sin * mirror, cos], -1)], -2)      # (N, 2, 2)
+    a = a * params.scale[:, None, None]
+    return torch.cat([a, params.shift[:, :, None]], dim=2)
+
+
+def transform_keypoints(keypoints: torch.Tensor, matrices: torch.Tensor,
+                        flip: torch.Tensor) -> torch.Tensor:
+    """Move normalised keypoints (N, K, 2) by forward ``matrices``; relabel mirrored rows."""
+    grid = keypoints * 2 - 1
+    moved = grid @ matrices[:, :, :2].transpose(1, 2) + matrices[:, None, :, 2]
+    moved = (moved + 1) / 2
+    if bool(flip.any()):
+        perm = torch.as_tensor(FLIP_PERMUTATION)
+        moved = torch.where(flip[:, None, None], moved[:, perm], moved)
+    return moved
+
+
+def keep_points_inside(keypoints: torch.Tensor, params: AffineParams, margin: float = 0.0,
+                       tries: int = 3) -> AffineParams:
+    """Shrink transforms that push a point out of the frame towards the identity.
+
+    A sample whose points leave ``[-1 + margin, 1 - margin]`` (grid units) has its
+    rotation, zoom and shift halved, up to ``tries`` times; one still outside then gets
+    no rotation, zoom or shift (its flip is kept: a mirror cannot push points out).
+    """
+    params = AffineParams(params.flip.clone(), params.angle.clone(), params.scale.clone(),
+                          params.shift.clone())
+    limit = 1.0 - margin
+    for attempt in range(tries + 1):
+        moved = transform_keypoints(keypoints, affine_matrices(params), params.flip) * 2 - 1
+        bad = (moved.abs() > limit).flatten(1).any(1)
+        if not bool(bad.any()):
+            break
+        factor = 0.5 if attempt < tries else 0.0
+        params.angle[bad] *= factor
+        params.scale[bad] = 1 + (params.scale[bad] - 1) * factor
+        params.shift[bad] *= factor
+    return params
+
+
+def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Resample float images (N, C, H, W) through forward ``matrices`` to out_size^2."""
+    a, t = matrices[:, :, :2], matrices[:, :, 2:]
+    a_inv = torch.linalg.inv(a)
+    theta = torch.cat([a_inv, -a_inv @ t], dim=2)       # output point -> input point
+    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], out_size, out_size],
+                         align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def photometric(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random grayscale, contrast, brightness and low resolution on float images in [0, 1]."""
+    n = images.shape[0]
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    gray = (images * weights).sum(1, keepdim=True)
+    to_gray = (torch.rand(n, generator=generator) < cfg.grayscale_prob).view(n, 1, 1, 1)
+    images = torch.where(to_gray, gray.expand_as(images), images)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).view(n, 1, 1, 1)
+    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator).view(n, 1, 1, 1)
+    images = (images - mean) * contrast + mean + brightness
+    lowres = torch.rand(n, generator=generator) < cfg.lowres_prob
+    if bool(lowres.any()):
+        size = images.shape[-1]
+        small = max(8, int(size / (2 + float(torch.rand(1, generator=generator)))))
+        picked = images[lowres]
+        picked = F.interpolate(picked, size=(small, small), mode="bilinear", antialias=True,
+                               align_corners=False)
+        images[lowres] = F.interpolate(picked, size=(size, size), mode="bilinear", align_corners=False)
+    return images.clamp_(0.0, 1.0)
+
+
+def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
+                  out_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a uint8 batch (N, 3, S, S) with normalised keypoints (N, K, 2).
+
+    Returns float images (N, 3, out_size, out_size) in [0, 1] and their keypoints.
+    """
+    params = sample_affine(images.shape[0], cfg, generator)
+    params = keep_points_inside(keypoints, params, cfg.margin)
+    matrices = affine_matrices(params)
+    warped = warp_images(images.float().div_(255.0), matrices, out_size)
+    return photometric(warped, cfg, generator), transform_keypoints(keypoints, matrices, params.flip)
+
+
+def flip_images(images: torch.Tensor) -> torch.Tensor:
+    """Mirror a batch of images (…, W) horizontally."""
+    return images.flip(-1)
+
+
+def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
+    """Mirror normalised keypoints (N, K, 2): ``u -> 1 - u`` and relabel left/right."""
+    mirrored = keypoints[:, list(FLIP_PERMUTATION)].clone()
+    mirrored[..., 0] = 1 - mirrored[..., 0]
+    return mirrored

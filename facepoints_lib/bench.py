@@ -1,0 +1,200 @@
+"""Benchmarks that print numbers: holdout accuracy, training and detection speed.
+
+``facepoints bench DATA_DIR`` (a course-format ``train/`` folder) does, with fixed seeds:
+
+1. split off a holdout (500 faces by default) that training never sees;
+2. train the recipe (``full_config`` plus any ``--set key=value`` overrides) with
+   ``train_detector(..., fast_train=False)`` on the rest, timing it;
+3. detect the holdout in a fresh process with one thread (images/s including JPEG
+   decoding, peak resident memory) and score it: course err, mark, NME, CED AUC;
+4. time ``fast_train`` with one thread in another fresh process;
+5. write everything, with the command, commit, machine and versions, to
+   ``bench/results/<name>.json``.
+
+Experiments are the same command with overrides, e.g.
+``facepoints bench DATA --name head-regression --set model.head=regression``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .gt_csv import read_gt
+from .images import read_image_size
+from .metrics import ced_auc, course_mark, per_image_nme
+from .model import count_parameters
+from .train import TrainConfig, full_config, split_names, train_detector
+
+RESULTS_DIR = Path("bench") / "results"
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``"model.head=regression"`` -> ``(["model", "head"], "regression")``; values are Python literals."""
+    if "=" not in text:
+        raise ValueError(f"override must look like key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """Set ``key=value`` overrides (dotted for ``model.`` / ``augment.``) on ``cfg`` in place."""
+    for text in overrides:
+        path, value = parse_override(text)
+        target = cfg
+        for part in path[:-1]:
+            target = getattr(target, part, None)
+            if not is_dataclass(target):
+                raise ValueError(f"unknown config section in {text!r}")
+        names = {f.name for f in fields(target)}
+        if path[-1] not in names:
+            raise ValueError(f"unknown config key in {text!r}; known: {', '.join(sorted(names))}")
+        if isinstance(value, list):
+            value = tuple(value)
+        setattr(target, path[-1], value)
+    cfg.model.validate()
+    return cfg
+
+
+def machine_info() -> dict:
+    """Cores, CPU model, torch version and the git commit, for the results file."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, check=False).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    return {"cores": os.cpu_count(), "cpu": cpu, "torch": torch.__version__,
+            "python": platform.python_version(), "commit": commit, "dirty": dirty}
+
+
+_DETECT_SCRIPT = """
+import json, resource, sys, time
+import torch
+from facepoints_lib.detect import detect
+torch.set_num_threads(1)
+names = json.loads(open(sys.argv[3]).read())
+start = time.perf_counter()
+out = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "detections": {k: v.tolist() for k, v in out.items()}}))
+"""
+
+_FAST_SCRIPT = """
+import json, sys, time
+import torch
+from facepoints_lib.gt_csv import read_gt
+from facepoints_lib.train import train_detector
+torch.set_num_threads(1)
+gt = read_gt(sys.argv[1])
+names = set(json.loads(open(sys.argv[3]).read()))
+start = time.perf_counter()
+model = train_detector({k: v for k, v in gt.items() if k in names}, sys.argv[2], fast_train=True,
+                       log=lambda s: None)
+print(json.dumps({"seconds": time.perf_counter() - start, "val_err": model.train_history[-1]["val_err"]}))
+"""
+
+
+def _bench_subprocess(script: str, *args: str) -> dict:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: Sequence[str] = (),
+              holdout: int = 500, seed: int = 0, split_seed: int = 0, time_fast_train: bool = True,
+              results_dir: str | os.PathLike = RESULTS_DIR, model_path: str | os.PathLike | None = None,
+              command: str | None = None) -> dict:
+    """Train on all but a seeded holdout, score the holdout, time detect and fast_train; save JSON."""
+    data_dir = Path(data_dir)
+    img_dir = data_dir / "images"
+    gt = read_gt(data_dir / "gt.csv")
+    rest, held = split_names(sorted(gt), holdout, split_seed)
+    cfg = apply_overrides(full_config(seed=seed), overrides)
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    model_path = Path(model_path) if model_path else Path("artifacts") / f"bench-{name}.pt"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    model = train_detector({n: gt[n] for n in rest}, img_dir, fast_train=False, config=cfg,
+                           model_path=model_path)
+    train_seconds = time.perf_counter() - started
+    history = model.train_history
+    fit_seconds = history[-1]["seconds"] if history else float("nan")
+    steps = history[-1]["step"] if history else 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        names_file = Path(tmp) / "names.json"
+        names_file.write_text(json.dumps(held))
+        detected = _bench_subprocess(_DETECT_SCRIPT, str(model_path), str(img_dir), str(names_file))
+        fast = None
+        if time_fast_train:
+            names_file.write_text(json.dumps(rest))
+            fast = _bench_subprocess(_FAST_SCRIPT, str(data_dir / "gt.csv"), str(img_dir), str(names_file))
+
+    pred = np.stack([np.asarray(detected["detections"][n]).reshape(-1, 2) for n in held])
+    true = np.stack([gt[n].reshape(-1, 2) for n in held])
+    sizes = np.array([read_image_size(img_dir / n) for n in held], dtype=np.float64)
+    err_per_image = (((pred - true) / sizes[:, None, :] * 100) ** 2).reshape(len(held), -1).mean(1)
+    err = float(err_per_image.mean())
+    nme = per_image_nme(pred, true)
+    result = {
+        "name": name,
+        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "data": {"dir": data_dir.name, "faces": len(gt), "train": len(rest), "holdout": len(held),
+                 "split_seed": split_seed},
+        "config": cfg.to_dict(),
+        "overrides": list(overrides),
+        "parameters": count_parameters(model),
+        "model_mb": model_path.stat().st_size / 2**20,
+        "holdout": {"err": err, "mark": course_mark(err), "nme": float(nme.mean()),
+                    "auc08": ced_auc(nme, 0.08), "median_err": float(np.median(err_per_image)),
+                    "worst_err": float(err_per_image.max())},
+        "train": {"wall_seconds": train_seconds, "fit_seconds": fit_seconds, "steps": steps,
+                  "epochs": history[-1]["epoch"] if history else 0,
+                  "images_per_second": steps * min(cfg.batch_size, len(rest)) / fit_seconds,
+                  "threads": torch.get_num_threads(), "history": history},
+        "detect_1thread": {"images": len(held), "seconds": detected["seconds"],
+                           "images_per_second": len(held) / detected["seconds"],
+                           "peak_rss_mb": detected["peak_rss_mb"]},
+        "fast_train_1thread": fast,
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out = results_dir / f"{name}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{name}: holdout err {err:.3f} (mark {result['holdout']['mark']}), NME {result['holdout']['nme']:.4f}, "
+          f"AUC@0.08 {result['holdout']['auc08']:.3f}; train {train_seconds / 60:.1f} min "
+          f"({result['train']['images_per_second']:.0f} img/s); detect {result['detect_1thread']['images_per_second']:.0f} "
+          f"img/s, peak RSS {detected['peak_rss_mb']:.0f} MB"
+          + (f"; fast_train {fast['seconds']:.1f} s" if fast else "") + f" -> {out}")
+    return result

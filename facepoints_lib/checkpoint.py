@@ -1,0 +1,76 @@
+"""Saving and loading trained networks as plain data (``torch.load(weights_only=True)``).
+
+A checkpoint is a dict of tensors and plain Python values only:
+``format``, ``model_config`` (``ModelConfig.to_dict()``), ``state_dict``, and
+``metadata`` (training recipe, seed, validation figures, library versions). Nothing in it
+is a pickled object, so loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import KeypointNet, build_model
+
+CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
+MODEL_FILENAME = "facepoints_model.pt"
+
+
+class CheckpointError(ValueError):
+    """A model file is missing, damaged or not a facepoints checkpoint."""
+
+
+def library_versions() -> dict:
+    """Versions that decide whether a training run can be reproduced bit for bit."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "machine": platform.machine()}
+
+
+def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``model`` (weights + config) and plain-data ``metadata`` to ``path``."""
+    path = Path(path)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": model.config.to_dict(),
+        "state_dict": state,
+        "metadata": {**(metadata or {}), "versions": library_versions()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)        # never leave a half-written model file behind
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint's plain data safely (``weights_only=True``) and check its shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"model file is empty: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+        raise CheckpointError(f"cannot load model file {path} (damaged, truncated, or it holds "
+                              f"objects other than weights): {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a facepoints checkpoint ({CHECKPOINT_FORMAT})")
+    return payload
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> KeypointNet:
+    """Rebuild the network stored in ``path``, in eval mode on ``device``."""
+    payload = load_checkpoint(path)
+    try:
+        model = build_model(payload["model_config"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the stored network config: {exc}") from exc
+    model.metadata = payload.get("metadata", {})
+    return model.to(device).eval()

@@ -1,0 +1,176 @@
+"""The ``facepoints`` command (also ``python -m facepoints_lib``).
+
+Sub-commands: ``demo`` (the main job on synthetic faces), ``train``, ``detect``,
+``grade``, ``bench``, ``freeze``, ``synth``. Each has ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_DATA = Path("data") / "train"
+DEMO_DIR = Path("data") / "synthetic"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .bench import apply_overrides
+    from .train import fast_config, full_config, train_detector
+
+    data = Path(args.data_dir)
+    cfg = fast_config(seed=args.seed) if args.fast else full_config(seed=args.seed)
+    apply_overrides(cfg, args.set)
+    train_detector(data / "gt.csv", data / "images", fast_train=args.fast, config=cfg,
+                   model_path=args.out)
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from .detect import detect
+    from .gt_csv import write_gt
+    from .progress import TextProgress
+
+    points = detect(args.model, args.img_dir, threads=args.threads, progress=TextProgress)
+    write_gt(points, args.out)
+    print(f"wrote {len(points)} detections to {args.out}")
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from .grader import grader_main
+
+    argv = [str(args.data_dir), "--holdout", str(args.holdout), "--seed", str(args.seed)]
+    if args.model:
+        argv += ["--model", str(args.model)]
+    if args.no_fast_train:
+        argv.append("--no-fast-train")
+    return grader_main(argv)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.data_dir, name=args.name, overrides=args.set, holdout=args.holdout,
+              seed=args.seed, split_seed=args.split_seed, time_fast_train=not args.no_fast_train,
+              results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]))
+    return 0
+
+
+def _cmd_freeze(args: argparse.Namespace) -> int:
+    from .freeze import main as freeze_main
+
+    return freeze_main((["--check"] if args.check else []) + (["--out", args.out] if args.out else []))
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import make_synthetic_faces
+
+    out = make_synthetic_faces(args.out, args.count, seed=args.seed, progress=True)
+    print(f"wrote {args.count} synthetic faces to {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic faces -> train a short recipe -> grade on a holdout, all on the CPU."""
+    from .bench import apply_overrides
+    from .grader import grade
+    from .synth import make_synthetic_faces
+    from .train import full_config, split_names, train_detector
+    from .gt_csv import read_gt
+
+    started = time.monotonic()
+    data = Path(args.workdir) / "train"
+    if not (data / "gt.csv").is_file():
+        print(f"generating {args.count} synthetic faces in {data}")
+        make_synthetic_faces(data, args.count, seed=args.seed, progress=True)
+    gt = read_gt(data / "gt.csv")
+    rest, _ = split_names(sorted(gt), args.holdout, args.seed)
+    cfg = apply_overrides(full_config(seed=args.seed, epochs=args.epochs, val_size=100), args.set)
+    model_path = Path(args.workdir) / "demo_model.pt"
+    train_detector({n: gt[n] for n in rest}, data / "images", fast_train=False, config=cfg,
+                   model_path=model_path)
+    results = grade(data, model_path, holdout=args.holdout, seed=args.seed)
+    print(f"demo done in {time.monotonic() - started:.0f} s: holdout err {results[0]['err']:.3f}, "
+          f"mark {results[0]['mark']} (synthetic faces; the course data lives in {DEFAULT_DATA})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="facepoints", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe setting, e.g. epochs=30, model.head=regression, "
+                            "augment.flip_prob=0 (repeatable)")
+
+    p = sub.add_parser("demo", help="main job on synthetic faces: generate, train, grade")
+    p.add_argument("--workdir", default=str(DEMO_DIR), help=f"where data and model go (default {DEMO_DIR})")
+    p.add_argument("--count", type=int, default=1200, help="synthetic faces to generate")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs")
+    p.add_argument("--holdout", type=int, default=200, help="faces held out for grading")
+    p.add_argument("--seed", type=int, default=0)
+    add_set(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train on a course train/ folder (gt.csv + images/)")
+    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA),
+                   help=f"train folder (default {DEFAULT_DATA})")
+    p.add_argument("--out", default=None, help="model file (default: facepoints_model.pt at the root)")
+    p.add_argument("--fast", action="store_true", help="the grader's fast_train (writes nothing)")
+    p.add_argument("--seed", type=int, default=0)
+    add_set(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("detect", help="detect keypoints in a folder, write a gt.csv-format file")
+    p.add_argument("img_dir", help="folder of images")
+    p.add_argument("--model", default="facepoints_model.pt", help="model file")
+    p.add_argument("--out", default="output.csv", help="output csv (default output.csv)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("grade", help="grade locally as the course's run.py does")
+    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA),
+                   help="course tests folder or train folder")
+    p.add_argument("--model", default=None, help="model file (default: facepoints_model.pt at the root)")
+    p.add_argument("--holdout", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fast-train", action="store_true")
+    p.set_defaults(func=_cmd_grade)
+
+    p = sub.add_parser("bench", help="holdout accuracy and speed benchmark, saved as JSON")
+    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA))
+    p.add_argument("--name", default="recipe", help="results file name (bench/results/NAME.json)")
+    p.add_argument("--holdout", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--split-seed", type=int, default=0, help="holdout split seed")
+    p.add_argument("--no-fast-train", action="store_true", help="skip timing fast_train")
+    p.add_argument("--results-dir", default="bench/results")
+    add_set(p)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("freeze", help="regenerate solution.py from the package")
+    p.add_argument("--check", action="store_true", help="exit 1 when solution.py is out of date")
+    p.add_argument("--out", default=None, help="output file (default solution.py at the root)")
+    p.set_defaults(func=_cmd_freeze)
+
+    p = sub.add_parser("synth", help="write a course-format folder of synthetic faces")
+    p.add_argument("out", help="output folder (gets images/, gt.csv, img_shapes.csv)")
+    p.add_argument("--count", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"facepoints {args.command}: error: {exc}", file=sys.stderr)
+        return 2

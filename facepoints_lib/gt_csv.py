@@ -1,0 +1,113 @@
+"""Reading and writing keypoint tables in the course's ``gt.csv`` format.
+
+Format: a header ``filename,x1,y1,x2,y2,...,x14,y14`` and one row per image with 28
+pixel coordinates. In memory a table is a ``dict`` mapping file name to a float64 array
+of 28 numbers ``[x1, y1, ..., x14, y14]``, exactly as the course's ``run.py`` keeps it.
+
+The reader accepts what the course's files contain and what spreadsheet programs make
+of them (a UTF-8 byte-order mark, CRLF line endings, a missing header, blank lines), and
+refuses everything ambiguous with a ``GtFormatError`` that names the file and line: a
+wrong number of values, a value that is not a finite number, a file name listed twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .schema import NUM_POINTS
+
+NUM_COORDS = 2 * NUM_POINTS
+GT_HEADER = ["filename"] + [f"{axis}{i}" for i in range(1, NUM_POINTS + 1) for axis in "xy"]
+
+
+class GtFormatError(ValueError):
+    """A keypoint table is malformed; the message names the file and line."""
+
+
+def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
+    if len(row) != NUM_COORDS + 1:
+        raise GtFormatError(f"{where}: expected {NUM_COORDS + 1} values (file name and "
+                            f"{NUM_COORDS} coordinates), got {len(row)}")
+    name = row[0].strip()
+    if not name:
+        raise GtFormatError(f"{where}: empty file name")
+    values = np.empty(NUM_COORDS, dtype=np.float64)
+    for i, text in enumerate(row[1:]):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise GtFormatError(f"{where}: column {GT_HEADER[i + 1]} is {text!r}, not a finite number")
+        values[i] = value
+    return name, values
+
+
+def read_gt(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``gt.csv`` file into ``{filename: float64 array of 28 coordinates}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"keypoint table not found: {path}")
+    table: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if line_no == 1 and row[0].strip().lower() == "filename":
+                continue
+            name, values = _parse_gt_row(row, f"{path}, line {line_no}")
+            if name in table:
+                raise GtFormatError(f"{path}, line {line_no}: file name {name!r} is already "
+                                    f"listed on line {first_line[name]}")
+            table[name] = values
+            first_line[name] = line_no
+    if not table:
+        raise GtFormatError(f"{path}: no keypoint rows")
+    return table
+
+
+def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(GT_HEADER)
+        for name in sorted(table):
+            coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
+            if coords.shape != (NUM_COORDS,):
+                raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
+            writer.writerow([name] + [f"{v:.2f}" for v in coords])
+    return path
+
+
+def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Read the course's ``img_shapes.csv`` into ``{filename: (n_rows, n_cols)}``."""
+    shapes: dict[str, tuple[int, int]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or (line_no == 1 and row[0].strip().lower() in ("img_filename", "filename")):
+                continue
+            if len(row) != 3:
+                raise GtFormatError(f"{path}, line {line_no}: expected 3 values, got {len(row)}")
+            try:
+                shapes[row[0].strip()] = (int(row[1]), int(row[2]))
+            except ValueError as exc:
+                raise GtFormatError(f"{path}, line {line_no}: {exc}") from None
+    return shapes
+
+
+def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike) -> Path:
+    """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["img_filename", "n_rows", "n_cols"])
+        for name in sorted(shapes):
+            writer.writerow([name, *shapes[name]])
+    return path

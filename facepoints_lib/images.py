@@ -1,0 +1,124 @@
+"""Finding and decoding face images: any PIL mode in, RGB out, resized once.
+
+Decisions this module makes for the whole package:
+
+* **Which files are images.** Files with an image extension (see ``IMAGE_EXTENSIONS``)
+  are images; hidden files, sub-folders and other files (``.DS_Store``, ``Thumbs.db``,
+  ``gt.csv``) are skipped, with one warning naming what was skipped.
+* **Colour.** Every mode (``1``, ``L``, ``LA``, ``P``, ``RGBA``, ``CMYK``, ``I;16``,
+  ``I``, ``F``, ...) becomes 3-channel 8-bit RGB. Alpha is dropped; 16-bit and 32-bit
+  integer images are scaled by 1/257 (65535 -> 255); float images are min-max scaled.
+* **EXIF orientation is ignored.** Keypoints in ``gt.csv`` refer to the stored pixel
+  array, as the course's own reader sees it (it does not apply EXIF rotation, and the
+  course images carry no orientation tag). Rotating the pixels would silently move the
+  image away from its labels.
+* **Resizing.** Each image is resized once, to a square of the network's input size,
+  keeping the pixel-centre convention of ``schema`` exact (large JPEGs are first decoded
+  at a reduced scale by libjpeg, which is accounted for exactly).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# Pillow refuses images above ~179 Mpx as a decompression-bomb guard; faces are far smaller.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+def list_images(img_dir: str | os.PathLike) -> list[str]:
+    """Return the sorted file names of the images directly inside ``img_dir``.
+
+    Non-image files and sub-folders are skipped with a single warning that names them.
+    Raises ``NotADirectoryError`` when ``img_dir`` is not a folder.
+    """
+    img_dir = Path(img_dir)
+    if not img_dir.is_dir():
+        raise NotADirectoryError(f"image folder not found: {img_dir}")
+    names, skipped = [], []
+    for entry in sorted(os.scandir(img_dir), key=lambda e: e.name):
+        is_image = entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".")
+        if is_image and entry.is_file():
+            names.append(entry.name)
+        else:
+            skipped.append(entry.name + ("/" if entry.is_dir() else ""))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"{img_dir}: skipped {len(skipped)} entries that are not images: {shown}",
+                      stacklevel=2)
+    return names
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (see the module docstring)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        else:
+            arr = arr / 257.0
+        arr = np.nan_to_num(np.clip(np.rint(arr), 0, 255)).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Decode a whole image file as RGB at its stored size (EXIF orientation ignored)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image straight to a ``size`` x ``size`` RGB array.
+
+    Returns ``(array of shape (size, size, 3) uint8, (width, height) of the stored image)``.
+    The whole stored image is mapped onto the square (non-square images are stretched),
+    so normalised coordinates ``((x + 0.5) / w, (y + 0.5) / h)`` are the same in both.
+    JPEGs much larger than ``size`` are decoded by libjpeg at 1/2, 1/4 or 1/8 scale first.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+                img.draft(img.mode, (size, size))
+            img.load()
+            draft_w, draft_h = img.size
+            rgb = to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+    # libjpeg's reduced decode gives ceil(w / k) pixels for a power-of-two k; the stored
+    # image's extent is w / k of them, the rest is padding on the right/bottom edge.
+    k = 1
+    while k < 8 and -(-width // (2 * k)) >= draft_w and -(-height // (2 * k)) >= draft_h:
+        k *= 2
+    box = (0.0, 0.0, width / k, height / k)
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(resized, dtype=np.uint8), (width, height)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of a stored image, read from its header without decoding it."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc

@@ -1,0 +1,181 @@
+"""The keypoint networks, written from scratch: a small residual backbone and two heads.
+
+* ``head="heatmap"``: a light feature pyramid brings the backbone back to stride 4 and
+  predicts one heatmap per point; a spatial softmax turns each map into a distribution
+  whose mean is the point (integral regression / soft-argmax), so the output is still
+  coordinates and the whole net trains end to end on a coordinate loss.
+* ``head="regression"``: the last feature map is flattened into a small MLP that predicts
+  offsets from the mean face shape.
+
+Every network takes float images in [0, 1], (N, 3, S, S), normalises them with its own
+buffers, and returns normalised keypoints (N, 14, 2) (see ``schema``). ``ModelConfig``
+is plain data: it is stored in checkpoints and is all that is needed to rebuild the net.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .schema import NUM_POINTS
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a keypoint network (stored in checkpoints as a dict)."""
+
+    image_size: int = 96                         # network input side, pixels
+    head: str = "heatmap"                        # "heatmap" (soft-argmax) or "regression"
+    stem_width: int = 24                         # channels after the stride-2 stem
+    widths: tuple = (48, 96, 160, 256)           # stage widths at strides 4, 8, 16, 32
+    depths: tuple = (2, 2, 2, 1)                 # residual blocks per stage
+    decoder_width: int = 64                      # feature-pyramid channels (heatmap head)
+    hidden: int = 256                            # MLP width (regression head)
+    dropout: float = 0.1                         # before the regression MLP
+
+    def to_dict(self) -> dict:
+        """Plain-data form for checkpoints (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """Rebuild from ``to_dict`` output; unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Refuse configurations the networks cannot be built from."""
+        if self.head not in ("heatmap", "regression"):
+            raise ValueError(f"head must be 'heatmap' or 'regression', got {self.head!r}")
+        if len(self.widths) != 4 or len(self.depths) != 4:
+            raise ValueError("widths and depths need one entry per stage (4)")
+        if self.image_size % 32 or self.image_size < 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, relu: bool = True) -> nn.Sequential:
+    """Convolution + batch norm (+ ReLU), padding keeping the size at stride 1."""
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut (projected when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(c_in, c_out, stride), conv_bn(c_out, c_out, relu=False))
+        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out
+                         else conv_bn(c_in, c_out, stride, kernel=1, relu=False))
+        nn.init.zeros_(self.body[1][1].weight)      # each block starts as the identity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x), inplace=True)
+
+
+class Backbone(nn.Module):
+    """Stride-2 stem then four residual stages; returns the four stage outputs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.stem = conv_bn(3, cfg.stem_width, stride=2)
+        stages, c_in = [], cfg.stem_width
+        for width, depth in zip(cfg.widths, cfg.depths):
+            blocks = [ResidualBlock(c_in, width, stride=2)]
+            blocks += [ResidualBlock(width, width) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+            c_in = width
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2).
+
+    Cell centres sit at ``(j + 0.5) / W``, matching the normalised coordinates.
+    """
+    n, k, h, w = logits.shape
+    probs = torch.softmax(logits.flatten(2).float(), dim=-1).view(n, k, h, w)
+    xs = (torch.arange(w, dtype=probs.dtype, device=probs.device) + 0.5) / w
+    ys = (torch.arange(h, dtype=probs.dtype, device=probs.device) + 0.5) / h
+    u = (probs.sum(2) * xs).sum(-1)
+    v = (probs.sum(3) * ys).sum(-1)
+    return torch.stack([u, v], dim=-1)
+
+
+class KeypointNet(nn.Module):
+    """Backbone + heatmap or regression head; images in [0, 1] -> normalised keypoints."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.register_buffer("pixel_mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 0.25))
+        self.register_buffer("mean_shape", torch.full((NUM_POINTS, 2), 0.5))
+        self.backbone = Backbone(cfg)
+        if cfg.head == "heatmap":
+            d = cfg.decoder_width
+            self.lateral = nn.ModuleList(conv_bn(w, d, kernel=1, relu=False) for w in cfg.widths)
+            self.smooth = conv_bn(d, d)
+            self.heatmaps = nn.Conv2d(d, NUM_POINTS, 1)
+        else:
+            side = cfg.image_size // 32
+            self.regressor = nn.Sequential(
+                nn.Flatten(), nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.widths[-1] * side * side, cfg.hidden), nn.ReLU(inplace=True),
+                nn.Linear(cfg.hidden, 2 * NUM_POINTS))
+            nn.init.zeros_(self.regressor[-1].weight)
+            nn.init.zeros_(self.regressor[-1].bias)
+
+    def set_statistics(self, pixel_mean: torch.Tensor, pixel_std: torch.Tensor,
+                       mean_shape: torch.Tensor) -> None:
+        """Store the training set's channel mean/std (of [0, 1] pixels) and mean shape."""
+        self.pixel_mean.copy_(pixel_mean.view(1, 3, 1, 1))
+        self.pixel_std.copy_(pixel_std.view(1, 3, 1, 1))
+        self.mean_shape.copy_(mean_shape.view(NUM_POINTS, 2))
+
+    def heatmap_logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Top-down pyramid from stride 32 to stride 4, then one logit map per point."""
+        x = self.lateral[-1](features[-1])
+        for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
+            x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
+        return self.heatmaps(self.smooth(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.pixel_mean) / self.pixel_std
+        features = self.backbone(x)
+        if self.config.head == "heatmap":
+            return soft_argmax(self.heatmap_logits(features))
+        offsets = self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
+        return self.mean_shape + offsets
+
+
+def build_model(cfg: ModelConfig | dict) -> KeypointNet:
+    """Build a network from a config (or its plain-data dict)."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    return KeypointNet(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,311 @@
+"""Training: the recipe (``TrainConfig``), the loop (``fit``) and ``train_detector``.
+
+``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
+Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
+(``fast_config``: a subset of the faces, few steps, one thread, CPU) and writes nothing;
+``fast_train=False`` trains ``full_config`` and saves ``facepoints_model.pt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import AugmentConfig, augment_batch, flip_images, flip_keypoints
+from .checkpoint import MODEL_FILENAME, save_checkpoint
+from .dataset import FaceSet, load_faces
+from .gt_csv import read_gt
+from .metrics import ced_auc, course_err, per_image_nme
+from .model import KeypointNet, ModelConfig, build_model, count_parameters
+from .progress import TextProgress, format_seconds
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in the checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    epochs: int = 60                 # passes over the training faces
+    batch_size: int = 64
+    lr: float = 2e-3                 # AdamW peak learning rate
+    weight_decay: float = 1e-4       # on convolution and linear weights only
+    warmup_epochs: float = 2.0       # linear warm-up, then cosine decay to zero
+    loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
+    ema_decay: float = 0.998         # exponential moving average of the weights (0: off)
+    val_size: int = 250              # faces held out for validation
+    max_images: int | None = None    # use at most this many faces (seeded subset)
+    max_steps: int | None = None     # stop after this many optimiser steps
+    eval_every: int = 10             # epochs between validations (the last one is always run)
+    flip_tta: bool = True            # average with the mirrored image's prediction
+    bf16: str = "auto"               # bfloat16 autocast: "auto", "on" or "off"
+    threads: int | None = None       # torch threads (None: leave torch's default)
+    device: str = "auto"             # "auto" (GPU when present), "cpu", "cuda"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain-data form for checkpoints and result files."""
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+
+def full_config(**overrides) -> TrainConfig:
+    """The recipe of the shipped model (see README's model card)."""
+    return TrainConfig(**overrides)
+
+
+def fast_config(**overrides) -> TrainConfig:
+    """The grader's ``fast_train``: same loop, 600 faces, 2 epochs, one CPU thread."""
+    values = dict(epochs=2, batch_size=32, max_images=600, val_size=100, eval_every=1,
+                  threads=1, device="cpu", warmup_epochs=0.5)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), Linux only."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """Decide whether training runs under bfloat16 autocast."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss between normalised keypoints, measured in percent of the image side."""
+    diff = (pred - target) * 100.0
+    if kind == "l1":
+        return diff.abs().mean()
+    if kind == "mse":
+        return diff.pow(2).mean()
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=1.0)
+    if kind == "wing":                      # Feng et al. 2018, w = 5 %, eps = 1 %
+        w, eps = 5.0, 1.0
+        c = w - w * math.log(1 + w / eps)
+        a = diff.abs()
+        return torch.where(a < w, w * torch.log1p(a / eps), a - c).mean()
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+@torch.no_grad()
+def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 128,
+            flip_tta: bool = True) -> np.ndarray:
+    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S), in fp32."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float().div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        pred = model(x)
+        if flip_tta:
+            pred = 0.5 * (pred + flip_keypoints(model(flip_images(x))))
+        out.append(pred.double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
+
+
+def evaluate(model: KeypointNet, faces: FaceSet, flip_tta: bool = True) -> dict:
+    """Course err, NME (inter-ocular, in original pixels) and CED AUC@0.08 on ``faces``."""
+    pred = predict(model, faces.images, flip_tta=flip_tta)
+    true = faces.keypoints.double().numpy()
+    sizes = faces.sizes.numpy()[:, None, :]
+    nme = per_image_nme(pred * sizes, true * sizes)
+    return {"err": course_err(pred, true), "nme": float(nme.mean()), "auc08": ced_auc(nme, 0.08)}
+
+
+def _ema_update(ema: KeypointNet, model: KeypointNet, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def _param_groups(model: KeypointNet, weight_decay: float) -> list[dict]:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
+        progress: Callable[..., object] = TextProgress,
+        log: Callable[[str], None] = print) -> tuple[KeypointNet, list[dict]]:
+    """Train a network on ``train``, validating on ``val``; return (model, history).
+
+    The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode.
+    ``history`` has one dict per validation: epoch, step, train loss, val figures, time.
+    """
+    if train.keypoints is None or len(train) == 0:
+        raise ValueError("training needs at least one labelled face")
+    if train.image_size != cfg.model.image_size:
+        raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    bf16 = use_bf16(cfg.bf16, device)
+
+    model = build_model(cfg.model)
+    pixels = train.images.float().div_(255.0)                      # (N, 3, S, S)
+    model.set_statistics(pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)),
+                         train.keypoints.mean(0))
+    del pixels
+    model = model.to(device, memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+
+    batch_size = min(cfg.batch_size, len(train))
+    steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
+        f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
+        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
+
+    history: list[dict] = []
+    start, step, epoch = time.monotonic(), 0, 0
+    bar = progress(total=total_steps, desc="train", unit="step")
+    while step < total_steps:
+        epoch += 1
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        running, seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            if step >= total_steps:
+                break
+            index = order[b * batch_size:(b + 1) * batch_size]
+            images, targets = augment_batch(train.images[index], train.keypoints[index],
+                                            cfg.augment, cfg.model.image_size, generator)
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pred = model(images)
+            loss = keypoint_loss(pred.float(), targets, cfg.loss)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if ema is not model:
+                _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            running, seen = running + loss.item(), seen + 1
+            bar.update(1)
+            bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}"
+                                + (f" val err {history[-1]['val_err']:.2f}" if history else ""))
+        last = step >= total_steps
+        if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
+            figures = evaluate(ema, val, flip_tta=cfg.flip_tta)
+            record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
+                      "val_err": figures["err"], "val_nme": figures["nme"],
+                      "val_auc08": figures["auc08"], "seconds": time.monotonic() - start}
+            history.append(record)
+            elapsed = record["seconds"]
+            log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
+                f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
+                f"{format_seconds(elapsed / step * (total_steps - step))} left")
+    bar.close()
+    ema.eval()
+    ema.train_history = history
+    return ema, history
+
+
+def default_model_path() -> Path:
+    """``facepoints_model.pt`` beside the code: the repository root, or solution.py's folder."""
+    here = Path(__file__).resolve().parent
+    return (here.parent if (here / "__init__.py").exists() else here) / MODEL_FILENAME
+
+
+def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of file names into (train, validation); at least one face trains."""
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(max(val_size, 0), len(names) - 1)
+    return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
+
+
+def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
+                   config: TrainConfig | None = None, model_path: str | Path | None = None,
+                   progress: Callable[..., object] = TextProgress,
+                   log: Callable[[str], None] = print) -> KeypointNet:
+    """Train a keypoint detector on the course's data and return it (in eval mode).
+
+    ``train_gt`` is ``{filename: 28 coordinates}`` (as the course's run.py reads it) or
+    the path of a gt.csv; ``train_img_dir`` the folder of the images. With
+    ``fast_train=True`` a short run on one CPU thread checks that training works and
+    writes nothing; with ``fast_train=False`` the full recipe runs and the model is
+    saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
+    """
+    if not isinstance(fast_train, bool):
+        raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
+    cfg = config if config is not None else (fast_config() if fast_train else full_config())
+    gt = dict(train_gt) if isinstance(train_gt, dict) else read_gt(train_gt)
+    img_dir = Path(train_img_dir)
+    if not img_dir.is_dir():
+        raise NotADirectoryError(f"training image folder not found: {img_dir}")
+    missing = sorted(name for name in gt if not (img_dir / name).is_file())
+    if missing:
+        warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
+                      f"and are left out: {', '.join(missing[:5])}", stacklevel=2)
+        gt = {name: coords for name, coords in gt.items() if name not in set(missing)}
+    if len(gt) < 2:
+        raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
+    names = sorted(gt)
+    if cfg.max_images and len(names) > cfg.max_images:
+        keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))
+        names = sorted(names[i] for i in keep[:cfg.max_images].tolist())
+    train_names, val_names = split_names(names, cfg.val_size, cfg.seed)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with progress(total=len(names), desc="decode", unit="img") as bar:
+        train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
+        val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
+    model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log)
+    if not fast_train:
+        path = Path(model_path) if model_path is not None else default_model_path()
+        save_checkpoint(model, path, {"train_config": cfg.to_dict(), "history": history,
+                                      "seed": cfg.seed, "train_images": len(train_set),
+                                      "val_images": len(val_set)})
+        log(f"saved {path}")
+    return model

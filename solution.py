@@ -1,0 +1,1587 @@
+"""GENERATED FILE - DO NOT EDIT. Frozen from the package facepoints_lib by
+`python -m facepoints_lib freeze` (equivalently `python -m facepoints_lib.freeze`).
+
+Edit the package and rerun that command to regenerate this file; add `--check` to
+test whether it is up to date.  Modules, in order:
+
+    schema, images, gt_csv, dataset, augment, model, progress, metrics, checkpoint,
+    train, detect, grader
+"""
+from __future__ import annotations
+
+
+# ---- facepoints_lib/schema.py ----
+# The 14-point face schema: names, horizontal-flip permutation, drawing skeleton.
+#
+# This module is the single place where the keypoint layout is defined. "Left" means
+# the image's left (the viewer's left), not the person's.
+#
+# Coordinate convention (used by every module of the package):
+#
+# * Pixel coordinates, as in ``gt.csv``: the centre of pixel column ``i`` is ``x = i``,
+#   so an image of width ``w`` spans ``[-0.5, w - 0.5]`` and a horizontal flip maps
+#   ``x -> w - 1 - x``.
+# * Normalised coordinates, used inside the package: ``u = (x + 0.5) / w`` and
+#   ``v = (y + 0.5) / h``, so the image spans ``[0, 1]`` on both axes whatever its size
+#   and a flip maps ``u -> 1 - u``. The course metric scales x errors by ``100 / w`` and
+#   y errors by ``100 / h``, so an error of ``d`` in normalised units costs ``(100 d)^2``.
+
+NUM_POINTS = 14
+
+POINT_NAMES = (
+    "left_eyebrow_outer",
+    "left_eyebrow_inner",
+    "right_eyebrow_inner",
+    "right_eyebrow_outer",
+    "left_eye_outer",
+    "left_eye_centre",
+    "left_eye_inner",
+    "right_eye_inner",
+    "right_eye_centre",
+    "right_eye_outer",
+    "nose_tip",
+    "mouth_left",
+    "mouth_centre",
+    "mouth_right",
+)
+
+# After mirroring an image, point FLIP_PERMUTATION[i] of the original is point i of the mirror.
+FLIP_PERMUTATION = (3, 2, 1, 0, 9, 8, 7, 6, 5, 4, 10, 13, 12, 11)
+
+# Facial parts, for drawing and for per-part error reports: name -> point indices.
+POINT_GROUPS = {
+    "left_eyebrow": (0, 1),
+    "right_eyebrow": (2, 3),
+    "left_eye": (4, 5, 6),
+    "right_eye": (7, 8, 9),
+    "nose": (10,),
+    "mouth": (11, 12, 13),
+}
+
+# Line segments drawn between points to show the face's structure.
+SKELETON = (
+    (0, 1), (2, 3),            # eyebrows
+    (4, 5), (5, 6),            # left eye
+    (7, 8), (8, 9),            # right eye
+    (11, 12), (12, 13),        # mouth
+    (6, 10), (7, 10),          # inner eye corners to the nose tip
+    (10, 12),                  # nose tip to the mouth centre
+)
+
+# Outer eye corners: their distance is the inter-ocular normaliser of NME.
+OUTER_EYE_CORNERS = (4, 9)
+
+
+# ---- facepoints_lib/images.py ----
+# Finding and decoding face images: any PIL mode in, RGB out, resized once.
+#
+# Decisions this module makes for the whole package:
+#
+# * **Which files are images.** Files with an image extension (see ``IMAGE_EXTENSIONS``)
+#   are images; hidden files, sub-folders and other files (``.DS_Store``, ``Thumbs.db``,
+#   ``gt.csv``) are skipped, with one warning naming what was skipped.
+# * **Colour.** Every mode (``1``, ``L``, ``LA``, ``P``, ``RGBA``, ``CMYK``, ``I;16``,
+#   ``I``, ``F``, ...) becomes 3-channel 8-bit RGB. Alpha is dropped; 16-bit and 32-bit
+#   integer images are scaled by 1/257 (65535 -> 255); float images are min-max scaled.
+# * **EXIF orientation is ignored.** Keypoints in ``gt.csv`` refer to the stored pixel
+#   array, as the course's own reader sees it (it does not apply EXIF rotation, and the
+#   course images carry no orientation tag). Rotating the pixels would silently move the
+#   image away from its labels.
+# * **Resizing.** Each image is resized once, to a square of the network's input size,
+#   keeping the pixel-centre convention of ``schema`` exact (large JPEGs are first decoded
+#   at a reduced scale by libjpeg, which is accounted for exactly).
+
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# Pillow refuses images above ~179 Mpx as a decompression-bomb guard; faces are far smaller.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+def list_images(img_dir: str | os.PathLike) -> list[str]:
+    """Return the sorted file names of the images directly inside ``img_dir``.
+
+    Non-image files and sub-folders are skipped with a single warning that names them.
+    Raises ``NotADirectoryError`` when ``img_dir`` is not a folder.
+    """
+    img_dir = Path(img_dir)
+    if not img_dir.is_dir():
+        raise NotADirectoryError(f"image folder not found: {img_dir}")
+    names, skipped = [], []
+    for entry in sorted(os.scandir(img_dir), key=lambda e: e.name):
+        is_image = entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".")
+        if is_image and entry.is_file():
+            names.append(entry.name)
+        else:
+            skipped.append(entry.name + ("/" if entry.is_dir() else ""))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"{img_dir}: skipped {len(skipped)} entries that are not images: {shown}",
+                      stacklevel=2)
+    return names
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (see the module docstring)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        else:
+            arr = arr / 257.0
+        arr = np.nan_to_num(np.clip(np.rint(arr), 0, 255)).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Decode a whole image file as RGB at its stored size (EXIF orientation ignored)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image straight to a ``size`` x ``size`` RGB array.
+
+    Returns ``(array of shape (size, size, 3) uint8, (width, height) of the stored image)``.
+    The whole stored image is mapped onto the square (non-square images are stretched),
+    so normalised coordinates ``((x + 0.5) / w, (y + 0.5) / h)`` are the same in both.
+    JPEGs much larger than ``size`` are decoded by libjpeg at 1/2, 1/4 or 1/8 scale first.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+                img.draft(img.mode, (size, size))
+            img.load()
+            draft_w, draft_h = img.size
+            rgb = to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+    # libjpeg's reduced decode gives ceil(w / k) pixels for a power-of-two k; the stored
+    # image's extent is w / k of them, the rest is padding on the right/bottom edge.
+    k = 1
+    while k < 8 and -(-width // (2 * k)) >= draft_w and -(-height // (2 * k)) >= draft_h:
+        k *= 2
+    box = (0.0, 0.0, width / k, height / k)
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(resized, dtype=np.uint8), (width, height)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of a stored image, read from its header without decoding it."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+# ---- facepoints_lib/gt_csv.py ----
+# Reading and writing keypoint tables in the course's ``gt.csv`` format.
+#
+# Format: a header ``filename,x1,y1,x2,y2,...,x14,y14`` and one row per image with 28
+# pixel coordinates. In memory a table is a ``dict`` mapping file name to a float64 array
+# of 28 numbers ``[x1, y1, ..., x14, y14]``, exactly as the course's ``run.py`` keeps it.
+#
+# The reader accepts what the course's files contain and what spreadsheet programs make
+# of them (a UTF-8 byte-order mark, CRLF line endings, a missing header, blank lines), and
+# refuses everything ambiguous with a ``GtFormatError`` that names the file and line: a
+# wrong number of values, a value that is not a finite number, a file name listed twice.
+
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+NUM_COORDS = 2 * NUM_POINTS
+GT_HEADER = ["filename"] + [f"{axis}{i}" for i in range(1, NUM_POINTS + 1) for axis in "xy"]
+
+
+class GtFormatError(ValueError):
+    """A keypoint table is malformed; the message names the file and line."""
+
+
+def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
+    if len(row) != NUM_COORDS + 1:
+        raise GtFormatError(f"{where}: expected {NUM_COORDS + 1} values (file name and "
+                            f"{NUM_COORDS} coordinates), got {len(row)}")
+    name = row[0].strip()
+    if not name:
+        raise GtFormatError(f"{where}: empty file name")
+    values = np.empty(NUM_COORDS, dtype=np.float64)
+    for i, text in enumerate(row[1:]):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise GtFormatError(f"{where}: column {GT_HEADER[i + 1]} is {text!r}, not a finite number")
+        values[i] = value
+    return name, values
+
+
+def read_gt(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``gt.csv`` file into ``{filename: float64 array of 28 coordinates}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"keypoint table not found: {path}")
+    table: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if line_no == 1 and row[0].strip().lower() == "filename":
+                continue
+            name, values = _parse_gt_row(row, f"{path}, line {line_no}")
+            if name in table:
+                raise GtFormatError(f"{path}, line {line_no}: file name {name!r} is already "
+                                    f"listed on line {first_line[name]}")
+            table[name] = values
+            first_line[name] = line_no
+    if not table:
+        raise GtFormatError(f"{path}: no keypoint rows")
+    return table
+
+
+def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(GT_HEADER)
+        for name in sorted(table):
+            coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
+            if coords.shape != (NUM_COORDS,):
+                raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
+            writer.writerow([name] + [f"{v:.2f}" for v in coords])
+    return path
+
+
+def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Read the course's ``img_shapes.csv`` into ``{filename: (n_rows, n_cols)}``."""
+    shapes: dict[str, tuple[int, int]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or (line_no == 1 and row[0].strip().lower() in ("img_filename", "filename")):
+                continue
+            if len(row) != 3:
+                raise GtFormatError(f"{path}, line {line_no}: expected 3 values, got {len(row)}")
+            try:
+                shapes[row[0].strip()] = (int(row[1]), int(row[2]))
+            except ValueError as exc:
+                raise GtFormatError(f"{path}, line {line_no}: {exc}") from None
+    return shapes
+
+
+def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike) -> Path:
+    """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["img_filename", "n_rows", "n_cols"])
+        for name in sorted(shapes):
+            writer.writerow([name, *shapes[name]])
+    return path
+
+
+# ---- facepoints_lib/dataset.py ----
+# The in-memory dataset: every image decoded and resized once, kept as uint8 tensors.
+#
+# A ``FaceSet`` holds ``images`` (N, 3, S, S) uint8, ``keypoints`` (N, 14, 2) float32 in
+# normalised coordinates (see ``schema``: the image spans [0, 1], ``u = (x + 0.5) / w``),
+# ``sizes`` (N, 2) of the stored images' (width, height) in pixels, and ``filenames``.
+# ``pixels_to_normalized`` and ``normalized_to_pixels`` convert exactly between the two
+# coordinate systems; predictions go back to the original pixels through the latter.
+
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+
+def pixels_to_normalized(points, sizes):
+    """Map pixel coordinates (..., 14, 2) to normalised ones, given (..., 2) (w, h) sizes."""
+    sizes = sizes[..., None, :]
+    return (points + 0.5) / sizes
+
+
+def normalized_to_pixels(points, sizes):
+    """Inverse of ``pixels_to_normalized``: normalised (..., 14, 2) back to pixels."""
+    sizes = sizes[..., None, :]
+    return points * sizes - 0.5
+
+
+@dataclass
+class FaceSet:
+    """Faces decoded once: uint8 images, normalised keypoints (or None), original sizes."""
+
+    images: torch.Tensor                 # (N, 3, S, S) uint8
+    keypoints: torch.Tensor | None       # (N, 14, 2) float32, normalised; None if unlabelled
+    sizes: torch.Tensor                  # (N, 2) float64, (width, height) in pixels
+    filenames: list[str]
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> "FaceSet":
+        """The faces at ``index``, in that order (tensors are indexed, not shared)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return FaceSet(
+            images=self.images[index],
+            keypoints=None if self.keypoints is None else self.keypoints[index],
+            sizes=self.sizes[index],
+            filenames=[self.filenames[i] for i in index.tolist()],
+        )
+
+    def pixel_keypoints(self) -> np.ndarray:
+        """Keypoints in the original images' pixels, (N, 14, 2) float64."""
+        if self.keypoints is None:
+            raise ValueError("this FaceSet has no keypoints")
+        return normalized_to_pixels(self.keypoints.double(), self.sizes).numpy()
+
+
+def decode_images(paths: Sequence[str | os.PathLike], image_size: int,
+                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and resize ``paths`` into ``(images (N,3,S,S) uint8, sizes (N,2) float64)``."""
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    sizes = torch.empty((len(paths), 2), dtype=torch.float64)
+    for i, path in enumerate(paths):
+        array, (width, height) = read_image_resized(path, image_size)
+        images[i] = torch.from_numpy(array).permute(2, 0, 1)
+        sizes[i, 0], sizes[i, 1] = width, height
+        if progress is not None:
+            progress(1)
+    return images, sizes
+
+
+def load_faces(img_dir: str | os.PathLike, image_size: int,
+               gt: dict[str, np.ndarray] | str | os.PathLike | None = None,
+               filenames: Sequence[str] | None = None,
+               progress: Callable[[int], None] | None = None) -> FaceSet:
+    """Decode the faces of ``img_dir`` once, with their keypoints when ``gt`` is given.
+
+    ``gt`` is a table from ``read_gt`` or the path of a ``gt.csv``. With a table, the
+    faces are the table's files (sorted by name) and a listed file that is missing from
+    the folder is an error; without one, they are all images of the folder. ``filenames``
+    restricts loading to those files. ``progress`` is called with 1 after each image.
+    """
+    img_dir = Path(img_dir)
+    if gt is not None and not isinstance(gt, dict):
+        gt = read_gt(gt)
+    if filenames is None:
+        filenames = sorted(gt) if gt is not None else list_images(img_dir)
+    filenames = list(filenames)
+    if gt is not None:
+        missing = [name for name in filenames if not (img_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} images listed in the keypoint table are not "
+                                    f"in {img_dir}: {', '.join(missing[:5])}")
+    images, sizes = decode_images([img_dir / name for name in filenames], image_size, progress)
+    keypoints = None
+    if gt is not None:
+        pixels = torch.as_tensor(np.stack([gt[name] for name in filenames]), dtype=torch.float64)
+        keypoints = pixels_to_normalized(pixels.view(-1, NUM_POINTS, 2), sizes).float()
+    return FaceSet(images=images, keypoints=keypoints, sizes=sizes, filenames=filenames)
+
+
+def iter_image_chunks(img_dir: str | os.PathLike, image_size: int, chunk: int,
+                      filenames: Sequence[str] | None = None,
+                      on_error: Callable[[str, Exception], None] | None = None,
+                      ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+    """Yield ``(filenames, images, sizes)`` for ``chunk`` images at a time (bounded memory).
+
+    An unreadable image is passed to ``on_error(name, exc)`` and left out; without
+    ``on_error`` the error is raised.
+    """
+    img_dir = Path(img_dir)
+    names = list(filenames) if filenames is not None else list_images(img_dir)
+    for start in range(0, len(names), chunk):
+        batch_names, arrays, sizes = [], [], []
+        for name in names[start:start + chunk]:
+            try:
+                array, size = read_image_resized(img_dir / name, image_size)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, by name
+                if on_error is None:
+                    raise
+                on_error(name, exc)
+                continue
+            batch_names.append(name)
+            arrays.append(torch.from_numpy(array).permute(2, 0, 1))
+            sizes.append(size)
+        if batch_names:
+            yield (batch_names, torch.stack(arrays),
+                   torch.tensor(sizes, dtype=torch.float64))
+
+
+# ---- facepoints_lib/augment.py ----
+# Augmentation of whole batches with tensor ops: flip, rotation, scale, shift, photometric.
+#
+# Geometry works in the ``[-1, 1]`` grid coordinates of ``torch.nn.functional.grid_sample``
+# with ``align_corners=False``: grid ``g = 2 u - 1`` for normalised ``u`` (see ``schema``).
+# A forward transform maps a point of the input image to the output image,
+# ``p_out = A @ p_in + t`` with ``A = scale * R(angle) @ F`` (``F`` mirrors x when
+# flipping); the image is resampled through its inverse. Points that are mirrored are
+# also re-labelled through ``FLIP_PERMUTATION``, so "left eye" stays on the image's left.
+#
+# Every function takes an explicit ``torch.Generator``, so a seed fixes the batch.
+
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the random training-time transforms (0 disables one)."""
+
+    flip_prob: float = 0.5        # chance of a horizontal mirror
+    rotation_deg: float = 20.0    # rotation uniform in [-r, r] degrees
+    scale: float = 0.10           # zoom factor uniform in [1 - s, 1 + s] (> 1 zooms in)
+    shift: float = 0.06           # translation uniform in [-t, t], fraction of the image side
+    brightness: float = 0.15      # added value uniform in [-b, b] (image range is [0, 1])
+    contrast: float = 0.30        # contrast factor uniform in [1 - c, 1 + c]
+    grayscale_prob: float = 0.2   # chance of dropping colour
+    lowres_prob: float = 0.15     # chance of a 2-3x down-and-up sampling (tiny source images)
+    margin: float = 0.0           # keep every point this far inside the frame (grid units)
+
+
+@dataclass
+class AffineParams:
+    """Per-sample geometric parameters of a batch (all tensors of length N)."""
+
+    flip: torch.Tensor    # bool
+    angle: torch.Tensor   # radians
+    scale: torch.Tensor
+    shift: torch.Tensor   # (N, 2), grid units
+
+    @staticmethod
+    def identity(n: int) -> "AffineParams":
+        return AffineParams(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.ones(n),
+                            torch.zeros(n, 2))
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return low + (high - low) * torch.rand((n, *shape), generator=generator)
+
+
+def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> AffineParams:
+    """Draw random flip / rotation / scale / shift parameters for ``n`` samples."""
+    flip = torch.rand(n, generator=generator) < cfg.flip_prob
+    angle = _uniform(n, -cfg.rotation_deg, cfg.rotation_deg, generator) * (math.pi / 180)
+    scale = _uniform(n, 1 - cfg.scale, 1 + cfg.scale, generator)
+    shift = _uniform(n, -2 * cfg.shift, 2 * cfg.shift, generator, 2)
+    return AffineParams(flip, angle, scale, shift)
+
+
+def affine_matrices(params: AffineParams) -> torch.Tensor:
+    """Forward matrices (N, 2, 3) in grid coordinates: input point -> output point."""
+    cos, sin = torch.cos(params.angle), torch.sin(params.angle)
+    mirror = 1.0 - 2.0 * params.flip.float()
+    a = torch.stack([torch.stack([cos * mirror, -sin], -1),
+                     torch.stack([sin * mirror, cos], -1)], -2)      # (N, 2, 2)
+    a = a * params.scale[:, None, None]
+    return torch.cat([a, params.shift[:, :, None]], dim=2)
+
+
+def transform_keypoints(keypoints: torch.Tensor, matrices: torch.Tensor,
+                        flip: torch.Tensor) -> torch.Tensor:
+    """Move normalised keypoints (N, K, 2) by forward ``matrices``; relabel mirrored rows."""
+    grid = keypoints * 2 - 1
+    moved = grid @ matrices[:, :, :2].transpose(1, 2) + matrices[:, None, :, 2]
+    moved = (moved + 1) / 2
+    if bool(flip.any()):
+        perm = torch.as_tensor(FLIP_PERMUTATION)
+        moved = torch.where(flip[:, None, None], moved[:, perm], moved)
+    return moved
+
+
+def keep_points_inside(keypoints: torch.Tensor, params: AffineParams, margin: float = 0.0,
+                       tries: int = 3) -> AffineParams:
+    """Shrink transforms that push a point out of the frame towards the identity.
+
+    A sample whose points leave ``[-1 + margin, 1 - margin]`` (grid units) has its
+    rotation, zoom and shift halved, up to ``tries`` times; one still outside then gets
+    no rotation, zoom or shift (its flip is kept: a mirror cannot push points out).
+    """
+    params = AffineParams(params.flip.clone(), params.angle.clone(), params.scale.clone(),
+                          params.shift.clone())
+    limit = 1.0 - margin
+    for attempt in range(tries + 1):
+        moved = transform_keypoints(keypoints, affine_matrices(params), params.flip) * 2 - 1
+        bad = (moved.abs() > limit).flatten(1).any(1)
+        if not bool(bad.any()):
+            break
+        factor = 0.5 if attempt < tries else 0.0
+        params.angle[bad] *= factor
+        params.scale[bad] = 1 + (params.scale[bad] - 1) * factor
+        params.shift[bad] *= factor
+    return params
+
+
+def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Resample float images (N, C, H, W) through forward ``matrices`` to out_size^2."""
+    a, t = matrices[:, :, :2], matrices[:, :, 2:]
+    a_inv = torch.linalg.inv(a)
+    theta = torch.cat([a_inv, -a_inv @ t], dim=2)       # output point -> input point
+    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], out_size, out_size],
+                         align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def photometric(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random grayscale, contrast, brightness and low resolution on float images in [0, 1]."""
+    n = images.shape[0]
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    gray = (images * weights).sum(1, keepdim=True)
+    to_gray = (torch.rand(n, generator=generator) < cfg.grayscale_prob).view(n, 1, 1, 1)
+    images = torch.where(to_gray, gray.expand_as(images), images)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).view(n, 1, 1, 1)
+    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator).view(n, 1, 1, 1)
+    images = (images - mean) * contrast + mean + brightness
+    lowres = torch.rand(n, generator=generator) < cfg.lowres_prob
+    if bool(lowres.any()):
+        size = images.shape[-1]
+        small = max(8, int(size / (2 + float(torch.rand(1, generator=generator)))))
+        picked = images[lowres]
+        picked = F.interpolate(picked, size=(small, small), mode="bilinear", antialias=True,
+                               align_corners=False)
+        images[lowres] = F.interpolate(picked, size=(size, size), mode="bilinear", align_corners=False)
+    return images.clamp_(0.0, 1.0)
+
+
+def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
+                  out_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a uint8 batch (N, 3, S, S) with normalised keypoints (N, K, 2).
+
+    Returns float images (N, 3, out_size, out_size) in [0, 1] and their keypoints.
+    """
+    params = sample_affine(images.shape[0], cfg, generator)
+    params = keep_points_inside(keypoints, params, cfg.margin)
+    matrices = affine_matrices(params)
+    warped = warp_images(images.float().div_(255.0), matrices, out_size)
+    return photometric(warped, cfg, generator), transform_keypoints(keypoints, matrices, params.flip)
+
+
+def flip_images(images: torch.Tensor) -> torch.Tensor:
+    """Mirror a batch of images (…, W) horizontally."""
+    return images.flip(-1)
+
+
+def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
+    """Mirror normalised keypoints (N, K, 2): ``u -> 1 - u`` and relabel left/right."""
+    mirrored = keypoints[:, list(FLIP_PERMUTATION)].clone()
+    mirrored[..., 0] = 1 - mirrored[..., 0]
+    return mirrored
+
+
+# ---- facepoints_lib/model.py ----
+# The keypoint networks, written from scratch: a small residual backbone and two heads.
+#
+# * ``head="heatmap"``: a light feature pyramid brings the backbone back to stride 4 and
+#   predicts one heatmap per point; a spatial softmax turns each map into a distribution
+#   whose mean is the point (integral regression / soft-argmax), so the output is still
+#   coordinates and the whole net trains end to end on a coordinate loss.
+# * ``head="regression"``: the last feature map is flattened into a small MLP that predicts
+#   offsets from the mean face shape.
+#
+# Every network takes float images in [0, 1], (N, 3, S, S), normalises them with its own
+# buffers, and returns normalised keypoints (N, 14, 2) (see ``schema``). ``ModelConfig``
+# is plain data: it is stored in checkpoints and is all that is needed to rebuild the net.
+
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a keypoint network (stored in checkpoints as a dict)."""
+
+    image_size: int = 96                         # network input side, pixels
+    head: str = "heatmap"                        # "heatmap" (soft-argmax) or "regression"
+    stem_width: int = 24                         # channels after the stride-2 stem
+    widths: tuple = (48, 96, 160, 256)           # stage widths at strides 4, 8, 16, 32
+    depths: tuple = (2, 2, 2, 1)                 # residual blocks per stage
+    decoder_width: int = 64                      # feature-pyramid channels (heatmap head)
+    hidden: int = 256                            # MLP width (regression head)
+    dropout: float = 0.1                         # before the regression MLP
+
+    def to_dict(self) -> dict:
+        """Plain-data form for checkpoints (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """Rebuild from ``to_dict`` output; unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Refuse configurations the networks cannot be built from."""
+        if self.head not in ("heatmap", "regression"):
+            raise ValueError(f"head must be 'heatmap' or 'regression', got {self.head!r}")
+        if len(self.widths) != 4 or len(self.depths) != 4:
+            raise ValueError("widths and depths need one entry per stage (4)")
+        if self.image_size % 32 or self.image_size < 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, relu: bool = True) -> nn.Sequential:
+    """Convolution + batch norm (+ ReLU), padding keeping the size at stride 1."""
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut (projected when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(c_in, c_out, stride), conv_bn(c_out, c_out, relu=False))
+        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out
+                         else conv_bn(c_in, c_out, stride, kernel=1, relu=False))
+        nn.init.zeros_(self.body[1][1].weight)      # each block starts as the identity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x), inplace=True)
+
+
+class Backbone(nn.Module):
+    """Stride-2 stem then four residual stages; returns the four stage outputs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.stem = conv_bn(3, cfg.stem_width, stride=2)
+        stages, c_in = [], cfg.stem_width
+        for width, depth in zip(cfg.widths, cfg.depths):
+            blocks = [ResidualBlock(c_in, width, stride=2)]
+            blocks += [ResidualBlock(width, width) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+            c_in = width
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2).
+
+    Cell centres sit at ``(j + 0.5) / W``, matching the normalised coordinates.
+    """
+    n, k, h, w = logits.shape
+    probs = torch.softmax(logits.flatten(2).float(), dim=-1).view(n, k, h, w)
+    xs = (torch.arange(w, dtype=probs.dtype, device=probs.device) + 0.5) / w
+    ys = (torch.arange(h, dtype=probs.dtype, device=probs.device) + 0.5) / h
+    u = (probs.sum(2) * xs).sum(-1)
+    v = (probs.sum(3) * ys).sum(-1)
+    return torch.stack([u, v], dim=-1)
+
+
+class KeypointNet(nn.Module):
+    """Backbone + heatmap or regression head; images in [0, 1] -> normalised keypoints."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.register_buffer("pixel_mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 0.25))
+        self.register_buffer("mean_shape", torch.full((NUM_POINTS, 2), 0.5))
+        self.backbone = Backbone(cfg)
+        if cfg.head == "heatmap":
+            d = cfg.decoder_width
+            self.lateral = nn.ModuleList(conv_bn(w, d, kernel=1, relu=False) for w in cfg.widths)
+            self.smooth = conv_bn(d, d)
+            self.heatmaps = nn.Conv2d(d, NUM_POINTS, 1)
+        else:
+            side = cfg.image_size // 32
+            self.regressor = nn.Sequential(
+                nn.Flatten(), nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.widths[-1] * side * side, cfg.hidden), nn.ReLU(inplace=True),
+                nn.Linear(cfg.hidden, 2 * NUM_POINTS))
+            nn.init.zeros_(self.regressor[-1].weight)
+            nn.init.zeros_(self.regressor[-1].bias)
+
+    def set_statistics(self, pixel_mean: torch.Tensor, pixel_std: torch.Tensor,
+                       mean_shape: torch.Tensor) -> None:
+        """Store the training set's channel mean/std (of [0, 1] pixels) and mean shape."""
+        self.pixel_mean.copy_(pixel_mean.view(1, 3, 1, 1))
+        self.pixel_std.copy_(pixel_std.view(1, 3, 1, 1))
+        self.mean_shape.copy_(mean_shape.view(NUM_POINTS, 2))
+
+    def heatmap_logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Top-down pyramid from stride 32 to stride 4, then one logit map per point."""
+        x = self.lateral[-1](features[-1])
+        for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
+            x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
+        return self.heatmaps(self.smooth(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.pixel_mean) / self.pixel_std
+        features = self.backbone(x)
+        if self.config.head == "heatmap":
+            return soft_argmax(self.heatmap_logits(features))
+        offsets = self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
+        return self.mean_shape + offsets
+
+
+def build_model(cfg: ModelConfig | dict) -> KeypointNet:
+    """Build a network from a config (or its plain-data dict)."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    return KeypointNet(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---- facepoints_lib/progress.py ----
+# A dependency-free progress bar for long loops (training, decoding, detection).
+#
+# In a terminal it redraws one line (``\r``); anywhere else (CI logs, captured output,
+# notebooks) it prints a plain line now and then, so logs stay readable. It has the
+# small part of ``tqdm``'s interface the package uses (``update``, ``set_postfix_str``,
+# ``close``, use as a context manager), so callers may pass ``tqdm.auto.tqdm`` instead
+# wherever a ``progress`` factory is accepted, e.g. to get a widget in JupyterLab.
+
+
+import sys
+import time
+
+
+def format_seconds(seconds: float) -> str:
+    """``75.3`` -> ``'1:15'``; ``3725`` -> ``'1:02:05'``."""
+    seconds = int(round(max(seconds, 0.0)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TextProgress:
+    """Progress over ``total`` steps with elapsed time, time left and a free-text postfix."""
+
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it",
+                 disable: bool | None = False, stream=None, min_interval: float = 0.5,
+                 log_interval: float = 30.0, **_ignored):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.disable = bool(disable)
+        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.min_interval = min_interval if self.interactive else log_interval
+        self.n, self.postfix = 0, ""
+        self.start = self.last_print = time.monotonic()
+        self._printed_fraction = 0.0
+
+    def __enter__(self) -> "TextProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = text
+
+    def _line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        parts = [f"{self.desc}:" if self.desc else ""]
+        if self.total:
+            fraction = min(self.n / self.total, 1.0)
+            bar = "#" * int(20 * fraction)
+            rate = self.n / elapsed if elapsed > 0 else 0.0
+            left = (self.total - self.n) / rate if rate > 0 else 0.0
+            parts.append(f"{100 * fraction:3.0f}% |{bar:<20}| {self.n}/{self.total} "
+                         f"[{format_seconds(elapsed)}<{format_seconds(left)}, {rate:.1f} {self.unit}/s]")
+        else:
+            parts.append(f"{self.n} {self.unit} [{format_seconds(elapsed)}]")
+        if self.postfix:
+            parts.append(self.postfix)
+        return " ".join(p for p in parts if p)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.disable:
+            return
+        now = time.monotonic()
+        fraction = self.n / self.total if self.total else 0.0
+        due = now - self.last_print >= self.min_interval
+        if not self.interactive:   # plain lines: every 10% or every log_interval seconds
+            due = due or fraction >= self._printed_fraction + 0.1
+        if due:
+            self._emit()
+            self.last_print, self._printed_fraction = now, fraction
+
+    def _emit(self, final: bool = False) -> None:
+        if self.interactive:
+            self.stream.write("\r" + self._line() + ("\n" if final else ""))
+        else:
+            self.stream.write(self._line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.disable and self.n:
+            self._emit(final=True)
+        self.disable = True
+
+
+# ---- facepoints_lib/metrics.py ----
+# Error measures: the course's err and marks, NME, and cumulative error curves.
+#
+# All functions take keypoints as arrays (N, 14, 2) in the same coordinates. The course's
+# err needs normalised coordinates (``schema``), or pixel ones plus the images' sizes.
+
+
+import numpy as np
+
+
+# (upper bound of err, mark): err <= 5 earns 10, ..., err > 20 earns 0.
+MARK_TABLE = ((5, 10), (6, 9), (8, 8), (10, 7), (12, 6), (14, 5), (16, 4), (18, 3), (20, 2))
+
+
+def per_image_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+    """The course's per-image error: mean over the 28 coordinates of (100 * error / side)^2.
+
+    With ``sizes`` (N, 2) of (width, height) the points are pixels; without, normalised.
+    """
+    diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
+    if sizes is not None:
+        diff = diff / np.asarray(sizes, dtype=np.float64)[:, None, :]
+    return ((100.0 * diff) ** 2).reshape(len(diff), -1).mean(axis=1)
+
+
+def course_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> float:
+    """The course's err: ``per_image_err`` averaged over the images."""
+    return float(per_image_err(pred, true, sizes).mean())
+
+
+def course_mark(err: float) -> int:
+    """The course's mark (0-10) for an err."""
+    for bound, mark in MARK_TABLE:
+        if err <= bound:
+            return mark
+    return 0
+
+
+def per_image_nme(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Mean point-to-point distance over the inter-ocular distance (outer eye corners).
+
+    Use pixel coordinates (or normalised ones of square images): distances must be
+    measured in one unit on both axes.
+    """
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    left, right = OUTER_EYE_CORNERS
+    iod = np.linalg.norm(true[:, left] - true[:, right], axis=-1)
+    return np.linalg.norm(pred - true, axis=-1).mean(axis=1) / np.maximum(iod, 1e-9)
+
+
+def ced_curve(errors: np.ndarray, threshold: float, steps: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative error distribution: (thresholds in [0, threshold], fraction of images below)."""
+    errors = np.sort(np.asarray(errors, dtype=np.float64))
+    xs = np.linspace(0.0, threshold, steps)
+    return xs, np.searchsorted(errors, xs, side="right") / max(len(errors), 1)
+
+
+def ced_auc(errors: np.ndarray, threshold: float = 0.08, steps: int = 1000) -> float:
+    """Area under the CED curve up to ``threshold``, divided by ``threshold`` (1 is perfect)."""
+    xs, ys = ced_curve(errors, threshold, steps)
+    return float(np.trapezoid(ys, xs) / threshold)
+
+
+def failure_rate(errors: np.ndarray, threshold: float = 0.08) -> float:
+    """Fraction of images whose error is above ``threshold``."""
+    return float(np.mean(np.asarray(errors) > threshold))
+
+
+# ---- facepoints_lib/checkpoint.py ----
+# Saving and loading trained networks as plain data (``torch.load(weights_only=True)``).
+#
+# A checkpoint is a dict of tensors and plain Python values only:
+# ``format``, ``model_config`` (``ModelConfig.to_dict()``), ``state_dict``, and
+# ``metadata`` (training recipe, seed, validation figures, library versions). Nothing in it
+# is a pickled object, so loading never runs code from the file.
+
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
+MODEL_FILENAME = "facepoints_model.pt"
+
+
+class CheckpointError(ValueError):
+    """A model file is missing, damaged or not a facepoints checkpoint."""
+
+
+def library_versions() -> dict:
+    """Versions that decide whether a training run can be reproduced bit for bit."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "machine": platform.machine()}
+
+
+def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``model`` (weights + config) and plain-data ``metadata`` to ``path``."""
+    path = Path(path)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": model.config.to_dict(),
+        "state_dict": state,
+        "metadata": {**(metadata or {}), "versions": library_versions()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)        # never leave a half-written model file behind
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint's plain data safely (``weights_only=True``) and check its shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"model file is empty: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+        raise CheckpointError(f"cannot load model file {path} (damaged, truncated, or it holds "
+                              f"objects other than weights): {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a facepoints checkpoint ({CHECKPOINT_FORMAT})")
+    return payload
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> KeypointNet:
+    """Rebuild the network stored in ``path``, in eval mode on ``device``."""
+    payload = load_checkpoint(path)
+    try:
+        model = build_model(payload["model_config"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the stored network config: {exc}") from exc
+    model.metadata = payload.get("metadata", {})
+    return model.to(device).eval()
+
+
+# ---- facepoints_lib/train.py ----
+# Training: the recipe (``TrainConfig``), the loop (``fit``) and ``train_detector``.
+#
+# ``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
+# Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
+# (``fast_config``: a subset of the faces, few steps, one thread, CPU) and writes nothing;
+# ``fast_train=False`` trains ``full_config`` and saves ``facepoints_model.pt``.
+
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in the checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    epochs: int = 60                 # passes over the training faces
+    batch_size: int = 64
+    lr: float = 2e-3                 # AdamW peak learning rate
+    weight_decay: float = 1e-4       # on convolution and linear weights only
+    warmup_epochs: float = 2.0       # linear warm-up, then cosine decay to zero
+    loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
+    ema_decay: float = 0.998         # exponential moving average of the weights (0: off)
+    val_size: int = 250              # faces held out for validation
+    max_images: int | None = None    # use at most this many faces (seeded subset)
+    max_steps: int | None = None     # stop after this many optimiser steps
+    eval_every: int = 10             # epochs between validations (the last one is always run)
+    flip_tta: bool = True            # average with the mirrored image's prediction
+    bf16: str = "auto"               # bfloat16 autocast: "auto", "on" or "off"
+    threads: int | None = None       # torch threads (None: leave torch's default)
+    device: str = "auto"             # "auto" (GPU when present), "cpu", "cuda"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain-data form for checkpoints and result files."""
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+
+def full_config(**overrides) -> TrainConfig:
+    """The recipe of the shipped model (see README's model card)."""
+    return TrainConfig(**overrides)
+
+
+def fast_config(**overrides) -> TrainConfig:
+    """The grader's ``fast_train``: same loop, 600 faces, 2 epochs, one CPU thread."""
+    values = dict(epochs=2, batch_size=32, max_images=600, val_size=100, eval_every=1,
+                  threads=1, device="cpu", warmup_epochs=0.5)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), Linux only."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """Decide whether training runs under bfloat16 autocast."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss between normalised keypoints, measured in percent of the image side."""
+    diff = (pred - target) * 100.0
+    if kind == "l1":
+        return diff.abs().mean()
+    if kind == "mse":
+        return diff.pow(2).mean()
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=1.0)
+    if kind == "wing":                      # Feng et al. 2018, w = 5 %, eps = 1 %
+        w, eps = 5.0, 1.0
+        c = w - w * math.log(1 + w / eps)
+        a = diff.abs()
+        return torch.where(a < w, w * torch.log1p(a / eps), a - c).mean()
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+@torch.no_grad()
+def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 128,
+            flip_tta: bool = True) -> np.ndarray:
+    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S), in fp32."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float().div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        pred = model(x)
+        if flip_tta:
+            pred = 0.5 * (pred + flip_keypoints(model(flip_images(x))))
+        out.append(pred.double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
+
+
+def evaluate(model: KeypointNet, faces: FaceSet, flip_tta: bool = True) -> dict:
+    """Course err, NME (inter-ocular, in original pixels) and CED AUC@0.08 on ``faces``."""
+    pred = predict(model, faces.images, flip_tta=flip_tta)
+    true = faces.keypoints.double().numpy()
+    sizes = faces.sizes.numpy()[:, None, :]
+    nme = per_image_nme(pred * sizes, true * sizes)
+    return {"err": course_err(pred, true), "nme": float(nme.mean()), "auc08": ced_auc(nme, 0.08)}
+
+
+def _ema_update(ema: KeypointNet, model: KeypointNet, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def _param_groups(model: KeypointNet, weight_decay: float) -> list[dict]:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
+        progress: Callable[..., object] = TextProgress,
+        log: Callable[[str], None] = print) -> tuple[KeypointNet, list[dict]]:
+    """Train a network on ``train``, validating on ``val``; return (model, history).
+
+    The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode.
+    ``history`` has one dict per validation: epoch, step, train loss, val figures, time.
+    """
+    if train.keypoints is None or len(train) == 0:
+        raise ValueError("training needs at least one labelled face")
+    if train.image_size != cfg.model.image_size:
+        raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    bf16 = use_bf16(cfg.bf16, device)
+
+    model = build_model(cfg.model)
+    pixels = train.images.float().div_(255.0)                      # (N, 3, S, S)
+    model.set_statistics(pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)),
+                         train.keypoints.mean(0))
+    del pixels
+    model = model.to(device, memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+
+    batch_size = min(cfg.batch_size, len(train))
+    steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
+        f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
+        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
+
+    history: list[dict] = []
+    start, step, epoch = time.monotonic(), 0, 0
+    bar = progress(total=total_steps, desc="train", unit="step")
+    while step < total_steps:
+        epoch += 1
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        running, seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            if step >= total_steps:
+                break
+            index = order[b * batch_size:(b + 1) * batch_size]
+            images, targets = augment_batch(train.images[index], train.keypoints[index],
+                                            cfg.augment, cfg.model.image_size, generator)
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pred = model(images)
+            loss = keypoint_loss(pred.float(), targets, cfg.loss)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if ema is not model:
+                _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            running, seen = running + loss.item(), seen + 1
+            bar.update(1)
+            bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}"
+                                + (f" val err {history[-1]['val_err']:.2f}" if history else ""))
+        last = step >= total_steps
+        if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
+            figures = evaluate(ema, val, flip_tta=cfg.flip_tta)
+            record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
+                      "val_err": figures["err"], "val_nme": figures["nme"],
+                      "val_auc08": figures["auc08"], "seconds": time.monotonic() - start}
+            history.append(record)
+            elapsed = record["seconds"]
+            log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
+                f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
+                f"{format_seconds(elapsed / step * (total_steps - step))} left")
+    bar.close()
+    ema.eval()
+    ema.train_history = history
+    return ema, history
+
+
+def default_model_path() -> Path:
+    """``facepoints_model.pt`` beside the code: the repository root, or solution.py's folder."""
+    here = Path(__file__).resolve().parent
+    return (here.parent if (here / "__init__.py").exists() else here) / MODEL_FILENAME
+
+
+def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of file names into (train, validation); at least one face trains."""
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(max(val_size, 0), len(names) - 1)
+    return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
+
+
+def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
+                   config: TrainConfig | None = None, model_path: str | Path | None = None,
+                   progress: Callable[..., object] = TextProgress,
+                   log: Callable[[str], None] = print) -> KeypointNet:
+    """Train a keypoint detector on the course's data and return it (in eval mode).
+
+    ``train_gt`` is ``{filename: 28 coordinates}`` (as the course's run.py reads it) or
+    the path of a gt.csv; ``train_img_dir`` the folder of the images. With
+    ``fast_train=True`` a short run on one CPU thread checks that training works and
+    writes nothing; with ``fast_train=False`` the full recipe runs and the model is
+    saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
+    """
+    if not isinstance(fast_train, bool):
+        raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
+    cfg = config if config is not None else (fast_config() if fast_train else full_config())
+    gt = dict(train_gt) if isinstance(train_gt, dict) else read_gt(train_gt)
+    img_dir = Path(train_img_dir)
+    if not img_dir.is_dir():
+        raise NotADirectoryError(f"training image folder not found: {img_dir}")
+    missing = sorted(name for name in gt if not (img_dir / name).is_file())
+    if missing:
+        warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
+                      f"and are left out: {', '.join(missing[:5])}", stacklevel=2)
+        gt = {name: coords for name, coords in gt.items() if name not in set(missing)}
+    if len(gt) < 2:
+        raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
+    names = sorted(gt)
+    if cfg.max_images and len(names) > cfg.max_images:
+        keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))
+        names = sorted(names[i] for i in keep[:cfg.max_images].tolist())
+    train_names, val_names = split_names(names, cfg.val_size, cfg.seed)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with progress(total=len(names), desc="decode", unit="img") as bar:
+        train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
+        val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
+    model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log)
+    if not fast_train:
+        path = Path(model_path) if model_path is not None else default_model_path()
+        save_checkpoint(model, path, {"train_config": cfg.to_dict(), "history": history,
+                                      "seed": cfg.seed, "train_images": len(train_set),
+                                      "val_images": len(val_set)})
+        log(f"saved {path}")
+    return model
+
+
+# ---- facepoints_lib/detect.py ----
+# Detection: ``detect(model_filename, test_img_dir)``, the course's second entry point.
+#
+# Images are decoded and resized a chunk at a time, so memory stays bounded however many
+# images the folder holds; predictions are mapped back to each image's original pixels.
+# Unreadable images are reported (one warning naming them) and left out of the result;
+# every readable image gets 28 numbers ``x1, y1, ..., x14, y14``.
+
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
+
+
+def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
+           filenames: Sequence[str] | None = None, flip_tta: bool = True,
+           device: str = "cpu", threads: int | None = None, chunk: int = DETECT_CHUNK,
+           progress: Callable[..., object] | None = None) -> dict[str, np.ndarray]:
+    """Find the 14 keypoints in every image of ``test_img_dir``.
+
+    Returns ``{filename: np.ndarray of 28 float64}`` in the original image's pixels
+    (``x1, y1, ..., x14, y14``). ``filenames`` restricts detection to those files of
+    the folder. ``flip_tta`` averages with the prediction on the mirrored image.
+    ``threads`` sets torch's CPU threads (None: leave as is). ``progress`` is an
+    optional progress-bar factory (``TextProgress`` or ``tqdm``).
+    """
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    img_dir = Path(test_img_dir)
+    if not img_dir.is_dir():
+        raise NotADirectoryError(f"test image folder not found: {img_dir}")
+    names = list(filenames) if filenames is not None else list_images(img_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(model_filename, device)
+    size = model.config.image_size
+
+    failed: list[str] = []
+    results: dict[str, np.ndarray] = {}
+    bar = progress(total=len(names), desc="detect", unit="img") if progress else None
+    for batch_names, images, sizes in iter_image_chunks(
+            img_dir, size, chunk, names, on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
+        norm = predict(model, images, flip_tta=flip_tta)
+        pixels = normalized_to_pixels(torch.from_numpy(norm), sizes).numpy()
+        for name, points in zip(batch_names, pixels):
+            results[name] = points.reshape(-1).astype(np.float64)
+        if bar is not None:
+            bar.update(len(batch_names))
+    if bar is not None:
+        bar.close()
+    if failed:
+        warnings.warn(f"{len(failed)} of {len(names)} images could not be read and have no "
+                      f"prediction: {'; '.join(failed[:5])}", stacklevel=2)
+    return results
+
+
+# ---- facepoints_lib/grader.py ----
+# A local grader that does what the course's ``run.py`` does, and a bit more.
+#
+# Two folder layouts are understood:
+#
+# * **The course's tests folder**: ``NN_name_input/{train,test}`` beside ``NN_name_gt/``
+#   (``gt.csv`` and ``img_shapes.csv``), one pair per test. For each test: fast-train on
+#   ``train/`` (to prove training works in the grader's limits), detect ``test/images``
+#   with the model file, and compare with the hidden ``gt.csv``.
+# * **A plain ``train/`` folder** (``gt.csv`` + ``images/``): a seeded holdout is split
+#   off; fast training uses the rest, detection runs on the holdout.
+#
+# The err is the course's (``metrics.course_err`` on the stored image sizes) and the mark
+# its table. Note that a model trained on the faces it is graded on scores too well: use
+# a holdout the model never saw (``facepoints bench`` does) for an honest figure.
+
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+
+def compute_err(detected: dict[str, np.ndarray], gt: dict[str, np.ndarray],
+                img_shapes: dict[str, tuple[int, int]]) -> float:
+    """The course's err of ``detected`` against ``gt``; shapes are ``(n_rows, n_cols)``.
+
+    Every file of ``gt`` must have a detection and a shape; a missing one is an error
+    that names it (the course counts it as a failed test).
+    """
+    names = sorted(gt)
+    if not names:
+        raise ValueError("no ground-truth rows to grade against")
+    for table, what in ((detected, "detection"), (img_shapes, "image shape")):
+        missing = [name for name in names if name not in table]
+        if missing:
+            raise KeyError(f"{len(missing)} files have no {what}: {', '.join(missing[:5])}")
+    pred = np.stack([np.asarray(detected[n], dtype=np.float64).reshape(-1, 2) for n in names])
+    true = np.stack([np.asarray(gt[n], dtype=np.float64).reshape(-1, 2) for n in names])
+    sizes = np.array([(img_shapes[n][1], img_shapes[n][0]) for n in names], dtype=np.float64)
+    return float(per_image_err(pred, true, sizes).mean())
+
+
+def find_course_tests(tests_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Pairs ``(NN_*_input, NN_*_gt)`` of a course tests folder, sorted by name."""
+    tests_dir = Path(tests_dir)
+    pairs = []
+    for input_dir in sorted(tests_dir.glob("*_input")):
+        gt_dir = input_dir.with_name(input_dir.name[: -len("_input")] + "_gt")
+        if input_dir.is_dir() and gt_dir.is_dir():
+            pairs.append((input_dir, gt_dir))
+    return pairs
+
+
+def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None],
+                       progress: Callable[..., object]) -> dict:
+    started = time.monotonic()
+    model = train_detector(gt, img_dir, fast_train=True, log=log, progress=progress)
+    seconds = time.monotonic() - started
+    history = getattr(model, "train_history", [])
+    val_err = history[-1]["val_err"] if history else float("nan")
+    log(f"fast_train: {format_seconds(seconds)} ({seconds:.1f} s), validation err {val_err:.3f}")
+    return {"fast_train_seconds": seconds, "fast_train_val_err": val_err}
+
+
+def grade_course_tests(tests_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
+                       fast_train: bool = True, output_dir: str | os.PathLike | None = None,
+                       log: Callable[[str], None] = print,
+                       progress: Callable[..., object] = TextProgress) -> list[dict]:
+    """Run every test of a course tests folder; return one result dict per test."""
+    pairs = find_course_tests(tests_dir)
+    if not pairs:
+        raise FileNotFoundError(f"no NN_*_input / NN_*_gt test pairs in {tests_dir}")
+    model_path = Path(model_path) if model_path is not None else default_model_path()
+    results = []
+    for input_dir, gt_dir in pairs:
+        log(f"== {input_dir.name}")
+        result: dict = {"test": input_dir.name}
+        if fast_train:
+            train_dir = input_dir / "train"
+            result.update(_grader_fast_train(read_gt(train_dir / "gt.csv"), train_dir / "images",
+                                             log, progress))
+        started = time.monotonic()
+        detected = detect(model_path, input_dir / "test" / "images")
+        result["detect_seconds"] = time.monotonic() - started
+        if output_dir is not None:
+            out = Path(output_dir) / input_dir.name
+            out.mkdir(parents=True, exist_ok=True)
+            write_gt(detected, out / "output.csv")
+        err = compute_err(detected, read_gt(gt_dir / "gt.csv"), read_img_shapes(gt_dir / "img_shapes.csv"))
+        result.update(err=err, mark=course_mark(err), images=len(detected))
+        log(f"{input_dir.name}: err {err:.4f}, mark {result['mark']}")
+        results.append(result)
+    return results
+
+
+def grade_train_folder(train_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
+                       holdout: int = 500, seed: int = 0, fast_train: bool = True,
+                       log: Callable[[str], None] = print,
+                       progress: Callable[..., object] = TextProgress) -> dict:
+    """Grade on a plain ``train/`` folder: fast-train on all but a seeded holdout, detect the holdout."""
+    train_dir = Path(train_dir)
+    gt = read_gt(train_dir / "gt.csv")
+    img_dir = train_dir / "images"
+    rest, held = split_names(sorted(gt), holdout, seed)
+    result: dict = {"test": train_dir.name, "holdout": len(held)}
+    if fast_train:
+        result.update(_grader_fast_train({n: gt[n] for n in rest}, img_dir, log, progress))
+    model_path = Path(model_path) if model_path is not None else default_model_path()
+    started = time.monotonic()
+    detected = detect(model_path, img_dir, filenames=held)
+    result["detect_seconds"] = time.monotonic() - started
+    shapes_file = train_dir / "img_shapes.csv"
+    if shapes_file.is_file():
+        shapes = read_img_shapes(shapes_file)
+    else:
+        shapes = {}
+        for name in held:
+            width, height = read_image_size(img_dir / name)
+            shapes[name] = (height, width)
+    err = compute_err(detected, {n: gt[n] for n in held}, shapes)
+    result.update(err=err, mark=course_mark(err), images=len(detected))
+    log(f"{train_dir.name} holdout of {len(held)}: err {err:.4f}, mark {result['mark']} "
+        f"(detect {result['detect_seconds']:.1f} s)")
+    return result
+
+
+def grade(data_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
+          holdout: int = 500, seed: int = 0, fast_train: bool = True,
+          log: Callable[[str], None] = print,
+          progress: Callable[..., object] = TextProgress) -> list[dict]:
+    """Grade ``data_dir``, whichever of the two layouts it has (see the module docstring)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise NotADirectoryError(f"data folder not found: {data_dir}")
+    if (data_dir / "gt.csv").is_file() and (data_dir / "images").is_dir():
+        return [grade_train_folder(data_dir, model_path, holdout=holdout, seed=seed,
+                                   fast_train=fast_train, log=log, progress=progress)]
+    if find_course_tests(data_dir):
+        return grade_course_tests(data_dir, model_path, fast_train=fast_train, log=log,
+                                  progress=progress)
+    raise FileNotFoundError(f"{data_dir} is neither a train folder (gt.csv + images/) nor a "
+                            f"course tests folder (NN_*_input + NN_*_gt)")
+
+
+def grader_main(argv: Sequence[str] | None = None) -> int:
+    """``python solution.py DATA_DIR``: the local grader as a script."""
+    parser = argparse.ArgumentParser(
+        prog="solution.py",
+        description="Grade the facial keypoint detector locally, as the course's run.py does: "
+                    "fast-train on the training part, detect with the model file, print err and mark.")
+    parser.add_argument("data_dir", help="a course tests folder (NN_*_input + NN_*_gt) "
+                                         "or a train folder (gt.csv + images/)")
+    parser.add_argument("--model", default=None,
+                        help=f"model file (default: {MODEL_FILENAME} beside the code)")
+    parser.add_argument("--holdout", type=int, default=500,
+                        help="faces held out of a train folder for grading (default 500)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the holdout split")
+    parser.add_argument("--no-fast-train", action="store_true",
+                        help="skip the fast training run, only detect and score")
+    parser.add_argument("--output-dir", default=None,
+                        help="write each course test's detections as output.csv here")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        data_dir = Path(args.data_dir)
+        if (data_dir / "gt.csv").is_file() or not find_course_tests(data_dir):
+            results = grade(data_dir, args.model, holdout=args.holdout, seed=args.seed,
+                            fast_train=not args.no_fast_train)
+        else:
+            results = grade_course_tests(data_dir, args.model, fast_train=not args.no_fast_train,
+                                         output_dir=args.output_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mean_err = float(np.mean([r["err"] for r in results]))
+    print(f"err {mean_err:.4f}, mark {course_mark(mean_err)}, "
+          f"{len(results)} test(s), {time.monotonic() - started:.1f} s, torch {torch.__version__}")
+    return 0
+
+
+# ---- entry point ----
+if __name__ == "__main__":
+    raise SystemExit(grader_main())
