@@ -300,6 +300,7 @@ class Blocker:
 sys.meta_path.insert(0, Blocker())
 spec = importlib.util.spec_from_file_location("solution", sys.argv[1])
 solution = importlib.util.module_from_spec(spec)
+sys.modules["solution"] = solution  # as a normal import does (dataclasses need it)
 spec.loader.exec_module(solution)
 assert callable(solution.train_detector) and callable(solution.detect)
 print("OK")
