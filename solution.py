@@ -185,7 +185,7 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
         k *= 2
     box = (0.0, 0.0, width / k, height / k)
     resized = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(resized, dtype=np.uint8), (width, height)
+    return np.array(resized, dtype=np.uint8), (width, height)   # writable, for torch.from_numpy
 
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -207,7 +207,9 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 # The reader accepts what the course's files contain and what spreadsheet programs make
 # of them (a UTF-8 byte-order mark, CRLF line endings, a missing header, blank lines), and
 # refuses everything ambiguous with a ``GtFormatError`` that names the file and line: a
-# wrong number of values, a value that is not a finite number, a file name listed twice.
+# wrong number of values, a value that is not a finite number, a file name listed twice,
+# a file that is not UTF-8 text. ``check_gt_table`` applies the same checks to a table
+# passed in memory.
 
 
 import csv
@@ -252,21 +254,49 @@ def read_gt(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"keypoint table not found: {path}")
     table: dict[str, np.ndarray] = {}
     first_line: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if line_no == 1 and row[0].strip().lower() == "filename":
-                continue
-            name, values = _parse_gt_row(row, f"{path}, line {line_no}")
-            if name in table:
-                raise GtFormatError(f"{path}, line {line_no}: file name {name!r} is already "
-                                    f"listed on line {first_line[name]}")
-            table[name] = values
-            first_line[name] = line_no
+    line_no = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if line_no == 1 and row[0].strip().lower() == "filename":
+                    continue
+                name, values = _parse_gt_row(row, f"{path}, line {line_no}")
+                if name in table:
+                    raise GtFormatError(f"{path}, line {line_no}: file name {name!r} is already "
+                                        f"listed on line {first_line[name]}")
+                table[name] = values
+                first_line[name] = line_no
+    except (UnicodeDecodeError, csv.Error) as exc:   # binary junk, stray quotes, huge fields
+        raise GtFormatError(f"{path}, after line {line_no}: not a UTF-8 CSV text file: {exc}") from None
     if not table:
         raise GtFormatError(f"{path}: no keypoint rows")
     return table
+
+
+def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray]:
+    """Check an in-memory table (``{filename: 28 numbers}``) as ``read_gt`` checks a file.
+
+    Returns a new dict of float64 arrays; raises ``GtFormatError`` naming the first bad
+    entry (a name that is not a non-empty string, or not 28 finite numbers).
+    """
+    if not isinstance(table, dict):
+        raise TypeError(f"{where} must be a dict {{filename: 28 coordinates}}, got {type(table).__name__}")
+    checked: dict[str, np.ndarray] = {}
+    for name, coords in table.items():
+        if not isinstance(name, str) or not name.strip():
+            raise GtFormatError(f"{where}: file name {name!r} is not a non-empty string")
+        try:
+            values = np.asarray(coords, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise GtFormatError(f"{where}: {name}: coordinates are not numbers ({exc})") from None
+        if values.shape != (NUM_COORDS,):
+            raise GtFormatError(f"{where}: {name}: expected {NUM_COORDS} coordinates, got {values.size}")
+        if not np.isfinite(values).all():
+            raise GtFormatError(f"{where}: {name}: coordinates must be finite numbers")
+        checked[name] = values
+    return checked
 
 
 def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
@@ -772,7 +802,9 @@ class KeypointNet(nn.Module):
         x = self.lateral[-1](features[-1])
         for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
             x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
-        return self.heatmaps(self.smooth(x))
+        x = self.smooth(x)
+        with torch.autocast(x.device.type, enabled=False):   # bf16 logits would blur the softmax
+            return self.heatmaps(x.float())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.pixel_mean) / self.pixel_std
@@ -978,8 +1010,9 @@ class CheckpointError(ValueError):
 
 def library_versions() -> dict:
     """Versions that decide whether a training run can be reproduced bit for bit."""
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "machine": platform.machine()}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "numpy": str(np.__version__), "machine": platform.machine()}
 
 
 def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -1006,7 +1039,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # TorchVersion (a str subclass) is allowed: files written before versions were str()'d hold one.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
         raise CheckpointError(f"cannot load model file {path} (damaged, truncated, or it holds "
                               f"objects other than weights): {exc}") from exc
@@ -1021,8 +1056,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
     try:
         model = build_model(payload["model_config"])
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored network config: {exc}") from exc
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:   # NaN/inf weights would give NaN keypoints for every image
+        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
     model.metadata = payload.get("metadata", {})
     return model.to(device).eval()
 
@@ -1038,6 +1076,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
 
 import copy
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -1058,7 +1097,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     epochs: int = 60                 # passes over the training faces
     batch_size: int = 64
-    lr: float = 2e-3                 # AdamW peak learning rate
+    optimizer: str = "adamw"         # "adamw" or "sgd" (Nesterov momentum 0.9)
+    lr: float = 2e-3                 # peak learning rate
     weight_decay: float = 1e-4       # on convolution and linear weights only
     warmup_epochs: float = 2.0       # linear warm-up, then cosine decay to zero
     loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
@@ -1139,18 +1179,27 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
 
 
 @torch.no_grad()
-def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 128,
-            flip_tta: bool = True) -> np.ndarray:
-    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S), in fp32."""
+def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
+            flip_tta: bool = True, bf16: bool = False) -> np.ndarray:
+    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S).
+
+    ``flip_tta`` averages with the (re-labelled) prediction on the mirrored image;
+    ``bf16`` runs the backbone under bfloat16 autocast (the heatmap logits and the
+    soft-argmax stay fp32).
+    """
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255.0)
-        x = x.contiguous(memory_format=torch.channels_last)
-        pred = model(x)
         if flip_tta:
-            pred = 0.5 * (pred + flip_keypoints(model(flip_images(x))))
+            x = torch.cat([x, flip_images(x)])
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = model(x).float()
+        if flip_tta:
+            half = len(pred) // 2
+            pred = 0.5 * (pred[:half] + flip_keypoints(pred[half:]))
         out.append(pred.double().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
 
@@ -1204,7 +1253,13 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     del pixels
     model = model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                    momentum=0.9, nesterov=True)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
     batch_size = min(cfg.batch_size, len(train))
     steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
@@ -1296,11 +1351,18 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     ``fast_train=True`` a short run on one CPU thread checks that training works and
     writes nothing; with ``fast_train=False`` the full recipe runs and the model is
     saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
+    Rows for files missing from the folder are dropped with a warning; a malformed table
+    raises ``GtFormatError``, an unreadable listed image ``ImageReadError``.
     """
     if not isinstance(fast_train, bool):
         raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
+    if not isinstance(train_gt, (dict, str, os.PathLike)):
+        raise TypeError(f"train_gt must be a dict {{filename: 28 coordinates}} or the path of a "
+                        f"gt.csv, got {type(train_gt).__name__}")
+    if not isinstance(train_img_dir, (str, os.PathLike)):
+        raise TypeError(f"train_img_dir must be a folder path, got {type(train_img_dir).__name__}")
     cfg = config if config is not None else (fast_config() if fast_train else full_config())
-    gt = dict(train_gt) if isinstance(train_gt, dict) else read_gt(train_gt)
+    gt = check_gt_table(train_gt, "train_gt") if isinstance(train_gt, dict) else read_gt(train_gt)
     img_dir = Path(train_img_dir)
     if not img_dir.is_dir():
         raise NotADirectoryError(f"training image folder not found: {img_dir}")
@@ -1356,24 +1418,35 @@ DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
            filenames: Sequence[str] | None = None, flip_tta: bool = True,
            device: str = "cpu", threads: int | None = None, chunk: int = DETECT_CHUNK,
+           bf16: str = "auto",
            progress: Callable[..., object] | None = None) -> dict[str, np.ndarray]:
     """Find the 14 keypoints in every image of ``test_img_dir``.
 
     Returns ``{filename: np.ndarray of 28 float64}`` in the original image's pixels
     (``x1, y1, ..., x14, y14``). ``filenames`` restricts detection to those files of
     the folder. ``flip_tta`` averages with the prediction on the mirrored image.
-    ``threads`` sets torch's CPU threads (None: leave as is). ``progress`` is an
+    ``threads`` sets torch's CPU threads (None: leave as is). ``bf16`` ("auto", "on",
+    "off") runs the backbone in bfloat16 where the CPU computes it natively (the
+    logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001). ``progress`` is an
     optional progress-bar factory (``TextProgress`` or ``tqdm``).
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    for value, what in ((model_filename, "model_filename"), (test_img_dir, "test_img_dir")):
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__}")
+    if isinstance(filenames, (str, os.PathLike)):
+        raise TypeError("filenames must be a list of file names, not a single name")
     img_dir = Path(test_img_dir)
     if not img_dir.is_dir():
         raise NotADirectoryError(f"test image folder not found: {img_dir}")
     names = list(filenames) if filenames is not None else list_images(img_dir)
+    if not names:
+        warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=2)
     if threads:
         torch.set_num_threads(threads)
     model = load_model(model_filename, device)
+    low_precision = use_bf16(bf16, torch.device(device))
     size = model.config.image_size
 
     failed: list[str] = []
@@ -1381,7 +1454,7 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     bar = progress(total=len(names), desc="detect", unit="img") if progress else None
     for batch_names, images, sizes in iter_image_chunks(
             img_dir, size, chunk, names, on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
-        norm = predict(model, images, flip_tta=flip_tta)
+        norm = predict(model, images, flip_tta=flip_tta, bf16=low_precision)
         pixels = normalized_to_pixels(torch.from_numpy(norm), sizes).numpy()
         for name, points in zip(batch_names, pixels):
             results[name] = points.reshape(-1).astype(np.float64)

@@ -34,7 +34,7 @@ import torch
 
 from .gt_csv import read_gt
 from .images import read_image_size
-from .metrics import ced_auc, course_mark, per_image_nme
+from .metrics import ced_auc, course_mark, per_image_err, per_image_nme
 from .model import count_parameters
 from .train import TrainConfig, full_config, split_names, train_detector
 
@@ -101,8 +101,11 @@ names = json.loads(open(sys.argv[3]).read())
 start = time.perf_counter()
 out = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "detections": {k: v.tolist() for k, v in out.items()}}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+plain = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1, flip_tta=False)
+print(json.dumps({"seconds": seconds, "peak_rss_mb": rss,
+                  "detections": {k: v.tolist() for k, v in out.items()},
+                  "detections_no_tta": {k: v.tolist() for k, v in plain.items()}}))
 """
 
 _FAST_SCRIPT = """
@@ -162,9 +165,10 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
             fast = _bench_subprocess(_FAST_SCRIPT, str(data_dir / "gt.csv"), str(img_dir), str(names_file))
 
     pred = np.stack([np.asarray(detected["detections"][n]).reshape(-1, 2) for n in held])
+    pred_no_tta = np.stack([np.asarray(detected["detections_no_tta"][n]).reshape(-1, 2) for n in held])
     true = np.stack([gt[n].reshape(-1, 2) for n in held])
     sizes = np.array([read_image_size(img_dir / n) for n in held], dtype=np.float64)
-    err_per_image = (((pred - true) / sizes[:, None, :] * 100) ** 2).reshape(len(held), -1).mean(1)
+    err_per_image = per_image_err(pred, true, sizes)
     err = float(err_per_image.mean())
     nme = per_image_nme(pred, true)
     result = {
@@ -178,7 +182,8 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
         "model_mb": model_path.stat().st_size / 2**20,
         "holdout": {"err": err, "mark": course_mark(err), "nme": float(nme.mean()),
                     "auc08": ced_auc(nme, 0.08), "median_err": float(np.median(err_per_image)),
-                    "worst_err": float(err_per_image.max())},
+                    "worst_err": float(err_per_image.max()),
+                    "err_without_flip_tta": float(per_image_err(pred_no_tta, true, sizes).mean())},
         "train": {"wall_seconds": train_seconds, "fit_seconds": fit_seconds, "steps": steps,
                   "epochs": history[-1]["epoch"] if history else 0,
                   "images_per_second": steps * min(cfg.batch_size, len(rest)) / fit_seconds,

@@ -27,8 +27,9 @@ class CheckpointError(ValueError):
 
 def library_versions() -> dict:
     """Versions that decide whether a training run can be reproduced bit for bit."""
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "machine": platform.machine()}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "numpy": str(np.__version__), "machine": platform.machine()}
 
 
 def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -55,7 +56,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # TorchVersion (a str subclass) is allowed: files written before versions were str()'d hold one.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
         raise CheckpointError(f"cannot load model file {path} (damaged, truncated, or it holds "
                               f"objects other than weights): {exc}") from exc
@@ -70,7 +73,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
     try:
         model = build_model(payload["model_config"])
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored network config: {exc}") from exc
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:   # NaN/inf weights would give NaN keypoints for every image
+        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
     model.metadata = payload.get("metadata", {})
     return model.to(device).eval()

@@ -7,7 +7,9 @@ of 28 numbers ``[x1, y1, ..., x14, y14]``, exactly as the course's ``run.py`` ke
 The reader accepts what the course's files contain and what spreadsheet programs make
 of them (a UTF-8 byte-order mark, CRLF line endings, a missing header, blank lines), and
 refuses everything ambiguous with a ``GtFormatError`` that names the file and line: a
-wrong number of values, a value that is not a finite number, a file name listed twice.
+wrong number of values, a value that is not a finite number, a file name listed twice,
+a file that is not UTF-8 text. ``check_gt_table`` applies the same checks to a table
+passed in memory.
 """
 
 from __future__ import annotations
@@ -55,21 +57,49 @@ def read_gt(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"keypoint table not found: {path}")
     table: dict[str, np.ndarray] = {}
     first_line: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if line_no == 1 and row[0].strip().lower() == "filename":
-                continue
-            name, values = _parse_gt_row(row, f"{path}, line {line_no}")
-            if name in table:
-                raise GtFormatError(f"{path}, line {line_no}: file name {name!r} is already "
-                                    f"listed on line {first_line[name]}")
-            table[name] = values
-            first_line[name] = line_no
+    line_no = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if line_no == 1 and row[0].strip().lower() == "filename":
+                    continue
+                name, values = _parse_gt_row(row, f"{path}, line {line_no}")
+                if name in table:
+                    raise GtFormatError(f"{path}, line {line_no}: file name {name!r} is already "
+                                        f"listed on line {first_line[name]}")
+                table[name] = values
+                first_line[name] = line_no
+    except (UnicodeDecodeError, csv.Error) as exc:   # binary junk, stray quotes, huge fields
+        raise GtFormatError(f"{path}, after line {line_no}: not a UTF-8 CSV text file: {exc}") from None
     if not table:
         raise GtFormatError(f"{path}: no keypoint rows")
     return table
+
+
+def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray]:
+    """Check an in-memory table (``{filename: 28 numbers}``) as ``read_gt`` checks a file.
+
+    Returns a new dict of float64 arrays; raises ``GtFormatError`` naming the first bad
+    entry (a name that is not a non-empty string, or not 28 finite numbers).
+    """
+    if not isinstance(table, dict):
+        raise TypeError(f"{where} must be a dict {{filename: 28 coordinates}}, got {type(table).__name__}")
+    checked: dict[str, np.ndarray] = {}
+    for name, coords in table.items():
+        if not isinstance(name, str) or not name.strip():
+            raise GtFormatError(f"{where}: file name {name!r} is not a non-empty string")
+        try:
+            values = np.asarray(coords, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise GtFormatError(f"{where}: {name}: coordinates are not numbers ({exc})") from None
+        if values.shape != (NUM_COORDS,):
+            raise GtFormatError(f"{where}: {name}: expected {NUM_COORDS} coordinates, got {values.size}")
+        if not np.isfinite(values).all():
+            raise GtFormatError(f"{where}: {name}: coordinates must be finite numbers")
+        checked[name] = values
+    return checked
 
 
 def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:

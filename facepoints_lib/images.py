@@ -112,7 +112,7 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
         k *= 2
     box = (0.0, 0.0, width / k, height / k)
     resized = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(resized, dtype=np.uint8), (width, height)
+    return np.array(resized, dtype=np.uint8), (width, height)   # writable, for torch.from_numpy
 
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -158,7 +158,9 @@ class KeypointNet(nn.Module):
         x = self.lateral[-1](features[-1])
         for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
             x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
-        return self.heatmaps(self.smooth(x))
+        x = self.smooth(x)
+        with torch.autocast(x.device.type, enabled=False):   # bf16 logits would blur the softmax
+            return self.heatmaps(x.float())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.pixel_mean) / self.pixel_std

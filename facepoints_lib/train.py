@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from .augment import AugmentConfig, augment_batch, flip_images, flip_keypoints
 from .checkpoint import MODEL_FILENAME, save_checkpoint
 from .dataset import FaceSet, load_faces
-from .gt_csv import read_gt
+from .gt_csv import check_gt_table, read_gt
 from .metrics import ced_auc, course_err, per_image_nme
 from .model import KeypointNet, ModelConfig, build_model, count_parameters
 from .progress import TextProgress, format_seconds
@@ -37,7 +38,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     epochs: int = 60                 # passes over the training faces
     batch_size: int = 64
-    lr: float = 2e-3                 # AdamW peak learning rate
+    optimizer: str = "adamw"         # "adamw" or "sgd" (Nesterov momentum 0.9)
+    lr: float = 2e-3                 # peak learning rate
     weight_decay: float = 1e-4       # on convolution and linear weights only
     warmup_epochs: float = 2.0       # linear warm-up, then cosine decay to zero
     loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
@@ -118,18 +120,27 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
 
 
 @torch.no_grad()
-def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 128,
-            flip_tta: bool = True) -> np.ndarray:
-    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S), in fp32."""
+def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
+            flip_tta: bool = True, bf16: bool = False) -> np.ndarray:
+    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S).
+
+    ``flip_tta`` averages with the (re-labelled) prediction on the mirrored image;
+    ``bf16`` runs the backbone under bfloat16 autocast (the heatmap logits and the
+    soft-argmax stay fp32).
+    """
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255.0)
-        x = x.contiguous(memory_format=torch.channels_last)
-        pred = model(x)
         if flip_tta:
-            pred = 0.5 * (pred + flip_keypoints(model(flip_images(x))))
+            x = torch.cat([x, flip_images(x)])
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = model(x).float()
+        if flip_tta:
+            half = len(pred) // 2
+            pred = 0.5 * (pred[:half] + flip_keypoints(pred[half:]))
         out.append(pred.double().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
 
@@ -183,7 +194,13 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     del pixels
     model = model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                    momentum=0.9, nesterov=True)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
     batch_size = min(cfg.batch_size, len(train))
     steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
@@ -275,11 +292,18 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     ``fast_train=True`` a short run on one CPU thread checks that training works and
     writes nothing; with ``fast_train=False`` the full recipe runs and the model is
     saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
+    Rows for files missing from the folder are dropped with a warning; a malformed table
+    raises ``GtFormatError``, an unreadable listed image ``ImageReadError``.
     """
     if not isinstance(fast_train, bool):
         raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
+    if not isinstance(train_gt, (dict, str, os.PathLike)):
+        raise TypeError(f"train_gt must be a dict {{filename: 28 coordinates}} or the path of a "
+                        f"gt.csv, got {type(train_gt).__name__}")
+    if not isinstance(train_img_dir, (str, os.PathLike)):
+        raise TypeError(f"train_img_dir must be a folder path, got {type(train_img_dir).__name__}")
     cfg = config if config is not None else (fast_config() if fast_train else full_config())
-    gt = dict(train_gt) if isinstance(train_gt, dict) else read_gt(train_gt)
+    gt = check_gt_table(train_gt, "train_gt") if isinstance(train_gt, dict) else read_gt(train_gt)
     img_dir = Path(train_img_dir)
     if not img_dir.is_dir():
         raise NotADirectoryError(f"training image folder not found: {img_dir}")

@@ -1,0 +1,258 @@
+"""Numbers the notebooks compute: data checks, error breakdowns, benchmark results.
+
+* Data: grayscale faces, points outside the frame, head roll from the eye centres,
+  duplicate images and whether their labels agree.
+* Errors: the course err split per point (``per_point_err`` averages to ``per_image_err``),
+  statistics in bins, flip consistency of a model.
+* Benchmarks: ``bench/results/*.json`` files (written by ``facepoints_lib.bench``) read,
+  tabulated and grouped by what their ``--set`` overrides change.
+
+Keypoints are ``(N, 14, 2)`` arrays; "normalised" means the ``schema`` convention (the
+image spans [0, 1] on both axes). Not frozen into ``solution.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import flip_images, flip_keypoints
+from .schema import FLIP_PERMUTATION
+from .train import predict
+
+LEFT_EYE_CENTRE, RIGHT_EYE_CENTRE = 5, 8
+
+
+# ---- data -------------------------------------------------------------------------------
+
+def grayscale_mask(images: torch.Tensor, tolerance: float = 2.0) -> np.ndarray:
+    """True for uint8 images (N, 3, S, S) whose channels agree (mean difference < tolerance)."""
+    x = images.float()
+    diff = ((x[:, 0] - x[:, 1]).abs() + (x[:, 1] - x[:, 2]).abs()).mean(dim=(1, 2)) / 2
+    return (diff < tolerance).numpy()
+
+
+def points_outside(points: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(N, 14) True where a pixel point lies outside its image ([-0.5, side - 0.5])."""
+    sizes = np.asarray(sizes, dtype=np.float64)[:, None, :]
+    return ((points < -0.5) | (points > sizes - 0.5)).any(axis=-1)
+
+
+def eye_roll_degrees(points: np.ndarray) -> np.ndarray:
+    """Head roll from the eye centres, in degrees; 0 is level, positive turns clockwise.
+
+    Use pixel coordinates. Beyond +-90 degrees the "left" eye is right of the "right"
+    one: the face is upside down or its left/right labels are swapped.
+    """
+    d = points[:, RIGHT_EYE_CENTRE] - points[:, LEFT_EYE_CENTRE]
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+
+
+def left_of_right(points: np.ndarray) -> np.ndarray:
+    """(N,) True where every "left" point lies left of its mirror partner (smaller x).
+
+    Holds for upright faces with correct labels; a mirror without the relabelling of
+    ``FLIP_PERMUTATION`` breaks it for every face.
+    """
+    pairs = [(i, j) for i, j in enumerate(FLIP_PERMUTATION) if i < j]
+    left, right = zip(*pairs)
+    points = np.asarray(points, dtype=np.float64)
+    return (points[:, list(left), 0] < points[:, list(right), 0]).all(axis=1)
+
+
+def _thumbnails(images: torch.Tensor, side: int = 16) -> np.ndarray:
+    """Zero-mean, unit-norm gray thumbnails (N, side*side) for comparing pictures."""
+    gray = images.float().mean(dim=1, keepdim=True)
+    small = torch.nn.functional.adaptive_avg_pool2d(gray, side).flatten(1)
+    small = small - small.mean(dim=1, keepdim=True)
+    return (small / small.norm(dim=1, keepdim=True).clamp_min(1e-6)).numpy()
+
+
+def find_duplicates(images: torch.Tensor, threshold: float = 0.995, chunk: int = 1024) -> list[list[int]]:
+    """Groups of indices of images that look the same (thumbnail correlation >= threshold).
+
+    Catches re-encoded and resized copies; mirrored copies are not duplicates here.
+    """
+    feats = _thumbnails(images)
+    parent = list(range(len(feats)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(feats), chunk):
+        sim = feats[start:start + chunk] @ feats.T
+        for a, b in zip(*np.nonzero(sim >= threshold)):
+            a += start
+            if a < b:
+                parent[root(b)] = root(a)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(feats)):
+        groups.setdefault(root(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def label_spread(keypoints: np.ndarray, group: list[int]) -> float:
+    """Largest distance (percent of the image side) between labels of the same point in a group."""
+    pts = np.asarray(keypoints, dtype=np.float64)[group]
+    diff = pts[:, None] - pts[None, :]
+    return float(100 * np.linalg.norm(diff, axis=-1).max())
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+def per_point_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+    """(N, 14): each point's share of the course err; ``.mean(1)`` is ``metrics.per_image_err``.
+
+    With ``sizes`` (N, 2) of (width, height) the points are pixels; without, normalised.
+    """
+    diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
+    if sizes is not None:
+        diff = diff / np.asarray(sizes, dtype=np.float64)[:, None, :]
+    return ((100 * diff) ** 2).mean(axis=-1)
+
+
+def binned(x: np.ndarray, y: np.ndarray, edges) -> list[dict]:
+    """Mean, standard error and count of ``y`` in each bin of ``x`` (empty bins left out)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (x >= lo) & ((x < hi) | ((hi == edges[-1]) & (x <= hi)))
+        if inside.any():
+            values = y[inside]
+            sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+            rows.append({"lo": float(lo), "hi": float(hi), "count": int(inside.sum()),
+                         "mean": float(values.mean()), "sem": float(sem)})
+    return rows
+
+
+def flip_consistency(model, images: torch.Tensor) -> np.ndarray:
+    """Per-image course err between the prediction and the mirrored image's prediction mirrored back.
+
+    0 for a perfectly mirror-symmetric model; both predictions are made without flip TTA.
+    """
+    plain = predict(model, images, flip_tta=False)
+    mirrored = predict(model, flip_images(images), flip_tta=False)
+    back = flip_keypoints(torch.from_numpy(mirrored)).numpy()
+    return ((100 * (plain - back)) ** 2).reshape(len(plain), -1).mean(axis=1)
+
+
+# ---- benchmark results ------------------------------------------------------------------
+
+# Overrides that only set the budget of a run; results are compared within one budget.
+BUDGET_KEYS = ("epochs", "threads", "max_steps", "device", "eval_every", "seed")
+
+# First matching prefix of an override key -> the comparison it belongs to.
+GROUP_PREFIXES = (
+    ("model.head", "head"), ("model.image_size", "resolution"), ("loss", "loss"),
+    ("augment.", "augmentation"), ("model.", "capacity"), ("optimizer", "optimisation"),
+    ("lr", "optimisation"), ("batch_size", "optimisation"), ("ema_decay", "optimisation"),
+    ("weight_decay", "optimisation"), ("warmup_epochs", "optimisation"),
+)
+
+
+def load_bench_results(results_dir: str | Path) -> list[dict]:
+    """Every readable ``*.json`` result in ``results_dir``, sorted by name ([] if none)."""
+    results = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(result["holdout"]["err"], (int, float)) or "history" not in result["train"]:
+                raise ValueError("missing holdout.err or train.history")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"skipped {path.name}: not a benchmark result ({exc})", stacklevel=2)
+            continue
+        result.setdefault("name", path.stem)
+        results.append(result)
+    return results
+
+
+def split_overrides(result: dict) -> tuple[dict, dict]:
+    """(budget overrides, other overrides) of a result, each as {key: value text}."""
+    budget, changes = {}, {}
+    for text in result.get("overrides", []):
+        key, _, value = str(text).partition("=")
+        (budget if key.strip() in BUDGET_KEYS else changes)[key.strip()] = value.strip()
+    return budget, changes
+
+
+def experiment_group(result: dict) -> str:
+    """What a result compares: "baseline", "head", "loss", "augmentation", ... (from its overrides)."""
+    _, changes = split_overrides(result)
+    if not changes:
+        return "baseline"
+    key = next(iter(changes))
+    return next((group for prefix, group in GROUP_PREFIXES if key.startswith(prefix)), key)
+
+
+def budget_label(result: dict) -> str:
+    """The training budget a result belongs to, e.g. ``"8 epochs, 1 thread(s)"``."""
+    cfg = result.get("config", {})
+    threads = result.get("train", {}).get("threads", cfg.get("threads"))
+    return f"{cfg.get('epochs', '?')} epochs, {threads} thread(s)"
+
+
+def bench_rows(results: list[dict]) -> list[dict]:
+    """One flat row per result: name, group, budget, change, parameters, err, mark, nme, auc, time."""
+    rows = []
+    for r in results:
+        _, changes = split_overrides(r)
+        train = r.get("train", {})
+        rows.append({
+            "name": r["name"], "group": experiment_group(r), "budget": budget_label(r),
+            "change": ", ".join(f"{k}={v}" for k, v in changes.items()) or "-",
+            "parameters": r.get("parameters"), "err": r["holdout"]["err"],
+            "mark": r["holdout"].get("mark"), "nme": r["holdout"].get("nme"),
+            "auc08": r["holdout"].get("auc08"),
+            "train_minutes": train.get("wall_seconds", float("nan")) / 60,
+            "images_per_second": train.get("images_per_second"),
+        })
+    return rows
+
+
+def format_table(rows: list[dict], columns: list[str], formats: dict | None = None) -> str:
+    """A plain-text table of ``rows`` (dicts) with the given columns and format specs."""
+    formats = formats or {}
+
+    def cell(row, col):
+        value = row.get(col)
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "-"
+        return format(value, formats[col]) if col in formats else str(value)
+
+    cells = [[cell(r, c) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(line[k]) for line in cells]) for k, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) if k else v.ljust(w) for k, (v, w) in enumerate(zip(line, widths)))
+              for line in cells]
+    return "\n".join(lines)
+
+
+def group_experiments(results: list[dict]) -> dict[str, list[dict]]:
+    """{group: results}, each group with the baseline(s) of the same budget first.
+
+    Groups without a baseline in their budget keep just their own results.
+    """
+    baselines = {}
+    for r in results:
+        if experiment_group(r) == "baseline":
+            baselines.setdefault(budget_label(r), []).append(r)
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        group = experiment_group(r)
+        if group != "baseline":
+            members = groups.setdefault(group, [])
+            for base in baselines.get(budget_label(r), []):
+                if base not in members:
+                    members.insert(0, base)
+            members.append(r)
+    return groups
+

@@ -1,0 +1,197 @@
+"""Which faces the notebooks look at, chosen by one setting, and how big their runs are.
+
+Every notebook starts with ``data = choose_data(DATA)``. The faces come from, in order:
+
+1. the argument ``DATA`` when it is not None: a course-format ``train/`` folder
+   (``images/`` + ``gt.csv``), or the word ``"synthetic"``;
+2. the environment variable ``FACEPOINTS_DATA`` (the same two kinds of value);
+3. ``data/train`` in the project, the README's place for the course data;
+4. otherwise synthetic faces from :func:`facepoints_lib.synth.make_synthetic_faces`,
+   written once to ``data/synthetic/notebooks-<count>-seed<seed>/`` (or to the system's
+   temporary folder when ``data/`` is not writable) and reused afterwards.
+
+``FACEPOINTS_NB_FAST=1`` is CI mode (the test suite sets it): the same code paths with
+small sizes, so that all notebooks run in a few minutes on two cores. Notebooks write
+sizes as ``pick(normal, fast)``. ``FACEPOINTS_MODEL`` names a model file for notebook 04
+(default: ``facepoints_model.pt`` at the project root).
+
+This module is for the notebooks only; it is not frozen into ``solution.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import MODEL_FILENAME
+from .dataset import FaceSet, load_faces
+from .gt_csv import read_gt, read_img_shapes
+from .images import read_image_size
+from .synth import make_synthetic_faces
+
+DATA_ENV = "FACEPOINTS_DATA"
+FAST_ENV = "FACEPOINTS_NB_FAST"
+MODEL_ENV = "FACEPOINTS_MODEL"
+SYNTHETIC = "synthetic"
+
+SYNTHETIC_FACES = 1000          # synthetic faces generated for an interactive session
+SYNTHETIC_FACES_FAST = 300      # ... and in CI mode
+COURSE_FACES_FAST = 300         # course faces used in CI mode (a seeded subset)
+
+
+def fast_mode() -> bool:
+    """True in CI mode (``FACEPOINTS_NB_FAST`` set to anything but ``""``, ``0``, ``false``)."""
+    return os.environ.get(FAST_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pick(normal, fast):
+    """``fast`` in CI mode, ``normal`` otherwise: the notebooks' sizes and step counts."""
+    return fast if fast_mode() else normal
+
+
+def project_root() -> Path:
+    """The project's root: the folder holding ``pyproject.toml`` above the package or the cwd."""
+    here = Path(__file__).resolve().parent.parent
+    for folder in (here, *Path.cwd().resolve().parents, Path.cwd().resolve()):
+        if (folder / "pyproject.toml").is_file() and (folder / "facepoints_lib").is_dir():
+            return folder
+    return Path.cwd().resolve()
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the project root when it lies inside it (for printing)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(project_root()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class NotebookData:
+    """A course-format folder of faces and what the notebooks should do with it."""
+
+    root: Path                  # holds images/ and gt.csv
+    synthetic: bool             # True for the generated faces
+    fast: bool                  # CI mode: use few faces and few steps
+    reason: str                 # why this folder was chosen, for the reader
+
+    @property
+    def img_dir(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def gt_path(self) -> Path:
+        return self.root / "gt.csv"
+
+    def read_gt(self) -> dict[str, np.ndarray]:
+        """The keypoint table; in CI mode on course data, a seeded subset of it."""
+        gt = read_gt(self.gt_path)
+        if self.fast and not self.synthetic and len(gt) > COURSE_FACES_FAST:
+            names = sorted(gt)
+            keep = np.random.default_rng(0).choice(len(names), COURSE_FACES_FAST, replace=False)
+            gt = {names[i]: gt[names[i]] for i in sorted(keep)}
+        return gt
+
+    def image_sizes(self, names: list[str]) -> np.ndarray:
+        """``(N, 2)`` (width, height) of the stored images, from img_shapes.csv when present."""
+        shapes = {}
+        if (self.root / "img_shapes.csv").is_file():
+            shapes = read_img_shapes(self.root / "img_shapes.csv")
+        sizes = [(shapes[n][1], shapes[n][0]) if n in shapes else read_image_size(self.img_dir / n)
+                 for n in names]
+        return np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+
+    def load(self, image_size: int, names: list[str] | None = None,
+             gt: dict[str, np.ndarray] | None = None) -> FaceSet:
+        """Decode the faces (all of ``read_gt()``, or ``names``) at ``image_size`` pixels."""
+        gt = gt if gt is not None else self.read_gt()
+        return load_faces(self.img_dir, image_size, gt, sorted(names) if names is not None else None)
+
+    def describe(self) -> str:
+        """One line for the reader: which faces, how many, and why."""
+        kind = "synthetic faces" if self.synthetic else "faces"
+        mode = " (CI mode: small sizes)" if self.fast else ""
+        count = len(read_gt(self.gt_path))
+        return f"{count} {kind} in {shown_path(self.root)}: {self.reason}{mode}"
+
+
+def synthetic_dir(count: int, seed: int = 0) -> Path:
+    """Where the notebooks' synthetic faces live (created by :func:`ensure_synthetic`)."""
+    name = f"notebooks-{count}-seed{seed}"
+    folder = project_root() / "data" / "synthetic"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / "facepoints-synthetic"
+    return folder / name
+
+
+def ensure_synthetic(count: int, seed: int = 0) -> Path:
+    """Write ``count`` synthetic faces once (same faces every time) and return the folder."""
+    target = synthetic_dir(count, seed)
+    if (target / "gt.csv").is_file() and len(read_gt(target / "gt.csv")) == count:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=target.name + "-", dir=target.parent))
+    try:
+        make_synthetic_faces(scratch, count, seed=seed)
+        if target.exists():
+            shutil.rmtree(target)
+        scratch.rename(target)              # appears complete or not at all
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _is_course_folder(path: Path) -> bool:
+    return (path / "gt.csv").is_file() and (path / "images").is_dir()
+
+
+def choose_data(setting: str | os.PathLike | None = None, *, seed: int = 0,
+                synthetic_count: int | None = None) -> NotebookData:
+    """Pick the notebook's faces (see the module docstring for the order of the choices).
+
+    A folder that is named but does not hold ``images/`` and ``gt.csv`` is an error, so
+    a typo never silently falls back to synthetic faces.
+    """
+    fast = fast_mode()
+    count = synthetic_count or pick(SYNTHETIC_FACES, SYNTHETIC_FACES_FAST)
+    reason = None
+    if setting is None and os.environ.get(DATA_ENV, "").strip():
+        setting, reason = os.environ[DATA_ENV].strip(), f"chosen by {DATA_ENV}"
+    elif setting is not None:
+        reason = "chosen in the notebook"
+    if setting is not None and str(setting).lower() == SYNTHETIC:
+        return NotebookData(ensure_synthetic(count, seed), True, fast, f"{reason}, {count} generated")
+    if setting is not None:
+        folder = Path(setting).expanduser()
+        if not folder.is_absolute() and not folder.exists():
+            folder = project_root() / folder
+        if not _is_course_folder(folder):
+            raise FileNotFoundError(f"{setting} ({reason}) is not a course-format folder with "
+                                    f"images/ and gt.csv")
+        return NotebookData(folder.resolve(), False, fast, reason)
+    default = project_root() / "data" / "train"
+    if _is_course_folder(default):
+        return NotebookData(default, False, fast, "the course data found at data/train")
+    return NotebookData(ensure_synthetic(count, seed), True, fast,
+                        f"no course data in data/train, so {count} were generated")
+
+
+def model_path(setting: str | os.PathLike | None = None) -> Path:
+    """The model file notebook 04 analyses: the argument, ``FACEPOINTS_MODEL``, or the shipped one."""
+    if setting is None:
+        setting = os.environ.get(MODEL_ENV, "").strip() or project_root() / MODEL_FILENAME
+    path = Path(setting).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = project_root() / path
+    return path

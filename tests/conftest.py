@@ -1,0 +1,114 @@
+"""Shared fixtures: synthetic face folders, tiny networks and checkpoints.
+
+Everything here is seeded, so every test sees the same data on every run. The networks
+are deliberately tiny (a few thousand parameters at 32-64 px) to keep the suite fast on a
+two-core CPU; the end-to-end test in ``test_train.py`` is the only one that trains for real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facepoints_lib.checkpoint import save_checkpoint
+from facepoints_lib.model import ModelConfig, build_model
+from facepoints_lib.schema import NUM_POINTS
+from facepoints_lib.synth import make_synthetic_faces
+from facepoints_lib.train import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TRAIN_FACES = 300        # the shared training folder
+HOLDOUT_FACES = 100      # a held-out folder drawn with another seed
+
+
+def tiny_model_config(image_size: int = 32, head: str = "heatmap") -> ModelConfig:
+    """A network small enough to run in milliseconds (same code paths as the real one)."""
+    return ModelConfig(image_size=image_size, head=head, stem_width=8, widths=(8, 12, 16, 16),
+                       depths=(1, 1, 1, 1), decoder_width=8, hidden=16, dropout=0.0)
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    """A training recipe that finishes in a second or two: tiny net, one epoch, one thread."""
+    values = dict(model=tiny_model_config(), epochs=1, batch_size=16, max_images=80, val_size=16,
+                  eval_every=1, threads=1, device="cpu", bf16="off", warmup_epochs=0.5)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def quiet_progress(**kwargs):
+    """A progress-bar factory that prints nothing (same interface as TextProgress)."""
+    from facepoints_lib.progress import TextProgress
+
+    return TextProgress(disable=True, **kwargs)
+
+
+def random_keypoints(n: int, seed: int = 0, low: float = 0.2, high: float = 0.8) -> torch.Tensor:
+    """Normalised keypoints (n, 14, 2), uniform in [low, high]."""
+    generator = torch.Generator().manual_seed(seed)
+    return low + (high - low) * torch.rand((n, NUM_POINTS, 2), generator=generator)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Training sets torch's thread count process-wide; give every test the default back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synth_train(tmp_path_factory) -> Path:
+    """A course-format ``train/`` folder of 300 synthetic faces (seed 0)."""
+    return make_synthetic_faces(tmp_path_factory.mktemp("synth") / "train", TRAIN_FACES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_holdout(tmp_path_factory) -> Path:
+    """100 further synthetic faces drawn with another seed (never used for training)."""
+    return make_synthetic_faces(tmp_path_factory.mktemp("synth") / "holdout", HOLDOUT_FACES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_faces(tmp_path_factory) -> Path:
+    """A small course-format folder (12 faces, seed 2) for detection and CLI tests."""
+    return make_synthetic_faces(tmp_path_factory.mktemp("synth") / "small", 12, seed=2)
+
+
+def save_tiny_model(path: Path, head: str = "heatmap", image_size: int = 32, seed: int = 0,
+                    mean_shape: torch.Tensor | None = None) -> Path:
+    """Save an untrained tiny network (seeded weights, optional mean shape) as a checkpoint."""
+    torch.manual_seed(seed)
+    model = build_model(tiny_model_config(image_size, head))
+    if head == "heatmap":
+        # Random (not zero) heatmap weights, so predictions depend on the image.
+        torch.nn.init.normal_(model.heatmaps.weight, std=0.5)
+    shape = mean_shape if mean_shape is not None else torch.full((NUM_POINTS, 2), 0.5)
+    model.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.25), shape)
+    return save_checkpoint(model.eval(), path, {"note": "untrained test network"})
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """An untrained tiny heatmap network saved as a checkpoint."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def constant_model_path(tmp_path_factory) -> Path:
+    """A regression network whose output is exactly its mean shape (zero-initialised head).
+
+    Every point is at ``u = 0.25, v = 0.75``, so detections in pixels are known exactly
+    for any image size: ``x = 0.25 w - 0.5``, ``y = 0.75 h - 0.5`` (without flip TTA).
+    """
+    shape = torch.tensor([0.25, 0.75]).expand(NUM_POINTS, 2).clone()
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "constant.pt", head="regression",
+                           mean_shape=shape)
+
+
+def as_points(table: dict[str, np.ndarray], names) -> np.ndarray:
+    """Stack ``{name: 28 numbers}`` rows into (N, 14, 2) in the order of ``names``."""
+    return np.stack([np.asarray(table[n], dtype=np.float64).reshape(NUM_POINTS, 2) for n in names])

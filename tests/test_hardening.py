@@ -1,0 +1,522 @@
+"""Bad inputs: each gets a clear error or a documented, warned skip (see docs/bad-inputs.md).
+
+Image folders full of odd files, malformed ``gt.csv`` files, damaged or hostile model
+files and wrong argument types, run through the public entry points (``detect``,
+``train_detector``, ``read_gt``, ``load_model``). Networks and training runs are tiny.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from facepoints_lib.checkpoint import (CheckpointError, load_checkpoint, load_model,
+                                       save_checkpoint)
+from facepoints_lib.dataset import load_faces
+from facepoints_lib.detect import detect
+from facepoints_lib.gt_csv import GT_HEADER, GtFormatError, read_gt, write_gt
+from facepoints_lib.images import ImageReadError, list_images, read_image_resized
+from facepoints_lib.model import ModelConfig, build_model
+from facepoints_lib.progress import TextProgress
+from facepoints_lib.synth import render_face
+from facepoints_lib.train import full_config, train_detector
+
+HARD_MODEL = ModelConfig(image_size=32, stem_width=4, widths=(4, 8, 8, 8), depths=(1, 1, 1, 1),
+                         decoder_width=4, hidden=8, dropout=0.0)
+
+
+def _quiet(**kwargs):
+    return TextProgress(disable=True, **kwargs)
+
+
+def _tiny_recipe(**overrides):
+    values = dict(model=HARD_MODEL, epochs=1, max_steps=3, batch_size=4, val_size=4, threads=1,
+                  device="cpu", bf16="off", warmup_epochs=0.5, ema_decay=0.0)
+    values.update(overrides)
+    return full_config(**values)
+
+
+def _face(seed: int, size=None) -> tuple[Image.Image, np.ndarray]:
+    img, points = render_face(np.random.default_rng([99, seed]), size)
+    return img, points.reshape(-1)
+
+
+def _save(img: Image.Image, path: Path, **kwargs) -> Path:
+    img.save(path, **kwargs)
+    return path
+
+
+def _write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def _row(name: str, values=None) -> str:
+    values = list(range(28)) if values is None else values
+    return name + "," + ",".join(str(v) for v in values)
+
+
+HEADER = ",".join(GT_HEADER)
+
+
+@pytest.fixture(scope="module")
+def hard_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model(HARD_MODEL)
+    torch.nn.init.normal_(model.heatmaps.weight, std=0.5)
+    return save_checkpoint(model.eval(), tmp_path_factory.mktemp("hard_models") / "tiny.pt")
+
+
+# --------------------------------------------------------------------------- image folders
+
+READABLE = {
+    # name -> how it is written (mode, format)
+    "face L.png": ("L", "PNG"),
+    "face LA.png": ("LA", "PNG"),
+    "face P.gif": ("P", "GIF"),
+    "face RGBA.webp": ("RGBA", "WEBP"),
+    "face CMYK.jpg": ("CMYK", "JPEG"),
+    "face CMYK.tif": ("CMYK", "TIFF"),
+    "face 1.bmp": ("1", "BMP"),
+    "face I16.png": ("I;16", "PNG"),
+    "face RGB.tiff": ("RGB", "TIFF"),
+    "visage é 顔.JPG": ("RGB", "JPEG"),
+}
+UNREADABLE = ("empty.jpg", "not really.jpg", "truncated.jpg")
+NOT_IMAGES = (".DS_Store", "Thumbs.db", "dir.jpg/", "notes.csv", "sub/")
+
+
+def _as_mode(img: Image.Image, mode: str) -> Image.Image:
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+    return img.convert(mode)
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """Readable images of many kinds, unreadable ones and non-images, side by side."""
+    folder = tmp_path_factory.mktemp("messy")
+    sizes = {}
+    for i, (name, (mode, fmt)) in enumerate(sorted(READABLE.items())):
+        img, _ = _face(i)
+        _save(_as_mode(img, mode), folder / name, format=fmt)
+        sizes[name] = img.size
+    big = Image.new("RGB", (6000, 6000), (20, 20, 20))
+    ImageDraw.Draw(big).rectangle((3000, 0, 5999, 5999), fill=(230, 230, 230))
+    _save(big, folder / "huge 6000.jpg", quality=70)
+    sizes["huge 6000.jpg"] = (6000, 6000)
+    small, _ = _face(50, (16, 16))
+    _save(small, folder / "tiny 16.png")
+    sizes["tiny 16.png"] = (16, 16)
+    wide, _ = _face(51, (120, 60))
+    _save(wide, folder / "wide.jpg")
+    sizes["wide.jpg"] = (120, 60)
+
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "not really.jpg").write_text("this is a text file\n")
+    whole = io.BytesIO()
+    _face(52, (300, 300))[0].save(whole, "JPEG")
+    (folder / "truncated.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (folder / "notes.csv").write_text("a,b\n1,2\n")
+    (folder / "sub").mkdir()
+    _save(_face(53)[0], folder / "sub" / "nested.jpg")
+    (folder / "dir.jpg").mkdir()
+    return folder, sizes
+
+
+def test_list_images_skips_non_images_with_one_warning(messy_folder):
+    folder, sizes = messy_folder
+    with pytest.warns(UserWarning, match="skipped 5 entries that are not images") as record:
+        names = list_images(folder)
+    assert len(record) == 1
+    for entry in NOT_IMAGES:
+        assert entry in str(record[0].message)
+    assert names == sorted(list(sizes) + list(UNREADABLE))
+
+
+def test_detect_returns_every_readable_image_and_names_the_unreadable(messy_folder, hard_model):
+    folder, sizes = messy_folder
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = detect(hard_model, folder)
+    messages = [str(w.message) for w in record]
+    unreadable = [m for m in messages if "could not be read" in m]
+    assert len(unreadable) == 1
+    assert unreadable[0].startswith(f"{len(UNREADABLE)} of {len(sizes) + len(UNREADABLE)} images")
+    for name in UNREADABLE:
+        assert name in unreadable[0]
+    assert any("not images" in m for m in messages)
+    assert set(result) == set(sizes)                 # nested/ and non-images are not read
+    for name, points in result.items():
+        assert points.shape == (28,) and points.dtype == np.float64
+        assert np.isfinite(points).all()
+        w, h = sizes[name]
+        xy = points.reshape(14, 2)
+        # soft-argmax keeps points inside the input frame; in pixels that is [-0.5, side - 0.5]
+        assert (xy[:, 0] >= -0.5 - 1e-6).all() and (xy[:, 0] <= w - 0.5 + 1e-6).all(), name
+        assert (xy[:, 1] >= -0.5 - 1e-6).all() and (xy[:, 1] <= h - 0.5 + 1e-6).all(), name
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_unreadable_image_raises_image_read_error_naming_it(messy_folder, name):
+    folder, _ = messy_folder
+    with pytest.raises(ImageReadError, match=f"cannot read image .*{name}"):
+        read_image_resized(folder / name, 32)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I"])
+def test_every_mode_becomes_the_same_rgb(tmp_path, mode):
+    """A flat grey of 200 reads as (200, 200, 200) whatever the mode ("1" is 0/255)."""
+    grey = Image.new("RGB", (20, 12), (200, 200, 200))
+    if mode in ("I;16", "I"):
+        img = Image.fromarray(np.full((12, 20), 200 * 257, dtype=np.uint16 if mode == "I;16" else np.int32))
+    elif mode == "RGBA":
+        img = grey.convert("RGBA")
+        img.putalpha(0)                                # fully transparent: alpha is dropped
+    elif mode in ("1", "P"):                           # no dithering: one exact level
+        img = grey.convert(mode, dither=Image.Dither.NONE, palette=Image.Palette.ADAPTIVE)
+    else:
+        img = grey.convert(mode)
+    path = _save(img, tmp_path / f"grey.{'tif' if mode in ('I', 'CMYK') else 'png'}")
+    array, size = read_image_resized(path, 16)
+    assert size == (20, 12)
+    assert array.shape == (16, 16, 3) and array.dtype == np.uint8
+    expected = 255 if mode == "1" else 200
+    assert np.abs(array.astype(int) - expected).max() <= 1
+
+
+def test_exif_orientation_is_ignored(tmp_path):
+    """Labels refer to the stored pixels: an EXIF rotation tag changes nothing."""
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    ImageDraw.Draw(img).rectangle((0, 0, 9, 19), fill=(255, 0, 0))      # red band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                     # "rotate 90 CW to view"
+    rotated = _save(img, tmp_path / "rotated.jpg", quality=95, exif=exif.tobytes())
+    plain = _save(img, tmp_path / "plain.jpg", quality=95)
+    with Image.open(rotated) as check:                 # the tag is really there and would rotate
+        assert check.getexif().get(0x0112) == 6
+        assert ImageOps.exif_transpose(check).size == (20, 40)
+    a_rot, size_rot = read_image_resized(rotated, 32)
+    a_plain, size_plain = read_image_resized(plain, 32)
+    assert size_rot == size_plain == (40, 20)
+    np.testing.assert_array_equal(a_rot, a_plain)
+    assert a_rot[:, :4, 0].mean() > 200 and a_rot[:, -4:, 2].mean() > 200   # red stays on the left
+
+    coords = np.tile([5.0, 10.0], 14)                  # inside the red band, stored frame
+    faces = load_faces(tmp_path, 32, {"rotated.jpg": coords})
+    np.testing.assert_allclose(faces.keypoints[0].numpy(), np.tile([5.5 / 40, 10.5 / 20], (14, 1)), rtol=1e-6)
+
+
+def test_huge_and_tiny_images_keep_their_geometry(messy_folder):
+    folder, _ = messy_folder
+    array, size = read_image_resized(folder / "huge 6000.jpg", 32)
+    assert size == (6000, 6000)
+    assert array[:, :15].max() < 60 and array[:, 17:].min() > 190     # dark left half, light right
+    array, size = read_image_resized(folder / "tiny 16.png", 64)
+    assert size == (16, 16) and array.shape == (64, 64, 3)
+
+
+def test_filenames_with_spaces_and_non_ascii_round_trip(tmp_path, hard_model):
+    names = ["a face.jpg", "visage é.jpg", "顔 2.png", "comma, quote\".png"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    table = {}
+    for i, name in enumerate(names):
+        img, points = _face(i)
+        _save(img, folder / name)
+        table[name] = points
+    gt_path = write_gt(table, tmp_path / "gt.csv")
+    assert sorted(read_gt(gt_path)) == sorted(names)
+    assert sorted(detect(hard_model, folder, flip_tta=False)) == sorted(names)
+
+
+# --------------------------------------------------------------------------- gt.csv
+
+BAD_TABLES = {
+    "missing column": (HEADER + "\n" + _row("a.jpg", range(27)) + "\n", "expected 29 values"),
+    "extra column": (HEADER + "\n" + _row("a.jpg", range(29)) + "\n", "expected 29 values"),
+    "non-numeric": (HEADER + "\n" + _row("a.jpg", ["12", "abc"] + list(range(26))) + "\n",
+                    "column y1 is 'abc', not a finite number"),
+    "NaN": (_row("a.jpg", ["nan"] + list(range(27))) + "\n", "column x1 is 'nan'"),
+    "inf": (_row("a.jpg", list(range(27)) + ["-inf"]) + "\n", "column y14 is '-inf'"),
+    "empty cell": (_row("a.jpg", [""] + list(range(27))) + "\n", "column x1 is ''"),
+    "duplicated name": (_row("a.jpg") + "\n" + _row("b.jpg") + "\n" + _row("a.jpg") + "\n",
+                        "line 3: file name 'a.jpg' is already listed on line 1"),
+    "empty name": (_row("") + "\n", "empty file name"),
+    "header only": (HEADER + "\n", "no keypoint rows"),
+    "empty file": ("", "no keypoint rows"),
+    "other header": ("image," + HEADER.split(",", 1)[1] + "\n" + _row("a.jpg") + "\n",
+                     "line 1: column x1 is 'x1'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_bad_gt_csv_raises_gt_format_error(tmp_path, case):
+    text, message = BAD_TABLES[case]
+    path = _write_csv(tmp_path / "gt.csv", text)
+    with pytest.raises(GtFormatError, match=message.replace("(", r"\(").replace("?", r"\?")) as info:
+        read_gt(path)
+    assert str(path) in str(info.value)
+
+
+def test_binary_gt_csv_raises_gt_format_error(tmp_path):
+    path = tmp_path / "gt.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary")
+    with pytest.raises(GtFormatError, match="not a UTF-8 CSV text file"):
+        read_gt(path)
+
+
+def test_missing_gt_csv_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="keypoint table not found"):
+        read_gt(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("variant", ["plain", "no header", "CRLF", "BOM", "BOM+CRLF+blank lines"])
+def test_accepted_gt_csv_variants(tmp_path, variant):
+    rows = [_row("a.jpg", [-3.5, 200] + list(range(26))), _row("b c é.jpg")]   # a point outside the frame
+    lines = ([] if variant == "no header" else [HEADER]) + rows
+    newline = "\r\n" if "CRLF" in variant else "\n"
+    if "blank" in variant:
+        lines = lines[:1] + ["", ""] + lines[1:] + [""]
+    text = ("\ufeff" if "BOM" in variant else "") + newline.join(lines) + newline
+    table = read_gt(_write_csv(tmp_path / "gt.csv", text))
+    assert sorted(table) == ["a.jpg", "b c é.jpg"]
+    assert table["a.jpg"][:3].tolist() == [-3.5, 200.0, 0.0]
+    assert table["b c é.jpg"].tolist() == [float(v) for v in range(28)]
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """Ten faces; face 3's row puts points outside the frame (the course data has such rows)."""
+    folder = tmp_path_factory.mktemp("labelled")
+    table = {}
+    for i in range(10):
+        img, points = _face(100 + i, (64, 64))
+        _save(img, folder / f"{i:02d}.png")
+        table[f"{i:02d}.png"] = points
+    table["03.png"] = table["03.png"].copy()
+    table["03.png"][:2] = (-7.0, 70.0)
+    return folder, table
+
+
+def test_train_detector_drops_rows_without_images_and_ignores_images_without_rows(labelled_folder):
+    folder, table = labelled_folder
+    gt = {name: v for name, v in table.items() if name not in ("08.png", "09.png")}   # images without rows
+    gt["ghost 1.png"] = table["00.png"]
+    gt["ghost 2.png"] = table["01.png"]
+    logs: list[str] = []
+    with pytest.warns(UserWarning, match=r"2 files listed in the keypoint table are not in .* "
+                                         r"left out: ghost 1.png, ghost 2.png"):
+        model = train_detector(gt, folder, fast_train=True, config=_tiny_recipe(),
+                               progress=_quiet, log=logs.append)
+    assert any("on 4 faces (4 for validation)" in line for line in logs), logs   # 8 labelled faces
+    assert model.train_history and np.isfinite(model.train_history[-1]["val_err"])
+
+
+def test_train_detector_reads_a_gt_csv_path(labelled_folder, tmp_path):
+    folder, table = labelled_folder
+    path = write_gt(table, tmp_path / "gt.csv")
+    model = train_detector(str(path), folder, fast_train=True, config=_tiny_recipe(),
+                           progress=_quiet, log=lambda line: None)
+    assert np.isfinite(model.train_history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("short", "00.png: expected 28 coordinates, got 10"),
+    ("nan", "00.png: coordinates must be finite numbers"),
+    ("text", "00.png: coordinates are not numbers"),
+    ("int key", "file name 7 is not a non-empty string"),
+])
+def test_train_detector_checks_a_table_given_as_dict(labelled_folder, case, message):
+    folder, table = labelled_folder
+    gt = dict(table)
+    if case == "short":
+        gt["00.png"] = gt["00.png"][:10]
+    elif case == "nan":
+        gt["00.png"] = np.full(28, np.nan)
+    elif case == "text":
+        gt["00.png"] = ["x"] * 28
+    else:
+        gt[7] = gt.pop("07.png")
+    with pytest.raises(GtFormatError, match=message):
+        train_detector(gt, folder, fast_train=True, config=_tiny_recipe(), progress=_quiet,
+                       log=lambda line: None)
+
+
+def test_train_detector_names_an_unreadable_labelled_image(labelled_folder, tmp_path):
+    folder, table = labelled_folder
+    for name in table:
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    (tmp_path / "05.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="05.png"):
+        train_detector(table, tmp_path, fast_train=True, config=_tiny_recipe(val_size=0),
+                       progress=_quiet, log=lambda line: None)
+
+
+# --------------------------------------------------------------------------- model files
+
+class _RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: a stand-in for any code a file could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def _payload(hard_model: Path) -> dict:
+    return torch.load(hard_model, weights_only=True)
+
+
+def _broken_model_files(hard_model: Path, folder: Path) -> dict[str, Path]:
+    payload = _payload(hard_model)
+    files = {}
+
+    def put(name, obj):
+        torch.save(obj, folder / name)
+        files[name] = folder / name
+
+    (folder / "empty.pt").write_bytes(b"")
+    files["empty.pt"] = folder / "empty.pt"
+    data = hard_model.read_bytes()
+    (folder / "truncated.pt").write_bytes(data[: len(data) // 2])
+    files["truncated.pt"] = folder / "truncated.pt"
+    (folder / "text.pt").write_text("not a model\n")
+    files["text.pt"] = folder / "text.pt"
+    put("plain_state_dict.pt", payload["state_dict"])                   # another program's format
+    put("other_format.pt", {**payload, "format": "facepoints-checkpoint-99"})
+    other = build_model(ModelConfig(image_size=32, stem_width=8, widths=(8, 8, 8, 8),
+                                    depths=(1, 1, 1, 1), decoder_width=8))
+    put("other_architecture.pt", {**payload, "state_dict": other.state_dict()})
+    put("other_head.pt", {**payload, "model_config": {**payload["model_config"], "head": "regression"}})
+    put("unknown_config_key.pt", {**payload, "model_config": {**payload["model_config"], "colour": 1}})
+    put("config_not_a_dict.pt", {**payload, "model_config": [1, 2, 3]})
+    put("no_weights.pt", {k: v for k, v in payload.items() if k != "state_dict"})
+    nan = {k: v.clone() for k, v in payload["state_dict"].items()}
+    nan["heatmaps.weight"].fill_(float("nan"))
+    put("nan_weights.pt", {**payload, "state_dict": nan})
+    return files
+
+
+@pytest.fixture(scope="module")
+def broken_models(tmp_path_factory, hard_model):
+    return _broken_model_files(hard_model, tmp_path_factory.mktemp("broken_models"))
+
+
+@pytest.mark.parametrize("name", [
+    "empty.pt", "truncated.pt", "text.pt", "plain_state_dict.pt", "other_format.pt",
+    "other_architecture.pt", "other_head.pt", "unknown_config_key.pt", "config_not_a_dict.pt",
+    "no_weights.pt", "nan_weights.pt",
+])
+def test_broken_model_file_raises_checkpoint_error(broken_models, messy_folder, name):
+    path = broken_models[name]
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+    folder, _ = messy_folder
+    with pytest.raises(CheckpointError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detect(path, folder)
+
+
+def test_missing_model_file(tmp_path, messy_folder):
+    with pytest.raises(CheckpointError, match="model file not found"):
+        load_model(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="model file not found"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detect(tmp_path, messy_folder[0])                # a folder is not a model file
+
+
+@pytest.mark.parametrize("container", ["torch.save", "raw pickle"])
+def test_pickle_payload_is_refused_and_runs_no_code(tmp_path, hard_model, container):
+    marker = tmp_path / "code-ran.txt"
+    evil = tmp_path / "evil.pt"
+    obj = {**_payload(hard_model), "metadata": {"note": _RunsCode(marker)}}
+    if container == "torch.save":
+        torch.save(obj, evil)
+    else:
+        evil.write_bytes(pickle.dumps(obj, protocol=2))
+    with pytest.raises(CheckpointError, match="objects other than weights"):
+        load_checkpoint(evil)
+    with pytest.raises(CheckpointError):
+        load_model(evil)
+    assert not marker.exists()
+    # Control: an ordinary (not weights-only) load of the same file runs the payload.
+    if container == "torch.save":
+        loaded = torch.load(evil, weights_only=False)
+    else:
+        loaded = pickle.loads(evil.read_bytes())
+    loaded["metadata"]["note"].close()
+    assert marker.exists()
+
+
+def test_a_good_model_file_loads(hard_model):
+    model = load_model(hard_model)
+    assert model.config == HARD_MODEL
+    assert model.metadata["versions"]["torch"] == str(torch.__version__)
+
+
+# --------------------------------------------------------------------------- arguments
+
+def test_empty_folder(tmp_path, hard_model, labelled_folder):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.warns(UserWarning, match="no images to detect keypoints in"):
+        assert detect(hard_model, empty) == {}
+    with pytest.warns(UserWarning, match="10 files listed in the keypoint table are not in"), \
+            pytest.raises(ValueError, match="need at least 2 labelled images .* found 0"):
+        train_detector(labelled_folder[1], empty, fast_train=True, config=_tiny_recipe(),
+                       progress=_quiet, log=lambda line: None)
+
+
+@pytest.mark.parametrize("fast_train", ["True", "False", 1, 0, None, np.True_])
+def test_fast_train_must_be_a_bool(labelled_folder, fast_train):
+    folder, table = labelled_folder
+    with pytest.raises(TypeError, match="fast_train must be True or False"):
+        train_detector(table, folder, fast_train=fast_train)
+
+
+@pytest.mark.parametrize("train_gt, img_dir, message", [
+    (None, ".", "train_gt must be a dict"),
+    (5, ".", "train_gt must be a dict"),
+    ([("a.jpg", [0] * 28)], ".", "train_gt must be a dict"),
+    ({}, None, "train_img_dir must be a folder path"),
+    ({}, 3.5, "train_img_dir must be a folder path"),
+])
+def test_train_detector_wrong_types(train_gt, img_dir, message):
+    with pytest.raises(TypeError, match=message):
+        train_detector(train_gt, img_dir, fast_train=True)
+
+
+def test_train_detector_missing_folder(labelled_folder, tmp_path):
+    with pytest.raises(NotADirectoryError, match="training image folder not found"):
+        train_detector(labelled_folder[1], tmp_path / "nope", fast_train=True)
+
+
+def test_detect_wrong_types_and_missing_folder(hard_model, messy_folder, tmp_path):
+    folder, _ = messy_folder
+    with pytest.raises(TypeError, match="model_filename must be a path"):
+        detect(None, folder)
+    with pytest.raises(TypeError, match="model_filename must be a path"):
+        detect(hard_model.read_bytes(), folder)
+    with pytest.raises(TypeError, match="test_img_dir must be a path"):
+        detect(hard_model, 42)
+    with pytest.raises(TypeError, match="filenames must be a list"):
+        detect(hard_model, folder, filenames="wide.jpg")
+    with pytest.raises(ValueError, match="chunk must be a positive integer"):
+        detect(hard_model, folder, chunk=0)
+    with pytest.raises(NotADirectoryError, match="test image folder not found"):
+        detect(hard_model, tmp_path / "nope")
+    with pytest.raises(NotADirectoryError, match="test image folder not found"):
+        detect(hard_model, hard_model)

@@ -1,0 +1,110 @@
+"""Tests of the networks: output shapes, soft-argmax, the plain-data config."""
+
+import json
+
+import pytest
+import torch
+
+from facepoints_lib.model import (KeypointNet, ModelConfig, build_model, count_parameters,
+                                  soft_argmax)
+from facepoints_lib.schema import NUM_POINTS
+
+from conftest import tiny_model_config
+
+
+@pytest.mark.parametrize("head", ["heatmap", "regression"])
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_both_heads_give_n_14_2(head, image_size):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(image_size, head)).eval()
+    images = torch.rand(3, 3, image_size, image_size)
+    with torch.no_grad():
+        out = model(images)
+    assert out.shape == (3, NUM_POINTS, 2) and out.dtype == torch.float32
+    assert bool(torch.isfinite(out).all())
+    if head == "heatmap":       # a soft-argmax is a mean of cell centres: inside the image
+        assert float(out.min()) > 0 and float(out.max()) < 1
+
+
+def test_default_network_shapes_and_gradients():
+    model = build_model(ModelConfig())
+    assert 100_000 < count_parameters(model) < 5_000_000
+    model.train()
+    out = model(torch.rand(2, 3, 96, 96))
+    assert out.shape == (2, NUM_POINTS, 2)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_regression_head_starts_at_mean_shape():
+    model = build_model(tiny_model_config(32, "regression")).eval()
+    shape = torch.rand(NUM_POINTS, 2, generator=torch.Generator().manual_seed(0))
+    model.set_statistics(torch.full((3,), 0.4), torch.full((3,), 0.2), shape)
+    with torch.no_grad():
+        out = model(torch.rand(4, 3, 32, 32))
+    torch.testing.assert_close(out, shape.expand(4, -1, -1))
+
+
+def test_set_statistics_normalises_input():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(32)).eval()
+    images = torch.rand(2, 3, 32, 32)
+    model.set_statistics(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.5, 0.5]),
+                         torch.full((NUM_POINTS, 2), 0.5))
+    with torch.no_grad():
+        shifted = model(images + torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1))
+        model.set_statistics(torch.zeros(3), torch.full((3,), 0.5), torch.full((NUM_POINTS, 2), 0.5))
+        plain = model(images)
+    torch.testing.assert_close(shifted, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("h, w", [(8, 8), (6, 10)])
+def test_soft_argmax_of_one_hot_is_the_pixel_centre(h, w):
+    n, k = 2, 3
+    logits = torch.full((n, k, h, w), -1e4)
+    spots = [[(0, 0), (h - 1, w - 1), (2, 3)], [(1, 5 % w), (h // 2, 0), (h - 1, 1)]]
+    for i in range(n):
+        for c, (row, col) in enumerate(spots[i]):
+            logits[i, c, row, col] = 0.0
+    out = soft_argmax(logits)
+    assert out.shape == (n, k, 2)
+    for i in range(n):
+        for c, (row, col) in enumerate(spots[i]):
+            torch.testing.assert_close(out[i, c], torch.tensor([(col + 0.5) / w, (row + 0.5) / h]))
+
+
+def test_soft_argmax_uniform_map_gives_centre_and_is_differentiable():
+    logits = torch.zeros(1, 1, 5, 7, requires_grad=True)
+    out = soft_argmax(logits)
+    torch.testing.assert_close(out, torch.tensor([[[0.5, 0.5]]]))
+    out[..., 0].sum().backward()
+    assert float(logits.grad.abs().sum()) > 0
+
+
+def test_config_round_trip():
+    cfg = ModelConfig(image_size=64, head="regression", widths=(8, 16, 24, 32), depths=(1, 2, 1, 1))
+    data = cfg.to_dict()
+    assert data["widths"] == [8, 16, 24, 32] and isinstance(data["depths"], list)
+    json.dumps(data)                                              # plain data only
+    again = ModelConfig.from_dict(json.loads(json.dumps(data)))
+    assert again == cfg and isinstance(again.widths, tuple)
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
+    assert build_model(data).config == cfg
+
+
+def test_config_refuses_unknown_keys_and_bad_values():
+    data = ModelConfig().to_dict()
+    with pytest.raises(ValueError, match="unknown model config keys: colour"):
+        ModelConfig.from_dict({**data, "colour": "blue"})
+    with pytest.raises(ValueError, match="head"):
+        ModelConfig.from_dict({**data, "head": "magic"})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ModelConfig.from_dict({**data, "image_size": 100})
+    with pytest.raises(ValueError, match="one entry per stage"):
+        ModelConfig.from_dict({**data, "widths": [8, 16]})
+    with pytest.raises(ValueError):
+        KeypointNet(ModelConfig(image_size=16))
+
+
+def test_missing_keys_take_defaults():
+    assert ModelConfig.from_dict({"image_size": 64}) == ModelConfig(image_size=64)

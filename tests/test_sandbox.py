@@ -1,0 +1,196 @@
+"""The grader's fast_train in a sandbox: it must train, validate and write nothing.
+
+``solution.py`` (the single submitted file) runs in a private mount namespace where the
+whole file system is read-only (the data folder, the working directory and HOME
+included) and the usual scratch folders (``/tmp``, ``/var/tmp``, ``/dev/shm``,
+``/run/lock``) are fresh, empty and writable: every file the run leaves there is its own
+doing, whatever else runs on the machine. The code under test runs as the unprivileged
+user 65534 ("nobody"), with one thread and no GPU. Afterwards the scratch folders must be
+as empty as before, except for the empty ``/tmp/torchinductor_<user>`` folder that torch
+itself creates on the first optimiser step.
+
+If this Python installation cannot be started by user 65534 (its files are not readable
+by other users), the run falls back to uid 0 with every capability dropped, which the
+read-only mounts confine just as well; the test says which in its failure messages.
+Skipped without root, ``unshare`` or ``setpriv``: everything in the project's test
+environment runs as root, so a plain ``chmod`` could not prove that nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facepoints_lib.synth import make_synthetic_faces
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = REPO_ROOT / "solution.py"
+UNSHARE, SETPRIV = shutil.which("unshare"), shutil.which("setpriv")
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                       reason="needs root to build a read-only mount namespace and switch user"),
+    pytest.mark.skipif(UNSHARE is None or SETPRIV is None,
+                       reason="needs util-linux's unshare and setpriv"),
+    pytest.mark.skipif(not SOLUTION.is_file(), reason="solution.py has not been generated"),
+]
+
+# Runs as the unprivileged user inside the sandbox.
+DRIVER = r'''
+import csv, importlib.util, json, os, sys
+
+code_dir, data_dir = sys.argv[1], sys.argv[2]
+
+denied = {}                     # the sandbox really is read-only where it should be
+for name, folder in (("data", data_dir), ("cwd", os.getcwd()), ("home", os.environ["HOME"]),
+                     ("code", code_dir)):
+    try:
+        open(os.path.join(folder, "write_probe"), "x").close()
+        denied[name] = False
+    except OSError:
+        denied[name] = True
+
+spec = importlib.util.spec_from_file_location("solution", os.path.join(code_dir, "solution.py"))
+solution = importlib.util.module_from_spec(spec)
+sys.modules["solution"] = solution            # as a normal import does (dataclasses need it)
+spec.loader.exec_module(solution)
+
+import numpy as np
+import torch
+
+# gt.csv read as the course's run.py does: {filename: array of 28 numbers}.
+with open(os.path.join(data_dir, "gt.csv")) as handle:
+    rows = list(csv.reader(handle))[1:]
+train_gt = {row[0]: np.array([float(v) for v in row[1:]]) for row in rows}
+
+model = solution.train_detector(train_gt, os.path.join(data_dir, "images"), fast_train=True)
+print("DRIVER " + json.dumps({
+    "denied": denied, "uid": os.getuid(), "history": model.train_history,
+    "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+    "training": model.training,
+    "package_loaded": sorted(m for m in sys.modules if m.split(".")[0] == "facepoints_lib"),
+}))
+'''
+
+# Runs as root inside ``unshare --mount``: builds the sandbox, runs the driver, lists writes.
+WRAPPER = r'''
+import json, os, subprocess, sys
+
+source, python, setpriv = sys.argv[1:4]
+SCRATCH = [d for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.path.isdir(d)]
+BOX = "/tmp/facepoints-sandbox"
+
+tree = {}                                     # the sandbox's files, read before /tmp is replaced
+for folder, dirs, files in os.walk(source):
+    rel = os.path.relpath(folder, source)
+    tree[rel] = None
+    for name in files:
+        with open(os.path.join(folder, name), "rb") as handle:
+            tree[os.path.join(rel, name)] = handle.read()
+
+def run(*command):
+    return subprocess.run(command, capture_output=True, text=True)
+
+# Everything read-only, then fresh scratch folders on top.
+for point in sorted({line.split()[1] for line in open("/proc/self/mounts")}, key=len):
+    run("mount", "-o", "remount,bind,ro", point.replace("\\040", " "))
+for folder in SCRATCH:
+    done = run("mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", folder)
+    assert done.returncode == 0, done.stderr
+probe = run("touch", "/usr/facepoints-write-probe")
+assert probe.returncode != 0, "the root file system is still writable"
+
+for rel, data in sorted(tree.items()):
+    path = os.path.normpath(os.path.join(BOX, rel))
+    if data is None:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)
+    else:
+        with open(path, "wb") as handle:
+            handle.write(data)
+        os.chmod(path, 0o644)
+os.chmod("/tmp", 0o1777)
+for step in (["--bind", BOX, BOX], ["-o", "remount,bind,ro", BOX]):
+    done = run("mount", *step)
+    assert done.returncode == 0, done.stderr
+
+def listing():
+    found = {}
+    for root in SCRATCH:
+        for folder, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = os.path.join(folder, name)
+                st = os.lstat(path)
+                found[path] = (st.st_mode, st.st_size if name in files else 0, st.st_mtime_ns, st.st_uid)
+    return found
+
+env = {"HOME": BOX + "/home", "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+       "CUDA_VISIBLE_DEVICES": ""}
+as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+as_capless_root = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
+usable = subprocess.run(as_nobody + [python, "-I", "-c", "import torch, numpy, PIL"],
+                        cwd=BOX + "/cwd", env=env, capture_output=True, text=True)
+user = "nobody" if usable.returncode == 0 else "capless-root"
+before = listing()
+result = subprocess.run((as_nobody if user == "nobody" else as_capless_root)
+                        + [python, "-I", BOX + "/code/driver.py", BOX + "/code", BOX + "/data/train"],
+                        cwd=BOX + "/cwd", env=env, capture_output=True, text=True, timeout=540)
+after = listing()
+written = sorted(p for p, info in after.items() if before.get(p) != info)
+written += sorted(p + " (removed)" for p in before if p not in after)
+empty_dirs = sorted(p for p in written if os.path.isdir(p) and not os.listdir(p))
+print("WRAPPER " + json.dumps({
+    "user": user, "probe": usable.stderr[-500:], "returncode": result.returncode,
+    "stdout": result.stdout, "stderr": result.stderr, "written": written, "empty_dirs": empty_dirs,
+}))
+'''
+
+
+@pytest.fixture(scope="module")
+def sandbox_source(tmp_path_factory):
+    """What the sandbox will hold: synthetic train data, solution.py and the driver."""
+    root = tmp_path_factory.mktemp("sandbox_source")
+    make_synthetic_faces(root / "data" / "train", 160, seed=7)
+    (root / "code").mkdir()
+    shutil.copy2(SOLUTION, root / "code" / "solution.py")
+    (root / "code" / "driver.py").write_text(DRIVER)
+    (root / "home").mkdir()
+    (root / "cwd").mkdir()
+    (root.parent / "wrapper.py").write_text(WRAPPER)
+    return root
+
+
+def test_fast_train_in_a_read_only_sandbox(sandbox_source):
+    if subprocess.run([UNSHARE, "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare --mount is not permitted here (no private mount namespaces)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    run = subprocess.run([UNSHARE, "--mount", "--propagation", "private", sys.executable, "-I",
+                          str(sandbox_source.parent / "wrapper.py"), str(sandbox_source),
+                          sys.executable, SETPRIV],
+                         capture_output=True, text=True, timeout=590, env=env)
+    assert run.returncode == 0 and "WRAPPER " in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
+    box = json.loads(run.stdout.split("WRAPPER ", 1)[1])
+    where = f"[ran as {box['user']}] "
+    assert box["returncode"] == 0, where + box["stdout"][-2000:] + box["stderr"][-3000:]
+    result = json.loads(box["stdout"].split("DRIVER ", 1)[1])
+
+    assert result["uid"] == (65534 if box["user"] == "nobody" else 0), where
+    assert result["denied"] == {"data": True, "cwd": True, "home": True, "code": True}, where
+    assert result["package_loaded"] == [], where          # only the single file was used
+    assert result["cuda"] is False and result["threads"] == 1, where
+    assert result["training"] is False, where
+    history = result["history"]                            # validation after each of the 2 epochs
+    assert [h["epoch"] for h in history] == [1, 2], where
+    assert all(0 < h["val_err"] < float("inf") for h in history), where
+    assert "(100 for validation)" in box["stdout"] and "val err" in box["stdout"], where
+
+    torch_scratch = [p for p in box["empty_dirs"]
+                     if os.path.dirname(p) == "/tmp" and os.path.basename(p).startswith("torchinductor_")]
+    written = [p for p in box["written"] if p not in torch_scratch]
+    assert written == [], where + f"files written by fast_train: {written}"

@@ -1,0 +1,201 @@
+"""Tests of training: recipe pieces, train_detector's contract, and one real training run."""
+
+import json
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from facepoints_lib.checkpoint import load_checkpoint, load_model
+from facepoints_lib.dataset import normalized_to_pixels, pixels_to_normalized
+from facepoints_lib.detect import detect
+from facepoints_lib.gt_csv import read_gt, read_img_shapes
+from facepoints_lib.metrics import course_err
+from facepoints_lib.model import ModelConfig
+from facepoints_lib.train import (TrainConfig, default_model_path, fast_config, full_config,
+                                  keypoint_loss, predict, resolve_device, split_names,
+                                  train_detector, use_bf16)
+
+from conftest import REPO_ROOT, as_points, quiet_progress, tiny_model_config, tiny_train_config
+
+
+def _snapshot(folder):
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in folder.rglob("*"))
+
+
+# ---- recipe pieces ----
+
+def test_fast_config_is_the_graders_short_run():
+    cfg = fast_config()
+    assert (cfg.epochs, cfg.max_images, cfg.val_size, cfg.threads, cfg.device) == (2, 600, 100, 1, "cpu")
+    assert cfg.eval_every == 1
+    assert fast_config(epochs=5, seed=3).epochs == 5 and fast_config(seed=3).seed == 3
+    full = full_config(epochs=7)
+    assert full.epochs == 7 and full.threads is None and full.max_images is None
+    with pytest.raises(TypeError):
+        full_config(no_such_setting=1)
+
+
+def test_train_config_to_dict_is_plain_data():
+    data = tiny_train_config().to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["model"] == tiny_model_config().to_dict()
+    assert data["augment"]["flip_prob"] == 0.5
+
+
+def test_keypoint_loss_values():
+    target = torch.zeros(2, 14, 2)
+    pred = target + 0.01                           # 1 % of the image side everywhere
+    assert keypoint_loss(pred, target, "l1").item() == pytest.approx(1.0)
+    assert keypoint_loss(pred, target, "mse").item() == pytest.approx(1.0)
+    assert keypoint_loss(pred, target, "smooth_l1").item() == pytest.approx(0.5)
+    assert keypoint_loss(pred, target, "wing").item() == pytest.approx(5 * np.log(2))
+    far = target + 0.2                            # 20 %: wing is linear there
+    wing_c = 5 - 5 * np.log(1 + 5)
+    assert keypoint_loss(far, target, "wing").item() == pytest.approx(20 - wing_c, rel=1e-5)
+    for kind in ("l1", "mse", "smooth_l1", "wing"):
+        assert keypoint_loss(target, target, kind).item() == 0.0
+    with pytest.raises(ValueError, match="unknown loss"):
+        keypoint_loss(pred, target, "l3")
+
+
+def test_devices_and_bf16_setting():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert use_bf16("off", torch.device("cpu")) is False
+    assert use_bf16("on", torch.device("cpu")) is True
+    assert isinstance(use_bf16("auto", torch.device("cpu")), bool)
+    with pytest.raises(ValueError, match="bf16"):
+        use_bf16("maybe", torch.device("cpu"))
+
+
+def test_split_names():
+    names = [f"{i:03d}.jpg" for i in range(50)]
+    train, val = split_names(names, 10, seed=0)
+    assert len(val) == 10 and len(train) == 40
+    assert sorted(train + val) == names and not set(train) & set(val)
+    assert train == sorted(train) and val == sorted(val)
+    assert split_names(names, 10, seed=0) == (train, val)
+    assert split_names(names, 10, seed=1)[1] != val
+    assert split_names(names, 500, seed=0)[0] != []          # at least one face trains
+    assert split_names(names, 0, seed=0) == (names, [])
+
+
+def test_default_model_path_is_the_repository_root():
+    assert default_model_path() == REPO_ROOT / "facepoints_model.pt"
+
+
+# ---- train_detector's contract (tiny network, seconds) ----
+
+def test_fast_train_writes_nothing_and_validates(synth_train, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(synth_train)
+    shipped = default_model_path()
+    shipped_before = shipped.stat().st_mtime_ns if shipped.exists() else None
+    lines = []
+    gt = read_gt(synth_train / "gt.csv")
+    model = train_detector(gt, synth_train / "images", fast_train=True, config=tiny_train_config(),
+                           model_path=tmp_path / "should_not_exist.pt", progress=quiet_progress,
+                           log=lines.append)
+    assert not model.training
+    assert _snapshot(synth_train) == before
+    assert list(tmp_path.iterdir()) == []
+    assert (shipped.stat().st_mtime_ns if shipped.exists() else None) == shipped_before
+    history = model.train_history
+    assert len(history) == 1 and history[0]["epoch"] == 1 and np.isfinite(history[0]["val_err"])
+    assert any("64 faces (16 for validation)" in line for line in lines)    # max_images 80
+    assert any("val err" in line for line in lines)
+    assert torch.get_num_threads() == 1                                     # the recipe's one thread
+
+
+def test_full_train_saves_a_loadable_model(synth_train, tmp_path):
+    path = tmp_path / "out" / "model.pt"
+    path.parent.mkdir()
+    cfg = tiny_train_config(epochs=2, eval_every=5, optimizer="sgd", lr=0.01)
+    model = train_detector(synth_train / "gt.csv", synth_train / "images", fast_train=False,
+                           config=cfg, model_path=path, progress=quiet_progress, log=lambda s: None)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]
+    payload = load_checkpoint(path)
+    meta = payload["metadata"]
+    assert meta["train_config"] == cfg.to_dict()
+    assert meta["train_images"] == 64 and meta["val_images"] == 16
+    assert len(meta["history"]) == 1 and meta["history"][0]["epoch"] == 2   # the last epoch always validates
+    loaded = load_model(path)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    np.testing.assert_array_equal(predict(loaded, images), predict(model, images))
+
+
+def test_train_detector_refuses_bad_input(synth_train, tmp_path):
+    gt = read_gt(synth_train / "gt.csv")
+    images = synth_train / "images"
+    with pytest.raises(TypeError, match="fast_train"):
+        train_detector(gt, images, fast_train="yes")
+    with pytest.raises(NotADirectoryError, match="nothere"):
+        train_detector(gt, tmp_path / "nothere", config=tiny_train_config())
+    one = {"00000.jpg": gt["00000.jpg"]}
+    with pytest.raises(ValueError, match="at least 2"):
+        train_detector(one, images, config=tiny_train_config(), progress=quiet_progress)
+    with pytest.raises(ValueError, match="optimizer"):
+        train_detector(gt, images, config=tiny_train_config(optimizer="adam?"),
+                       progress=quiet_progress, log=lambda s: None)
+
+
+def test_missing_images_are_warned_about_and_left_out(synth_train):
+    gt = {name: coords for name, coords in list(read_gt(synth_train / "gt.csv").items())[:30]}
+    gt["ghost_face.jpg"] = gt["00000.jpg"]
+    lines = []
+    with pytest.warns(UserWarning, match="ghost_face.jpg"):
+        train_detector(gt, synth_train / "images", config=tiny_train_config(val_size=5),
+                       progress=quiet_progress, log=lines.append)
+    assert any("on 25 faces (5 for validation)" in line for line in lines)
+
+
+# ---- end to end: a real (short) training run beats the mean face by far ----
+
+def _mean_shape_detections(train_dir, test_dir):
+    """The mean-shape predictor: the training set's mean normalised face on every image."""
+    gt, shapes = read_gt(train_dir / "gt.csv"), read_img_shapes(train_dir / "img_shapes.csv")
+    names = sorted(gt)
+    sizes = np.array([(shapes[n][1], shapes[n][0]) for n in names], dtype=np.float64)
+    mean = pixels_to_normalized(as_points(gt, names), sizes).mean(axis=0)
+    test_shapes = read_img_shapes(test_dir / "img_shapes.csv")
+    return {n: normalized_to_pixels(mean[None], np.array([[cols, rows]], dtype=np.float64))[0].ravel()
+            for n, (rows, cols) in test_shapes.items()}
+
+
+def _err(detected, test_dir):
+    gt, shapes = read_gt(test_dir / "gt.csv"), read_img_shapes(test_dir / "img_shapes.csv")
+    names = sorted(gt)
+    sizes = np.array([(shapes[n][1], shapes[n][0]) for n in names], dtype=np.float64)
+    return course_err(as_points(detected, names), as_points(gt, names), sizes)
+
+
+@pytest.mark.slow
+def test_end_to_end_training_beats_the_mean_shape(synth_train, synth_holdout, tmp_path):
+    model_config = ModelConfig(image_size=64, stem_width=16, widths=(24, 32, 48, 64),
+                               depths=(1, 1, 1, 1), decoder_width=32)
+    # 250 training faces in batches of 32: 7 steps an epoch, 350 optimiser steps. One thread:
+    # small convolutions gain little from a second one, and it keeps a busy machine usable.
+    cfg = full_config(model=model_config, epochs=50, batch_size=32, val_size=50, eval_every=10,
+                      lr=3e-3, warmup_epochs=1.0, bf16="off", device="cpu", threads=1, seed=0)
+    path = tmp_path / "e2e_model.pt"
+    started = time.monotonic()
+    model = train_detector(synth_train / "gt.csv", synth_train / "images", fast_train=False,
+                           config=cfg, model_path=path, progress=quiet_progress, log=lambda s: None)
+    seconds = time.monotonic() - started
+    assert path.is_file()
+    history = model.train_history
+    assert [h["epoch"] for h in history] == [10, 20, 30, 40, 50] and history[-1]["step"] == 350
+    assert history[-1]["val_err"] < history[0]["val_err"]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                # a clean folder gives no warning
+        detected = detect(path, synth_holdout / "images")
+    assert len(detected) == 100
+    err = _err(detected, synth_holdout)
+    baseline = _err(_mean_shape_detections(synth_train, synth_holdout), synth_holdout)
+    assert baseline > 20                              # the faces really vary
+    assert err < 0.5 * baseline, (err, baseline, seconds)
