@@ -102,7 +102,7 @@ start = time.perf_counter()
 out = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1)
 seconds = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-plain = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1, flip_tta=False)
+plain = {} if "--tta-only" in sys.argv else detect(sys.argv[1], sys.argv[2], filenames=names, threads=1, flip_tta=False)
 print(json.dumps({"seconds": seconds, "peak_rss_mb": rss,
                   "detections": {k: v.tolist() for k, v in out.items()},
                   "detections_no_tta": {k: v.tolist() for k, v in plain.items()}}))
@@ -202,4 +202,42 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
           f"({result['train']['images_per_second']:.0f} img/s); detect {result['detect_1thread']['images_per_second']:.0f} "
           f"img/s, peak RSS {detected['peak_rss_mb']:.0f} MB"
           + (f"; fast_train {fast['seconds']:.1f} s" if fast else "") + f" -> {out}")
+    return result
+
+
+def run_detect_bench(model_path: str | os.PathLike, *, img_dir: str | os.PathLike | None = None,
+                     synthetic: int = 10_000, name: str | None = None,
+                     results_dir: str | os.PathLike = RESULTS_DIR, command: str | None = None) -> dict:
+    """Time ``detect`` with one thread in a fresh process and record its peak memory.
+
+    Runs on ``img_dir`` when given, else on ``synthetic`` generated faces (sizes as varied
+    as the course's), and writes ``bench/results/<name>.json``.
+    """
+    from .images import list_images
+    from .synth import make_synthetic_faces
+
+    synthetic_used = img_dir is None
+    with tempfile.TemporaryDirectory() as tmp:
+        if img_dir is None:
+            print(f"generating {synthetic} synthetic faces ...", file=sys.stderr)
+            img_dir = make_synthetic_faces(Path(tmp) / "faces", synthetic, seed=1) / "images"
+        names = list_images(img_dir)
+        names_file = Path(tmp) / "names.json"
+        names_file.write_text(json.dumps(names))
+        timing = _bench_subprocess(_DETECT_SCRIPT, str(model_path), str(img_dir), str(names_file),
+                                   "--tta-only")
+    result = {
+        "name": name or f"detect-{len(names)}",
+        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "images": len(names), "source": "synthetic faces" if synthetic_used else "folder",
+        "seconds": timing["seconds"], "images_per_second": len(names) / timing["seconds"],
+        "peak_rss_mb": timing["peak_rss_mb"], "threads": 1, "flip_tta": True,
+        "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"{result['name']}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"detect on {len(names)} images, 1 thread: {result['images_per_second']:.0f} img/s "
+          f"(incl. decode), peak RSS {result['peak_rss_mb']:.0f} MB -> {out}")
     return result

@@ -59,6 +59,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_detect(args: argparse.Namespace) -> int:
+    from .bench import run_detect_bench
+
+    run_detect_bench(args.model, img_dir=args.img_dir, synthetic=args.synthetic,
+                     results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]))
+    return 0
+
+
 def _cmd_freeze(args: argparse.Namespace) -> int:
     from .freeze import main as freeze_main
 
@@ -152,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="bench/results")
     add_set(p)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-detect", help="detect speed (1 thread) and peak memory, saved as JSON")
+    p.add_argument("--model", default="facepoints_model.pt", help="model file")
+    p.add_argument("--img-dir", default=None, help="folder of images (default: synthetic faces)")
+    p.add_argument("--synthetic", type=int, default=10_000, help="synthetic faces to generate")
+    p.add_argument("--results-dir", default="bench/results")
+    p.set_defaults(func=_cmd_bench_detect)
 
     p = sub.add_parser("freeze", help="regenerate solution.py from the package")
     p.add_argument("--check", action="store_true", help="exit 1 when solution.py is out of date")

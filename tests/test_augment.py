@@ -50,7 +50,7 @@ def dot_centres(images: torch.Tensor, radius: int = 6) -> torch.Tensor:
     return out
 
 
-def test_dot_helpers_agree_on_identity():
+def test_dot_drawing_and_centroid_agree_on_identity():
     keypoints = random_keypoints(2, seed=1, low=0.3, high=0.7)
     centres = dot_centres(dot_images(keypoints))
     assert float((centres - keypoints.double()).abs().max()) * SIZE < 0.05

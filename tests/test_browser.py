@@ -67,15 +67,14 @@ LAB_SETTINGS = {
 
 
 def find_chromium() -> str | None:
-    """``$FACEPOINTS_CHROMIUM``, else Debian's ``chromium`` (or ``chromium-browser``) on PATH."""
+    """``$FACEPOINTS_CHROMIUM``, else Debian's ``chromium`` on PATH or at /usr/bin/chromium."""
     named = os.environ.get(CHROMIUM_ENV, "").strip()
     if named:
         return named if Path(named).is_file() else None
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.access("/usr/bin/chromium", os.X_OK):
+        found = "/usr/bin/chromium"
+    return found
 
 
 def artifacts_dir() -> Path:
@@ -133,6 +132,10 @@ class LabServer:
             "--ip=127.0.0.1", f"--port={self.port}", "--port-retries=0",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            # A safety net should this process be killed before stop(): idle kernels are
+            # culled and the server then exits by itself.
+            "--MappingKernelManager.cull_idle_timeout=600", "--MappingKernelManager.cull_interval=60",
+            "--ServerApp.shutdown_no_activity_timeout=900",
         ]
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=self.root, env=self.environment(), stdout=log,
@@ -310,7 +313,7 @@ class Notebook:
     def assert_no_errors(self, when: str) -> None:
         state = self.state()
         errors = [text for text in state["stderr"] if ERROR_TEXT.search(text)] + state["widgetErrors"]
-        errors += [f"(log console) {text}" for text in self.log_console_errors()]
+        errors += self.log_console_errors()
         if errors:
             self.shot(f"error_{when.replace(' ', '_')}")
             last_lines = dict.fromkeys(text.strip().splitlines()[-1] for text in errors if text.strip())

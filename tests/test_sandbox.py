@@ -97,14 +97,20 @@ for folder, dirs, files in os.walk(source):
 def run(*command):
     return subprocess.run(command, capture_output=True, text=True)
 
+def cannot(reason):
+    print("SKIP " + reason)
+    sys.exit(0)
+
 # Everything read-only, then fresh scratch folders on top.
 for point in sorted({line.split()[1] for line in open("/proc/self/mounts")}, key=len):
     run("mount", "-o", "remount,bind,ro", point.replace("\\040", " "))
 for folder in SCRATCH:
     done = run("mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", folder)
-    assert done.returncode == 0, done.stderr
-probe = run("touch", "/usr/facepoints-write-probe")
-assert probe.returncode != 0, "the root file system is still writable"
+    if done.returncode:
+        cannot(f"cannot mount a tmpfs on {folder}: {done.stderr.strip()}")
+if run("touch", "/usr/facepoints-write-probe").returncode == 0:
+    os.remove("/usr/facepoints-write-probe")
+    cannot("cannot make the root file system read-only in a mount namespace")
 
 for rel, data in sorted(tree.items()):
     path = os.path.normpath(os.path.join(BOX, rel))
@@ -118,7 +124,8 @@ for rel, data in sorted(tree.items()):
 os.chmod("/tmp", 0o1777)
 for step in (["--bind", BOX, BOX], ["-o", "remount,bind,ro", BOX]):
     done = run("mount", *step)
-    assert done.returncode == 0, done.stderr
+    if done.returncode:
+        cannot(f"cannot bind-mount the sandbox read-only: {done.stderr.strip()}")
 
 def listing():
     found = {}
@@ -134,10 +141,10 @@ env = {"HOME": BOX + "/home", "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C
        "CUDA_VISIBLE_DEVICES": ""}
 as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
 as_capless_root = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
+before = listing()              # taken before the probe: its writes count too
 usable = subprocess.run(as_nobody + [python, "-I", "-c", "import torch, numpy, PIL"],
                         cwd=BOX + "/cwd", env=env, capture_output=True, text=True)
 user = "nobody" if usable.returncode == 0 else "capless-root"
-before = listing()
 result = subprocess.run((as_nobody if user == "nobody" else as_capless_root)
                         + [python, "-I", BOX + "/code/driver.py", BOX + "/code", BOX + "/data/train"],
                         cwd=BOX + "/cwd", env=env, capture_output=True, text=True, timeout=540)
@@ -174,6 +181,8 @@ def test_fast_train_in_a_read_only_sandbox(sandbox_source):
                           str(sandbox_source.parent / "wrapper.py"), str(sandbox_source),
                           sys.executable, SETPRIV],
                          capture_output=True, text=True, timeout=590, env=env)
+    if run.returncode == 0 and run.stdout.startswith("SKIP "):
+        pytest.skip(run.stdout[5:].strip())
     assert run.returncode == 0 and "WRAPPER " in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
     box = json.loads(run.stdout.split("WRAPPER ", 1)[1])
     where = f"[ran as {box['user']}] "
