@@ -1077,6 +1077,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
 import copy
 import math
 import os
+import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -1227,6 +1229,33 @@ def _param_groups(model: KeypointNet, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _import_dynamo_without_tmp() -> None:
+    """Import ``torch._dynamo`` even where no temporary folder is writable.
+
+    Every ``torch.optim`` optimiser imports ``torch._dynamo`` on first use (its
+    ``add_param_group``, ``zero_grad`` and ``step`` are wrapped by ``torch._disable_dynamo``),
+    whatever its ``foreach``/``fused`` flags. That import builds ``torch._dynamo.package.DynamoCache``
+    from inductor's cache folder, by default ``tempfile.gettempdir()/torchinductor_<user>``
+    (created on the spot), so with /tmp, /var/tmp and the working directory all read-only
+    it raises ``FileNotFoundError: No usable temporary directory``. Eager training never
+    uses that cache: in that case only, point it at the root folder (which exists, so
+    nothing is created) for the import and restore the environment afterwards. Where a
+    temporary folder is usable, torch's own behaviour is left alone.
+    """
+    if "torch._dynamo" in sys.modules or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return
+    try:
+        tempfile.gettempdir()
+        return
+    except FileNotFoundError:
+        pass
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(os.sep)
+    try:
+        import torch._dynamo  # noqa: F401  (the import is the point)
+    finally:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+
 def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         progress: Callable[..., object] = TextProgress,
         log: Callable[[str], None] = print) -> tuple[KeypointNet, list[dict]]:
@@ -1253,6 +1282,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     del pixels
     model = model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
+    _import_dynamo_without_tmp()                                  # before any torch.optim use
     if cfg.optimizer == "adamw":
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     elif cfg.optimizer == "sgd":
