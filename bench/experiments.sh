@@ -19,24 +19,24 @@ run() {  # name, overrides...
         > "artifacts/exp-$name.log" 2>&1 && tail -n 1 "artifacts/exp-$name.log" || echo "exp-$name failed: see artifacts/exp-$name.log"
 }
 
-experiments=(
+experiments=(   # in order of how much each tells us
     "base"
     "head-regression model.head=regression"
     "res-64 model.image_size=64"
-    "res-128 model.image_size=128"
     "loss-mse loss=mse"
     "loss-wing loss=wing"
-    "loss-smooth-l1 loss=smooth_l1"
-    "narrow model.stem_width=16 model.widths=(32,64,112,160) model.decoder_width=48"
-    "wide model.stem_width=32 model.widths=(64,128,192,320) model.decoder_width=96"
-    "deep model.depths=(2,3,3,2)"
     "no-flip augment.flip_prob=0"
     "no-rotation augment.rotation_deg=0"
-    "light-augment augment.rotation_deg=10 augment.scale=0.05 augment.shift=0.03 augment.lowres_prob=0 augment.grayscale_prob=0.1"
     "no-photometric augment.brightness=0 augment.contrast=0 augment.grayscale_prob=0 augment.lowres_prob=0"
-    "no-augment augment.flip_prob=0 augment.rotation_deg=0 augment.scale=0 augment.shift=0 augment.brightness=0 augment.contrast=0 augment.grayscale_prob=0 augment.lowres_prob=0"
-    "sgd-nesterov optimizer=sgd lr=0.05"
     "no-ema ema_decay=0"
+    "sgd-nesterov optimizer=sgd lr=0.05"
+    "narrow model.stem_width=16 model.widths=(32,64,112,160) model.decoder_width=48"
+    "wide model.stem_width=32 model.widths=(64,128,192,320) model.decoder_width=96"
+    "res-128 model.image_size=128"
+    "deep model.depths=(2,3,3,2)"
+    "light-augment augment.rotation_deg=10 augment.scale=0.05 augment.shift=0.03 augment.lowres_prob=0 augment.grayscale_prob=0.1"
+    "no-augment augment.flip_prob=0 augment.rotation_deg=0 augment.scale=0 augment.shift=0 augment.brightness=0 augment.contrast=0 augment.grayscale_prob=0 augment.lowres_prob=0"
+    "loss-smooth-l1 loss=smooth_l1"
     "batch-32 batch_size=32 lr=0.0014"
 )
 
