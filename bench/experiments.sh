@@ -13,7 +13,7 @@ JOBS=${JOBS:-2}
 
 run() {  # name, overrides...
     local name=$1; shift
-    local sets=(--set "epochs=$EPOCHS" --set threads=1)
+    local sets=(--set "epochs=$EPOCHS" --set threads=1 --set eval_every=2)
     for s in "$@"; do sets+=(--set "$s"); done
     python -m facepoints_lib bench "$DATA" --name "exp-$name" --no-fast-train "${sets[@]}" \
         > "artifacts/exp-$name.log" 2>&1 && tail -n 1 "artifacts/exp-$name.log" || echo "exp-$name failed: see artifacts/exp-$name.log"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .augment import flip_images, flip_keypoints
+from .model import build_model
 from .schema import FLIP_PERMUTATION
 from .train import predict
 
@@ -199,6 +200,20 @@ def budget_label(result: dict) -> str:
     return f"{cfg.get('epochs', '?')} epochs, {threads} thread(s)"
 
 
+def result_parameters(result: dict) -> int | None:
+    """The network's parameter count: as recorded, else counted from the stored model config.
+
+    Results written before ``bench`` counted the EMA copy (whose weights do not require
+    gradients) record 0.
+    """
+    if result.get("parameters"):
+        return int(result["parameters"])
+    try:
+        return sum(p.numel() for p in build_model(result["config"]["model"]).parameters())
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def bench_rows(results: list[dict]) -> list[dict]:
     """One flat row per result: name, group, budget, change, parameters, err, mark, nme, auc, time."""
     rows = []
@@ -208,7 +223,7 @@ def bench_rows(results: list[dict]) -> list[dict]:
         rows.append({
             "name": r["name"], "group": experiment_group(r), "budget": budget_label(r),
             "change": ", ".join(f"{k}={v}" for k, v in changes.items()) or "-",
-            "parameters": r.get("parameters"), "err": r["holdout"]["err"],
+            "parameters": result_parameters(r), "err": r["holdout"]["err"],
             "mark": r["holdout"].get("mark"), "nme": r["holdout"].get("nme"),
             "auc08": r["holdout"].get("auc08"),
             "train_minutes": train.get("wall_seconds", float("nan")) / 60,
@@ -228,12 +243,13 @@ def format_table(rows: list[dict], columns: list[str], formats: dict | None = No
         return format(value, formats[col]) if col in formats else str(value)
 
     cells = [[cell(r, c) for c in columns] for r in rows]
+    numeric = [all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows) for c in columns]
     widths = [max([len(c)] + [len(line[k]) for line in cells]) for k, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+    lines = ["  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(columns, widths, numeric)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.rjust(w) if k else v.ljust(w) for k, (v, w) in enumerate(zip(line, widths)))
+    lines += ["  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(line, widths, numeric))
               for line in cells]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def group_experiments(results: list[dict]) -> dict[str, list[dict]]:

@@ -13,7 +13,7 @@ Every notebook starts with ``data = choose_data(DATA)``. The faces come from, in
 ``FACEPOINTS_NB_FAST=1`` is CI mode (the test suite sets it): the same code paths with
 small sizes, so that all notebooks run in a few minutes on two cores. Notebooks write
 sizes as ``pick(normal, fast)``. ``FACEPOINTS_MODEL`` names a model file for notebook 04
-(default: ``facepoints_model.pt`` at the project root).
+(default: ``facepoints_model.pt`` at the project root; ``train`` trains one in the notebook).
 
 This module is for the notebooks only; it is not frozen into ``solution.py``.
 """
@@ -38,8 +38,9 @@ DATA_ENV = "FACEPOINTS_DATA"
 FAST_ENV = "FACEPOINTS_NB_FAST"
 MODEL_ENV = "FACEPOINTS_MODEL"
 SYNTHETIC = "synthetic"
+TRAIN_HERE = "train"
 
-SYNTHETIC_FACES = 1000          # synthetic faces generated for an interactive session
+SYNTHETIC_FACES = 1000          # synthetic faces generated when a person runs a notebook
 SYNTHETIC_FACES_FAST = 300      # ... and in CI mode
 COURSE_FACES_FAST = 300         # course faces used in CI mode (a seeded subset)
 
@@ -138,18 +139,30 @@ def synthetic_dir(count: int, seed: int = 0) -> Path:
 def ensure_synthetic(count: int, seed: int = 0) -> Path:
     """Write ``count`` synthetic faces once (same faces every time) and return the folder."""
     target = synthetic_dir(count, seed)
-    if (target / "gt.csv").is_file() and len(read_gt(target / "gt.csv")) == count:
+    if _complete(target, count):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=target.name + "-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         make_synthetic_faces(scratch, count, seed=seed)
-        if target.exists():
-            shutil.rmtree(target)
-        scratch.rename(target)              # appears complete or not at all
+        if target.exists() and not _complete(target, count):
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            scratch.rename(target)          # appears complete or not at all
+        except OSError:
+            if not _complete(target, count):   # another process may have won the race
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _complete(folder: Path, count: int) -> bool:
+    """True when ``folder`` holds a finished set of ``count`` faces (gt.csv is written last)."""
+    try:
+        return (folder / "gt.csv").is_file() and len(read_gt(folder / "gt.csv")) == count
+    except (OSError, ValueError):
+        return False
 
 
 def _is_course_folder(path: Path) -> bool:
@@ -187,10 +200,15 @@ def choose_data(setting: str | os.PathLike | None = None, *, seed: int = 0,
                         f"no course data in data/train, so {count} were generated")
 
 
-def model_path(setting: str | os.PathLike | None = None) -> Path:
-    """The model file notebook 04 analyses: the argument, ``FACEPOINTS_MODEL``, or the shipped one."""
+def model_path(setting: str | os.PathLike | None = None) -> Path | None:
+    """The model file notebook 04 analyses: the argument, ``FACEPOINTS_MODEL``, or the shipped one.
+
+    ``"train"`` (as argument or variable) returns None: train a model in the notebook.
+    """
     if setting is None:
         setting = os.environ.get(MODEL_ENV, "").strip() or project_root() / MODEL_FILENAME
+    if str(setting).lower() == TRAIN_HERE:
+        return None
     path = Path(setting).expanduser()
     if not path.is_absolute() and not path.exists():
         path = project_root() / path

@@ -1,4 +1,4 @@
-"""Matplotlib helpers for the notebooks: faces with numbered points, grids, error plots.
+"""Matplotlib functions for the notebooks: faces with numbered points, grids, error plots.
 
 Faces are drawn with ``imshow``'s default extent, so the centre of pixel column ``i``
 sits at ``x = i``: the pixel-centre convention of ``schema``. Points are coloured by
@@ -6,8 +6,8 @@ facial part (``schema.POINT_GROUPS``), numbered 0-13 in ``gt.csv`` order and joi
 ``schema.SKELETON``. Images may be PIL images, ``(H, W, 3)`` arrays or ``(3, H, W)``
 tensors (uint8, or float in [0, 1]).
 
-``save_figure`` writes a PNG when ``FACEPOINTS_FIGURES`` names a folder, and does
-nothing otherwise; it is how ``docs/figures/`` is made (see ``notebooks/README.md``).
+``save_figure`` writes a PNG when ``FACEPOINTS_FIGURES`` names a folder (relative to the
+project root), and does nothing otherwise; it is how ``docs/figures/`` is made (see ``notebooks/README.md``).
 Not frozen into ``solution.py``.
 """
 
@@ -21,9 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Ellipse
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from .analysis import experiment_group
 from .metrics import ced_auc, ced_curve
+from .notebook_data import project_root
 from .schema import NUM_POINTS, POINT_GROUPS, POINT_NAMES, SKELETON
 
 FIGURES_ENV = "FACEPOINTS_FIGURES"
@@ -239,6 +241,9 @@ def plot_histories(ax, results: list[dict], key: str = "val_err", x: str = "epoc
             ax.plot(xs, ys, "o-" if len(points) < 15 else "-", ms=3, label=r["name"])
     if log_y:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x)
     ax.set_ylabel(key.replace("_", " "))
     ax.grid(alpha=0.3, which="both")
@@ -263,11 +268,17 @@ def plot_group(ax, results: list[dict], metric: str = "err", title: str | None =
 
 
 def save_figure(fig, name: str) -> Path | None:
-    """Save ``fig`` as ``$FACEPOINTS_FIGURES/<name>.png`` when that variable is set."""
+    """Save ``fig`` as ``$FACEPOINTS_FIGURES/<name>.png`` when that variable is set.
+
+    A relative folder is taken from the project root, wherever the kernel runs.
+    """
     folder = os.environ.get(FIGURES_ENV, "").strip()
     if not folder:
         return None
-    path = Path(folder) / f"{name}.png"
+    path = Path(folder).expanduser()
+    if not path.is_absolute():                      # the kernel runs in notebooks/: use the root
+        path = project_root() / path
+    path = path / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path

@@ -69,7 +69,7 @@ class AugmentationExplorer:
     """
 
     def __init__(self, faces: FaceSet, cfg: AugmentConfig | None = None, *, batch_size: int = 12,
-                 seed: int = 0, figsize: tuple[float, float] = (7.0, 3.6)):
+                 seed: int = 0, figsize: tuple[float, float] = (8.5, 4.3)):
         if faces.keypoints is None or len(faces) == 0:
             raise ValueError("the explorer needs labelled faces")
         self.faces, self.cfg = faces, cfg or AugmentConfig()

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+from jupyter_client.manager import start_new_kernel
+from nbformat.v4 import output_from_msg
 
 HERE = Path(__file__).resolve().parent
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -59,18 +60,50 @@ def problems(nb) -> list[str]:
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code" and not is_checked(cell) and (cell.outputs or cell.execution_count):
             found.append(f"cell {i} has outputs but is not marked {CHECK_MARK}")
-        if is_checked(cell) and not cell.outputs:
-            found.append(f"cell {i} is marked {CHECK_MARK} but has no stored output")
+        if is_checked(cell) and not (cell.outputs and cell.execution_count):
+            found.append(f"cell {i} is marked {CHECK_MARK} but has no stored output "
+                         "(nbval needs the output and its execution count)")
     return found
 
 
+def execute(nb, cwd: Path, timeout: int = 600) -> None:
+    """Run every code cell in a fresh python3 kernel, storing outputs as JupyterLab would.
+
+    Uses jupyter_client's blocking client, as nbval does: nbclient's asynchronous client
+    sometimes waits for its whole cell timeout after a widget cell (jupyter/nbclient#312).
+    """
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(cwd))
+    try:
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            outputs = []
+
+            def keep(msg, outputs=outputs):
+                kind = msg["header"]["msg_type"]
+                if kind in ("stream", "display_data", "execute_result", "error"):
+                    outputs.append(output_from_msg(msg))
+                elif kind == "clear_output":
+                    outputs.clear()
+
+            reply = client.execute_interactive(cell.source, timeout=timeout, output_hook=keep,
+                                               allow_stdin=False)
+            cell.outputs, cell.execution_count = outputs, reply["content"].get("execution_count")
+            if reply["content"]["status"] != "ok":
+                error = reply["content"]
+                raise RuntimeError(f"cell {index} failed: {error.get('ename')}: {error.get('evalue')}")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
 def refresh(path: Path, timeout: int = 600) -> None:
+    """Execute ``path`` in CI mode, then keep only the checked cells' outputs."""
     nb = nbformat.read(path, as_version=4)
     saved = {k: os.environ.get(k) for k in CI_ENV}
     os.environ.update(CI_ENV)
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        execute(nb, path.parent, timeout)
     finally:
         for key, value in saved.items():
             if value is None:
