@@ -240,3 +240,65 @@ def run_detect_bench(model_path: str | os.PathLike, *, img_dir: str | os.PathLik
     print(f"detect on {len(names)} images, 1 thread: {result['images_per_second']:.0f} img/s "
           f"(incl. decode), peak RSS {result['peak_rss_mb']:.0f} MB -> {out}")
     return result
+
+
+def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
+                     overrides: Sequence[str] = (), out: str | os.PathLike | None = None) -> str:
+    """Where a training step's time goes: augmentation, forward, backward, optimiser, by op.
+
+    Trains ``steps`` steps of the recipe on synthetic faces (the cost of a step does not
+    depend on the pictures) under ``torch.profiler`` and returns (and optionally writes)
+    a table of the phases and the most expensive operators.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from .augment import augment_batch
+    from .model import build_model
+    from .synth import synthetic_faces_in_memory
+    from .train import keypoint_loss, use_bf16
+
+    cfg = apply_overrides(full_config(), overrides)
+    torch.set_num_threads(threads)
+    size = cfg.model.image_size
+    pictures, points = synthetic_faces_in_memory(batch_size, seed=0)
+    images = torch.stack([torch.from_numpy(np.array(p.convert("RGB").resize((size, size)))).permute(2, 0, 1)
+                          for p in pictures])
+    keypoints = torch.as_tensor(
+        (points + 0.5) / np.array([[p.width, p.height] for p in pictures])[:, None, :], dtype=torch.float32)
+    model = build_model(cfg.model).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    bf16 = use_bf16(cfg.bf16, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        with record_function("augment"):
+            x, y = augment_batch(images, keypoints, cfg.augment, size, generator)
+            x = x.contiguous(memory_format=torch.channels_last)
+        with record_function("forward"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                pred = model(x)
+            loss = keypoint_loss(pred.float(), y, cfg.loss)
+        with record_function("backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("optimizer"):
+            optimizer.step()
+
+    for _ in range(3):                      # warm-up: oneDNN picks its kernels
+        step()
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    seconds = time.perf_counter() - started
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
+    phases = {e.key: e.cpu_time_total / 1e3 / steps for e in prof.key_averages()
+              if e.key in ("augment", "forward", "backward", "optimizer")}
+    text = (f"training step profile: {cfg.model.head} head, {size} px, batch {batch_size}, "
+            f"{threads} threads, bf16={bf16}; {steps} steps in {seconds:.2f} s "
+            f"({steps * batch_size / seconds:.0f} img/s, profiler overhead included)\n"
+            + "".join(f"  {k:10s} {v:8.1f} ms/step\n" for k, v in phases.items())
+            + "\n" + table)
+    if out is not None:
+        Path(out).write_text(text)
+    return text

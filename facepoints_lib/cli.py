@@ -67,6 +67,13 @@ def _cmd_bench_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .bench import profile_training
+
+    print(profile_training(steps=args.steps, threads=args.threads, overrides=args.set, out=args.out))
+    return 0
+
+
 def _cmd_freeze(args: argparse.Namespace) -> int:
     from .freeze import main as freeze_main
 
@@ -167,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=int, default=10_000, help="synthetic faces to generate")
     p.add_argument("--results-dir", default="bench/results")
     p.set_defaults(func=_cmd_bench_detect)
+
+    p = sub.add_parser("profile", help="where a training step's time goes (torch.profiler)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="also write the table to this file")
+    add_set(p)
+    p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("freeze", help="regenerate solution.py from the package")
     p.add_argument("--check", action="store_true", help="exit 1 when solution.py is out of date")
