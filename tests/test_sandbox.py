@@ -104,10 +104,24 @@ def cannot(reason):
 # Everything read-only, then fresh scratch folders on top.
 for point in sorted({line.split()[1] for line in open("/proc/self/mounts")}, key=len):
     run("mount", "-o", "remount,bind,ro", point.replace("\\040", " "))
+# A Python environment that lives in a scratch folder (a checkout under /tmp) must stay
+# visible: park it on /mnt before the fresh tmpfs hides it, then bind it back read-only.
+HOLD = "/mnt"
+KEEP = [p for p in (sys.prefix,) if any(p == d or p.startswith(d + "/") for d in SCRATCH)]
+if KEEP:
+    done = run("mount", "--bind", KEEP[0], HOLD) if os.path.isdir(HOLD) else None
+    if done is None or done.returncode:
+        cannot(f"the Python environment {KEEP[0]} is in a scratch folder and cannot be kept visible")
 for folder in SCRATCH:
     done = run("mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", folder)
     if done.returncode:
         cannot(f"cannot mount a tmpfs on {folder}: {done.stderr.strip()}")
+for path in KEEP:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    for step in (["--bind", HOLD, path], ["-o", "remount,bind,ro", path]):
+        done = run("mount", *step)
+        if done.returncode:
+            cannot(f"cannot bind the Python environment back to {path}: {done.stderr.strip()}")
 if run("touch", "/usr/facepoints-write-probe").returncode == 0:
     os.remove("/usr/facepoints-write-probe")
     cannot("cannot make the root file system read-only in a mount namespace")
@@ -131,6 +145,7 @@ def listing():
     found = {}
     for root in SCRATCH:
         for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if os.path.join(folder, d) not in KEEP]
             for name in dirs + files:
                 path = os.path.join(folder, name)
                 st = os.lstat(path)
