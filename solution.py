@@ -751,18 +751,28 @@ class Backbone(nn.Module):
         return features
 
 
-def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2).
+def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Each (N, K, H, W) logit map as a probability distribution over its cells (fp32)."""
+    n, k, h, w = logits.shape
+    return torch.softmax(logits.flatten(2).float(), dim=-1).view(n, k, h, w)
+
+
+def expected_coordinates(probs: torch.Tensor) -> torch.Tensor:
+    """Mean (u, v) of each heatmap distribution: (N, K, H, W) -> (N, K, 2).
 
     Cell centres sit at ``(j + 0.5) / W``, matching the normalised coordinates.
     """
-    n, k, h, w = logits.shape
-    probs = torch.softmax(logits.flatten(2).float(), dim=-1).view(n, k, h, w)
+    h, w = probs.shape[-2:]
     xs = (torch.arange(w, dtype=probs.dtype, device=probs.device) + 0.5) / w
     ys = (torch.arange(h, dtype=probs.dtype, device=probs.device) + 0.5) / h
     u = (probs.sum(2) * xs).sum(-1)
     v = (probs.sum(3) * ys).sum(-1)
     return torch.stack([u, v], dim=-1)
+
+
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2)."""
+    return expected_coordinates(spatial_softmax(logits))
 
 
 class KeypointNet(nn.Module):
@@ -807,12 +817,21 @@ class KeypointNet(nn.Module):
             return self.heatmaps(x.float())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_heatmaps(images)[0]
+
+    def forward_with_heatmaps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Keypoints and, for the heatmap head, the (N, 14, H, W) distributions behind them.
+
+        Training uses the distributions to shape the heatmaps (see ``train.heatmap_js_loss``);
+        the regression head returns ``None`` in their place.
+        """
         x = (images - self.pixel_mean) / self.pixel_std
         features = self.backbone(x)
         if self.config.head == "heatmap":
-            return soft_argmax(self.heatmap_logits(features))
+            probs = spatial_softmax(self.heatmap_logits(features))
+            return expected_coordinates(probs), probs
         offsets = self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
-        return self.mean_shape + offsets
+        return self.mean_shape + offsets, None
 
 
 def build_model(cfg: ModelConfig | dict) -> KeypointNet:
@@ -1099,11 +1118,14 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     epochs: int = 60                 # passes over the training faces
     batch_size: int = 64
-    optimizer: str = "adamw"         # "adamw" or "sgd" (Nesterov momentum 0.9)
-    lr: float = 2e-3                 # peak learning rate
+    optimizer: str = "sgd"           # "sgd" (Nesterov momentum 0.9) or "adamw"
+    lr: float = 0.05                 # peak learning rate (AdamW: 2e-3 worked best)
     weight_decay: float = 1e-4       # on convolution and linear weights only
     warmup_epochs: float = 2.0       # linear warm-up, then cosine decay to zero
+    schedule: str = "cosine"         # "cosine" (warm-up + cosine) or "onecycle" (30 % ramp from lr/25)
     loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
+    heatmap_js: float = 0.0          # weight of the heatmap-shape loss (DSNT's Jensen-Shannon term)
+    heatmap_sigma: float = 1.0       # its Gaussian target's spread, in heatmap cells
     ema_decay: float = 0.998         # exponential moving average of the weights (0: off)
     val_size: int = 250              # faces held out for validation
     max_images: int | None = None    # use at most this many faces (seeded subset)
@@ -1180,6 +1202,61 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
     raise ValueError(f"unknown loss {kind!r}")
 
 
+def gaussian_log_targets(keypoints: torch.Tensor, height: int, width: int,
+                         sigma: float) -> torch.Tensor:
+    """Log of a normalised Gaussian on the heatmap grid around each keypoint.
+
+    ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) log-probabilities
+    (computed in log space, so points far outside the image still give a valid map).
+    """
+    xs = (torch.arange(width, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / width
+    ys = (torch.arange(height, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / height
+    dx = (xs.view(1, 1, 1, width) - keypoints[..., 0, None, None]) * width
+    dy = (ys.view(1, 1, height, 1) - keypoints[..., 1, None, None]) * height
+    logits = -(dx ** 2 + dy ** 2) / (2 * sigma ** 2)
+    n, k = keypoints.shape[:2]
+    return torch.log_softmax(logits.reshape(n, k, -1), dim=-1).view(n, k, height, width)
+
+
+def heatmap_js_loss(probs: torch.Tensor, keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence (nats) between heatmaps and Gaussians at the keypoints.
+
+    The regulariser of DSNT (Nibali et al. 2018): the coordinate loss alone only fixes
+    each heatmap's mean, this term also asks for one compact peak there.
+    """
+    target = gaussian_log_targets(keypoints, probs.shape[-2], probs.shape[-1], sigma).exp()
+    mixture = 0.5 * (probs + target)
+    kl_p = torch.special.xlogy(probs, probs) - torch.special.xlogy(probs, mixture)
+    kl_q = torch.special.xlogy(target, target) - torch.special.xlogy(target, mixture)
+    return 0.5 * (kl_p + kl_q).flatten(2).sum(-1).mean()
+
+
+def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor per step (multiplies the peak ``lr``).
+
+    ``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to zero.
+    ``onecycle``: the learning-rate shape of Smith's one-cycle policy, a cosine ramp from
+    1/25 of the peak over the first 30 % of the steps, then cosine decay to 1/10^4.
+    """
+    if schedule == "cosine":
+        def factor(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
+    elif schedule == "onecycle":
+        ramp = max(int(0.3 * total_steps), 1)
+        start, end = 1 / 25, 1e-4
+
+        def factor(step: int) -> float:
+            if step < ramp:
+                return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / ramp))
+            t = (step - ramp) / max(total_steps - ramp, 1)
+            return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    else:
+        raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {schedule!r}")
+    return factor
+
+
 @torch.no_grad()
 def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
             flip_tta: bool = True, bf16: bool = False) -> np.ndarray:
@@ -1227,6 +1304,16 @@ def _param_groups(model: KeypointNet, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: KeypointNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser; weight decay on convolution and linear weights only."""
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
 
 def _import_dynamo_without_tmp() -> None:
@@ -1283,13 +1370,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     model = model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
     _import_dynamo_without_tmp()                                  # before any torch.optim use
-    if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    elif cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                    momentum=0.9, nesterov=True)
-    else:
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+    optimizer = make_optimizer(model, cfg)
 
     batch_size = min(cfg.batch_size, len(train))
     steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
@@ -1298,12 +1379,9 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         total_steps = min(total_steps, cfg.max_steps)
     warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
 
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.schedule, total_steps, warmup))
+    if cfg.heatmap_js and cfg.model.head != "heatmap":
+        raise ValueError("heatmap_js needs the heatmap head")
     log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
         f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
         f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
@@ -1325,8 +1403,10 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                pred = model(images)
+                pred, probs = model.forward_with_heatmaps(images)
             loss = keypoint_loss(pred.float(), targets, cfg.loss)
+            if cfg.heatmap_js:
+                loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
             optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The experiment table: each run trains on the same 4500 faces (holdout 500, split seed 0)
 # with the same seed and a reduced budget of EPOCHS epochs on ONE thread, and writes
-# bench/results/exp-<name>.json. Two runs go at a time (one per core).
+# bench/results/exp-<name>.json. Two runs go at a time (one per core). The baseline is
+# the first recipe (AdamW, lr 2e-3), so every row changes one thing against exp-base;
+# exp-sgd-nesterov is the optimiser the shipped recipe adopted.
 #   usage: bench/experiments.sh [DATA_DIR]        (default data/train)
 #   ONLY="base wide" bench/experiments.sh DATA    runs only the named experiments
 set -euo pipefail
@@ -13,7 +15,8 @@ JOBS=${JOBS:-2}
 
 run() {  # name, overrides...
     local name=$1; shift
-    local sets=(--set "epochs=$EPOCHS" --set threads=1 --set eval_every=2)
+    local sets=(--set "epochs=$EPOCHS" --set threads=1 --set eval_every=2
+                --set optimizer=adamw --set lr=0.002)
     for s in "$@"; do sets+=(--set "$s"); done
     python -m facepoints_lib bench "$DATA" --name "exp-$name" --no-fast-train "${sets[@]}" \
         > "artifacts/exp-$name.log" 2>&1 && tail -n 1 "artifacts/exp-$name.log" || echo "exp-$name failed: see artifacts/exp-$name.log"
@@ -38,6 +41,8 @@ experiments=(   # in order of how much each tells us
     "no-augment augment.flip_prob=0 augment.rotation_deg=0 augment.scale=0 augment.shift=0 augment.brightness=0 augment.contrast=0 augment.grayscale_prob=0 augment.lowres_prob=0"
     "loss-smooth-l1 loss=smooth_l1"
     "batch-32 batch_size=32 lr=0.0014"
+    "onecycle schedule=onecycle"
+    "heatmap-js heatmap_js=10"
 )
 
 for line in "${experiments[@]}"; do

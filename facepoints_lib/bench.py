@@ -255,7 +255,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     from .augment import augment_batch
     from .model import build_model
     from .synth import synthetic_faces_in_memory
-    from .train import keypoint_loss, use_bf16
+    from .train import keypoint_loss, make_optimizer, use_bf16
 
     cfg = apply_overrides(full_config(), overrides)
     torch.set_num_threads(threads)
@@ -266,7 +266,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     keypoints = torch.as_tensor(
         (points + 0.5) / np.array([[p.width, p.height] for p in pictures])[:, None, :], dtype=torch.float32)
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, cfg)
     bf16 = use_bf16(cfg.bf16, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
 

@@ -107,18 +107,28 @@ class Backbone(nn.Module):
         return features
 
 
-def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2).
+def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Each (N, K, H, W) logit map as a probability distribution over its cells (fp32)."""
+    n, k, h, w = logits.shape
+    return torch.softmax(logits.flatten(2).float(), dim=-1).view(n, k, h, w)
+
+
+def expected_coordinates(probs: torch.Tensor) -> torch.Tensor:
+    """Mean (u, v) of each heatmap distribution: (N, K, H, W) -> (N, K, 2).
 
     Cell centres sit at ``(j + 0.5) / W``, matching the normalised coordinates.
     """
-    n, k, h, w = logits.shape
-    probs = torch.softmax(logits.flatten(2).float(), dim=-1).view(n, k, h, w)
+    h, w = probs.shape[-2:]
     xs = (torch.arange(w, dtype=probs.dtype, device=probs.device) + 0.5) / w
     ys = (torch.arange(h, dtype=probs.dtype, device=probs.device) + 0.5) / h
     u = (probs.sum(2) * xs).sum(-1)
     v = (probs.sum(3) * ys).sum(-1)
     return torch.stack([u, v], dim=-1)
+
+
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2)."""
+    return expected_coordinates(spatial_softmax(logits))
 
 
 class KeypointNet(nn.Module):
@@ -163,12 +173,21 @@ class KeypointNet(nn.Module):
             return self.heatmaps(x.float())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_heatmaps(images)[0]
+
+    def forward_with_heatmaps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Keypoints and, for the heatmap head, the (N, 14, H, W) distributions behind them.
+
+        Training uses the distributions to shape the heatmaps (see ``train.heatmap_js_loss``);
+        the regression head returns ``None`` in their place.
+        """
         x = (images - self.pixel_mean) / self.pixel_std
         features = self.backbone(x)
         if self.config.head == "heatmap":
-            return soft_argmax(self.heatmap_logits(features))
+            probs = spatial_softmax(self.heatmap_logits(features))
+            return expected_coordinates(probs), probs
         offsets = self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
-        return self.mean_shape + offsets
+        return self.mean_shape + offsets, None
 
 
 def build_model(cfg: ModelConfig | dict) -> KeypointNet:

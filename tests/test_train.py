@@ -14,8 +14,10 @@ from facepoints_lib.detect import detect
 from facepoints_lib.gt_csv import read_gt, read_img_shapes
 from facepoints_lib.metrics import course_err
 from facepoints_lib.model import ModelConfig
-from facepoints_lib.train import (TrainConfig, default_model_path, fast_config, full_config,
-                                  keypoint_loss, predict, resolve_device, split_names,
+from facepoints_lib.model import expected_coordinates
+from facepoints_lib.train import (TrainConfig, default_model_path, fast_config, fit, full_config,
+                                  gaussian_log_targets, heatmap_js_loss, keypoint_loss,
+                                  lr_schedule, predict, resolve_device, split_names,
                                   train_detector, use_bf16)
 
 from conftest import REPO_ROOT, as_points, quiet_progress, tiny_model_config, tiny_train_config
@@ -60,6 +62,55 @@ def test_keypoint_loss_values():
         assert keypoint_loss(target, target, kind).item() == 0.0
     with pytest.raises(ValueError, match="unknown loss"):
         keypoint_loss(pred, target, "l3")
+
+
+def test_gaussian_targets_peak_at_the_keypoint_and_sum_to_one():
+    points = torch.tensor([[[0.5, 0.5], [0.125, 0.875], [1.7, -0.4]]])  # the last lies outside
+    maps = gaussian_log_targets(points, 24, 24, sigma=1.0).exp()
+    assert maps.shape == (1, 3, 24, 24)
+    assert torch.allclose(maps.flatten(2).sum(-1), torch.ones(1, 3))
+    peak = maps[0, 1].flatten().argmax().item()
+    assert divmod(peak, 24) == (20, 2)                          # row v = 0.875, column u = 0.125
+    centred = expected_coordinates(maps[:, :2])
+    assert torch.allclose(centred, points[:, :2], atol=0.01)    # inside: the mean is the point
+    assert torch.isfinite(maps).all()
+
+
+def test_heatmap_js_loss_is_zero_on_target_and_bounded_by_log2():
+    points = torch.tensor([[[0.3, 0.6], [0.7, 0.2]]])
+    target = gaussian_log_targets(points, 16, 16, sigma=1.0).exp()
+    assert heatmap_js_loss(target, points, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    spread = torch.full_like(target, 1 / 256)
+    wrong = gaussian_log_targets(1 - points, 16, 16, sigma=1.0).exp()
+    assert 0 < heatmap_js_loss(spread, points, 1.0).item() < heatmap_js_loss(wrong, points, 1.0).item()
+    assert heatmap_js_loss(wrong, points, 1.0).item() <= np.log(2) + 1e-6
+
+
+def test_lr_schedules():
+    cosine = lr_schedule("cosine", total_steps=100, warmup_steps=10)
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(55) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0, abs=1e-12)
+    one = lr_schedule("onecycle", total_steps=100, warmup_steps=10)
+    values = [one(s) for s in range(101)]
+    assert values[0] == pytest.approx(1 / 25) and max(values) == pytest.approx(1.0)
+    assert values.index(max(values)) == 30 and values[-1] == pytest.approx(1e-4)
+    assert all(a <= b for a, b in zip(values[:30], values[1:31]))
+    assert all(a >= b for a, b in zip(values[30:], values[31:]))
+    with pytest.raises(ValueError, match="schedule"):
+        lr_schedule("linear", 100, 10)
+
+
+def test_heatmap_loss_trains_and_needs_the_heatmap_head(synth_train):
+    from facepoints_lib.dataset import load_faces
+    gt = read_gt(synth_train / "gt.csv")
+    names = sorted(gt)[:32]
+    faces = load_faces(synth_train / "images", 32, gt, names)
+    cfg = tiny_train_config(heatmap_js=5.0, schedule="onecycle", max_steps=2)
+    model, _ = fit(faces, None, cfg, quiet_progress, log=lambda _: None)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="heatmap head"):
+        fit(faces, None, tiny_train_config(heatmap_js=1.0, model=tiny_model_config(head="regression")),
+            quiet_progress, log=lambda _: None)
 
 
 def test_devices_and_bf16_setting():
