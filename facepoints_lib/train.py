@@ -271,7 +271,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     """Train a network on ``train``, validating on ``val``; return (model, history).
 
     The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode.
-    ``history`` has one dict per validation: epoch, step, train loss, val figures, time.
+    ``history`` has one dict per validation: epoch, step, train loss (the coordinate loss
+    plus the weighted heatmap term, if any), val figures, time.
     """
     if train.keypoints is None or len(train) == 0:
         raise ValueError("training needs at least one labelled face")
