@@ -149,13 +149,15 @@ def flip_consistency(model, images: torch.Tensor) -> np.ndarray:
 
 # Overrides that only set the budget of a run; results are compared within one budget.
 BUDGET_KEYS = ("epochs", "threads", "max_steps", "device", "eval_every", "seed")
+# Stored settings that do not change what a run learns (left out of config comparisons).
+_NOT_RECIPE = BUDGET_KEYS + ("val_size", "max_images", "bf16")
 
 # First matching prefix of an override key -> the comparison it belongs to.
 GROUP_PREFIXES = (
-    ("model.head", "head"), ("model.image_size", "resolution"), ("loss", "loss"),
+    ("model.head", "head"), ("model.image_size", "resolution"), ("loss", "loss"), ("heatmap_", "loss"),
     ("augment.", "augmentation"), ("model.", "capacity"), ("optimizer", "optimisation"),
     ("lr", "optimisation"), ("batch_size", "optimisation"), ("ema_decay", "optimisation"),
-    ("weight_decay", "optimisation"), ("warmup_epochs", "optimisation"),
+    ("weight_decay", "optimisation"), ("warmup_epochs", "optimisation"), ("schedule", "optimisation"),
 )
 
 
@@ -184,13 +186,61 @@ def split_overrides(result: dict) -> tuple[dict, dict]:
     return budget, changes
 
 
-def experiment_group(result: dict) -> str:
-    """What a result compares: "baseline", "head", "loss", "augmentation", ... (from its overrides)."""
+def _flat_config(result: dict) -> dict:
+    """The stored recipe as {dotted key: value}, budget settings left out."""
+    flat = {}
+    for key, value in result.get("config", {}).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key not in _NOT_RECIPE:
+            flat[key] = value
+    return flat
+
+
+def _value_text(value) -> str:
+    return f"({','.join(map(str, value))})" if isinstance(value, (list, tuple)) else str(value)
+
+
+def budget_baselines(results: list[dict]) -> dict[str, dict]:
+    """{budget: baseline}: per budget, the first result (by name) run without changes."""
+    baselines: dict[str, dict] = {}
+    for r in sorted(results, key=lambda r: r["name"]):
+        if not split_overrides(r)[1]:
+            baselines.setdefault(budget_label(r), r)
+    return baselines
+
+
+def config_changes(result: dict, baseline: dict | None = None) -> dict:
+    """What ``result`` changes against ``baseline`` (same budget), as {key: value text}.
+
+    Its overrides come first, less those that only restate the baseline's setting (the
+    experiment table pins its baseline's optimiser); then any other stored setting that
+    differs, which catches a default that changed between the two runs.
+    """
     _, changes = split_overrides(result)
+    if baseline is None or baseline is result:
+        return changes
+    base, mine = _flat_config(baseline), _flat_config(result)
+    changes = {k: v for k, v in changes.items()
+               if k not in base or _value_text(base[k]) != _value_text(mine.get(k, v))}
+    for key, value in mine.items():
+        if key in base and key not in changes and _value_text(base[key]) != _value_text(value):
+            changes[key] = _value_text(value)
+    return changes
+
+
+def experiment_group(result: dict, baseline: dict | None = None) -> str:
+    """What a result compares: "baseline", "head", "loss", "augmentation", ...
+
+    Judged from its changes against ``baseline`` (see ``config_changes``); without one,
+    from its overrides alone. Changes that belong to several comparisons: "combination".
+    """
+    changes = config_changes(result, baseline)
     if not changes:
         return "baseline"
-    key = next(iter(changes))
-    return next((group for prefix, group in GROUP_PREFIXES if key.startswith(prefix)), key)
+    groups = {next((group for prefix, group in GROUP_PREFIXES if key.startswith(prefix)), key)
+              for key in changes}
+    return groups.pop() if len(groups) == 1 else "combination"
 
 
 def budget_label(result: dict) -> str:
@@ -217,11 +267,13 @@ def result_parameters(result: dict) -> int | None:
 def bench_rows(results: list[dict]) -> list[dict]:
     """One flat row per result: name, group, budget, change, parameters, err, mark, nme, auc, time."""
     rows = []
+    baselines = budget_baselines(results)
     for r in results:
-        _, changes = split_overrides(r)
+        baseline = baselines.get(budget_label(r))
+        changes = config_changes(r, baseline)
         train = r.get("train", {})
         rows.append({
-            "name": r["name"], "group": experiment_group(r), "budget": budget_label(r),
+            "name": r["name"], "group": experiment_group(r, baseline), "budget": budget_label(r),
             "change": ", ".join(f"{k}={v}" for k, v in changes.items()) or "-",
             "parameters": result_parameters(r), "err": r["holdout"]["err"],
             "mark": r["holdout"].get("mark"), "nme": r["holdout"].get("nme"),
@@ -257,13 +309,14 @@ def group_experiments(results: list[dict]) -> dict[str, list[dict]]:
 
     Groups without a baseline in their budget keep just their own results.
     """
-    baselines = {}
+    first = budget_baselines(results)
+    baselines: dict[str, list[dict]] = {}
     for r in results:
-        if experiment_group(r) == "baseline":
+        if experiment_group(r, first.get(budget_label(r))) == "baseline":
             baselines.setdefault(budget_label(r), []).append(r)
     groups: dict[str, list[dict]] = {}
     for r in results:
-        group = experiment_group(r)
+        group = experiment_group(r, first.get(budget_label(r)))
         if group != "baseline":
             members = groups.setdefault(group, [])
             for base in baselines.get(budget_label(r), []):

@@ -23,7 +23,7 @@ import torch
 from matplotlib.patches import Ellipse
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from .analysis import experiment_group
+from .analysis import budget_baselines, budget_label, experiment_group
 from .metrics import ced_auc, ced_curve
 from .notebook_data import project_root
 from .schema import NUM_POINTS, POINT_GROUPS, POINT_NAMES, SKELETON
@@ -252,10 +252,15 @@ def plot_histories(ax, results: list[dict], key: str = "val_err", x: str = "epoc
 
 
 def plot_group(ax, results: list[dict], metric: str = "err", title: str | None = None) -> None:
-    """Horizontal bars of one holdout metric for the results of one comparison."""
+    """Horizontal bars of one holdout metric for the results of one comparison.
+
+    ``results`` as ``analysis.group_experiments`` gives them: the baseline(s) first, in grey.
+    """
     names = [r["name"] for r in results]
     values = [r["holdout"].get(metric, float("nan")) for r in results]
-    colours = ["0.6" if experiment_group(r) == "baseline" else "C0" for r in results]
+    baselines = budget_baselines(results)
+    colours = ["0.6" if experiment_group(r, baselines.get(budget_label(r))) == "baseline" else "C0"
+               for r in results]
     ax.barh(np.arange(len(names)), values, color=colours)
     ax.set_yticks(np.arange(len(names)))
     ax.set_yticklabels(names, fontsize=8)

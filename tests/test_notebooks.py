@@ -267,6 +267,32 @@ def test_bench_results_are_read_and_grouped(results_dir, tmp_path_factory):
     assert analysis.load_bench_results(tmp_path_factory.mktemp("x") / "missing") == []
 
 
+def test_bench_changes_are_judged_against_the_budgets_baseline():
+    def with_config(result, **config):
+        result["config"].update(config)
+        return result
+
+    base = with_config(_result("exp-base", ["epochs=8"], 4.0), optimizer="adamw", lr=0.002,
+                       model={"depths": [2, 2, 2, 1]}, seed=0)
+    # The experiment table pins its baseline's optimiser: restating it is no change.
+    pinned = with_config(_result("exp-deep", ["epochs=8", "optimizer=adamw", "lr=0.002", "model.depths=(2,3,3,2)"], 3.9),
+                         optimizer="adamw", lr=0.002, model={"depths": [2, 3, 3, 2]}, seed=0)
+    # A run made after the default optimiser changed: the stored config shows it.
+    drifted = with_config(_result("exp-js", ["epochs=8", "heatmap_js=10"], 3.8),
+                          optimizer="sgd", lr=0.05, model={"depths": [2, 2, 2, 1]}, seed=1)
+    results = [base, pinned, drifted]
+    assert analysis.budget_baselines(results) == {analysis.budget_label(base): base}
+    assert analysis.config_changes(pinned, base) == {"model.depths": "(2,3,3,2)"}
+    assert analysis.experiment_group(pinned, base) == "capacity"
+    assert analysis.config_changes(drifted, base) == {"heatmap_js": "10", "optimizer": "sgd", "lr": "0.05"}
+    assert analysis.experiment_group(drifted, base) == "combination"
+    assert analysis.experiment_group(drifted) == "loss"            # overrides alone
+    assert [r["change"] for r in analysis.bench_rows(results)] == [
+        "-", "model.depths=(2,3,3,2)", "heatmap_js=10, optimizer=sgd, lr=0.05"]
+    assert {g: [r["name"] for r in m] for g, m in analysis.group_experiments(results).items()} == {
+        "capacity": ["exp-base", "exp-deep"], "combination": ["exp-base", "exp-js"]}
+
+
 def test_bench_plots(results_dir):
     import matplotlib.pyplot as plt
 

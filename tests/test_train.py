@@ -250,3 +250,16 @@ def test_end_to_end_training_beats_the_mean_shape(synth_train, synth_holdout, tm
     baseline = _err(_mean_shape_detections(synth_train, synth_holdout), synth_holdout)
     assert baseline > 20                              # the faces really vary
     assert err < 0.5 * baseline, (err, baseline, seconds)
+
+
+def test_shipped_model_is_the_documented_recipe():
+    """facepoints_model.pt was trained by full_config() (README's model card), only the seed
+    and thread count set on the command line."""
+    from facepoints_lib.checkpoint import load_checkpoint
+
+    metadata = load_checkpoint(REPO_ROOT / "facepoints_model.pt")["metadata"]
+    stored = metadata["train_config"]
+    expected = full_config(seed=metadata["seed"], threads=stored["threads"]).to_dict()
+    assert stored == expected, "retrain the shipped model with the current recipe (see README)"
+    assert metadata["train_images"] + metadata["val_images"] == 5000
+    assert metadata["history"][-1]["epoch"] == expected["epochs"]
