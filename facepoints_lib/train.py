@@ -278,6 +278,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         raise ValueError("training needs at least one labelled face")
     if train.image_size != cfg.model.image_size:
         raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
+    if cfg.heatmap_js and cfg.model.head != "heatmap":
+        raise ValueError("heatmap_js needs the heatmap head")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -303,8 +305,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.schedule, total_steps, warmup))
-    if cfg.heatmap_js and cfg.model.head != "heatmap":
-        raise ValueError("heatmap_js needs the heatmap head")
     log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
         f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
         f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
