@@ -38,7 +38,7 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 60                 # passes over the training faces
+    epochs: int = 90                 # passes over the training faces
     batch_size: int = 64
     optimizer: str = "sgd"           # "sgd" (Nesterov momentum 0.9) or "adamw"
     lr: float = 0.05                 # peak learning rate (AdamW: 2e-3 worked best)
