@@ -255,7 +255,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     from .augment import augment_batch
     from .model import build_model
     from .synth import synthetic_faces_in_memory
-    from .train import keypoint_loss, make_optimizer, use_bf16
+    from .train import make_optimizer, stack_loss, use_bf16
 
     cfg = apply_overrides(full_config(), overrides)
     torch.set_num_threads(threads)
@@ -276,8 +276,8 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
             x = x.contiguous(memory_format=torch.channels_last)
         with record_function("forward"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                pred = model(x)
-            loss = keypoint_loss(pred.float(), y, cfg.loss)
+                outputs = model.forward_stacks(x)
+            loss = sum(stack_loss(pred, probs, y, cfg) for pred, probs in outputs)
         with record_function("backward"):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -153,6 +153,15 @@ def heatmap_js_loss(probs: torch.Tensor, keypoints: torch.Tensor, sigma: float) 
     return 0.5 * (kl_p + kl_q).flatten(2).sum(-1).mean()
 
 
+def stack_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch.Tensor,
+               cfg: TrainConfig) -> torch.Tensor:
+    """The training loss of one output: coordinate loss plus the weighted heatmap term."""
+    loss = keypoint_loss(pred.float(), targets, cfg.loss)
+    if cfg.heatmap_js:
+        loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
+    return loss
+
+
 def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Learning-rate factor per step (multiplies the peak ``lr``).
 
@@ -326,10 +335,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                pred, probs = model.forward_with_heatmaps(images)
-            loss = keypoint_loss(pred.float(), targets, cfg.loss)
-            if cfg.heatmap_js:
-                loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
+                outputs = model.forward_stacks(images)
+            loss = sum(stack_loss(pred, probs, targets, cfg) for pred, probs in outputs)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
             optimizer.zero_grad(set_to_none=True)

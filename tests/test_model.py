@@ -81,6 +81,27 @@ def test_soft_argmax_uniform_map_gives_centre_and_is_differentiable():
     assert float(logits.grad.abs().sum()) > 0
 
 
+def test_stacked_hourglass_refines_the_first_stack_and_predicts_with_the_last():
+    torch.manual_seed(0)
+    single = build_model(tiny_model_config(32)).eval()
+    stacked = build_model(ModelConfig(**{**tiny_model_config(32).__dict__, "stacks": 3})).eval()
+    missing, unexpected = stacked.load_state_dict(single.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("refine.") for k in missing)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        outputs = stacked.forward_stacks(images)
+        assert len(outputs) == 3 and all(p.shape == (2, NUM_POINTS, 2) for p, _ in outputs)
+        assert all(probs.shape == (2, NUM_POINTS, 8, 8) for _, probs in outputs)
+        # the first stack is the single-stack network; the refiners change its answer
+        torch.testing.assert_close(outputs[0][0], single(images))
+        assert not torch.allclose(outputs[1][0], outputs[0][0])
+        torch.testing.assert_close(stacked(images), outputs[-1][0])
+    stacked.train()
+    sum(p.sum() for p, _ in stacked.forward_stacks(images)).backward()
+    assert all(p.grad is not None for p in stacked.parameters())
+    assert count_parameters(stacked) > count_parameters(single)
+
+
 def test_config_round_trip():
     cfg = ModelConfig(image_size=64, head="regression", widths=(8, 16, 24, 32), depths=(1, 2, 1, 1))
     data = cfg.to_dict()
@@ -102,6 +123,10 @@ def test_config_refuses_unknown_keys_and_bad_values():
         ModelConfig.from_dict({**data, "image_size": 100})
     with pytest.raises(ValueError, match="one entry per stage"):
         ModelConfig.from_dict({**data, "widths": [8, 16]})
+    with pytest.raises(ValueError, match="stacks"):
+        ModelConfig.from_dict({**data, "stacks": 0})
+    with pytest.raises(ValueError, match="stacks"):
+        ModelConfig.from_dict({**data, "stacks": 2, "head": "regression"})
     with pytest.raises(ValueError):
         KeypointNet(ModelConfig(image_size=16))
 

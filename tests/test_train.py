@@ -113,6 +113,22 @@ def test_heatmap_loss_trains_and_needs_the_heatmap_head(synth_train):
             quiet_progress, log=lambda _: None)
 
 
+def test_stacked_hourglass_trains_saves_and_loads(synth_train, tmp_path):
+    from facepoints_lib.checkpoint import save_checkpoint
+    from facepoints_lib.dataset import load_faces
+    gt = read_gt(synth_train / "gt.csv")
+    faces = load_faces(synth_train / "images", 32, gt, sorted(gt)[:32])
+    stacked = ModelConfig(**{**tiny_model_config().__dict__, "stacks": 2})
+    model, _ = fit(faces, None, tiny_train_config(model=stacked, heatmap_js=1.0, max_steps=2),
+                   quiet_progress, log=lambda _: None)
+    assert len(model.refine) == 1 and all(torch.isfinite(p).all() for p in model.parameters())
+    path = save_checkpoint(model, tmp_path / "stacked.pt")
+    again = load_model(path)
+    images = faces.images[:4].float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(again(images), model(images))
+
+
 def test_devices_and_bf16_setting():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
