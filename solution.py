@@ -650,7 +650,10 @@ def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
 # * ``head="heatmap"``: a light feature pyramid brings the backbone back to stride 4 and
 #   predicts one heatmap per point; a spatial softmax turns each map into a distribution
 #   whose mean is the point (integral regression / soft-argmax), so the output is still
-#   coordinates and the whole net trains end to end on a coordinate loss.
+#   coordinates and the whole net trains end to end on a coordinate loss. With
+#   ``stacks > 1`` that first guess is refined by further hourglass modules at stride 4
+#   (Newell et al., 2016): each takes the last one's features and heatmaps, and training
+#   supervises every stack's output.
 # * ``head="regression"``: the last feature map is flattened into a small MLP that predicts
 #   offsets from the mean face shape.
 #
@@ -679,6 +682,7 @@ class ModelConfig:
     decoder_width: int = 64                      # feature-pyramid channels (heatmap head)
     hidden: int = 256                            # MLP width (regression head)
     dropout: float = 0.1                         # before the regression MLP
+    stacks: int = 1                              # heatmap head: 1 + refining hourglass modules
 
     def to_dict(self) -> dict:
         """Plain-data form for checkpoints (tuples become lists)."""
@@ -702,6 +706,8 @@ class ModelConfig:
             raise ValueError(f"head must be 'heatmap' or 'regression', got {self.head!r}")
         if len(self.widths) != 4 or len(self.depths) != 4:
             raise ValueError("widths and depths need one entry per stage (4)")
+        if self.stacks < 1 or (self.stacks > 1 and self.head != "heatmap"):
+            raise ValueError(f"stacks must be >= 1, and > 1 only with the heatmap head; got {self.stacks}")
         if self.image_size % 32 or self.image_size < 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
 
@@ -751,6 +757,40 @@ class Backbone(nn.Module):
         return features
 
 
+class Hourglass(nn.Module):
+    """Encoder-decoder of residual blocks at one width: down ``levels`` times, back up with skips.
+
+    At stride 4 with three levels it sees the whole 96 px face (stride 32) and returns a map
+    of the input's size, so stacked copies can refine each other's heatmaps.
+    """
+
+    def __init__(self, width: int, levels: int = 3):
+        super().__init__()
+        self.skip = ResidualBlock(width, width)
+        self.down = ResidualBlock(width, width, stride=2)
+        self.inner = Hourglass(width, levels - 1) if levels > 1 else ResidualBlock(width, width)
+        self.up = ResidualBlock(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = self.up(self.inner(self.down(x)))
+        return self.skip(x) + F.interpolate(low, size=x.shape[-2:], mode="nearest")
+
+
+class RefineStack(nn.Module):
+    """One refining stack: the last features plus its remapped heatmaps through an hourglass."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.from_heatmaps = nn.Conv2d(NUM_POINTS, width, 1)
+        self.hourglass = Hourglass(width)
+        self.heatmaps = nn.Conv2d(width, NUM_POINTS, 1)
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.hourglass(features + self.from_heatmaps(logits.to(features.dtype)))
+        with torch.autocast(x.device.type, enabled=False):
+            return x, self.heatmaps(x.float())
+
+
 def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Each (N, K, H, W) logit map as a probability distribution over its cells (fp32)."""
     n, k, h, w = logits.shape
@@ -791,6 +831,7 @@ class KeypointNet(nn.Module):
             self.lateral = nn.ModuleList(conv_bn(w, d, kernel=1, relu=False) for w in cfg.widths)
             self.smooth = conv_bn(d, d)
             self.heatmaps = nn.Conv2d(d, NUM_POINTS, 1)
+            self.refine = nn.ModuleList(RefineStack(d) for _ in range(cfg.stacks - 1))
         else:
             side = cfg.image_size // 32
             self.regressor = nn.Sequential(
@@ -807,14 +848,19 @@ class KeypointNet(nn.Module):
         self.pixel_std.copy_(pixel_std.view(1, 3, 1, 1))
         self.mean_shape.copy_(mean_shape.view(NUM_POINTS, 2))
 
-    def heatmap_logits(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Top-down pyramid from stride 32 to stride 4, then one logit map per point."""
+    def heatmap_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Top-down pyramid from stride 32 to stride 4, one logit map per point, then the
+        refining stacks: a list with one (N, 14, H, W) fp32 logit tensor per stack."""
         x = self.lateral[-1](features[-1])
         for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
             x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
         x = self.smooth(x)
         with torch.autocast(x.device.type, enabled=False):   # bf16 logits would blur the softmax
-            return self.heatmaps(x.float())
+            logits = [self.heatmaps(x.float())]
+        for stack in self.refine:
+            x, more = stack(x, logits[-1])
+            logits.append(more)
+        return logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_with_heatmaps(images)[0]
@@ -825,13 +871,23 @@ class KeypointNet(nn.Module):
         Training uses the distributions to shape the heatmaps (see ``train.heatmap_js_loss``);
         the regression head returns ``None`` in their place.
         """
+        return self.forward_stacks(images)[-1]
+
+    def forward_stacks(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``forward_with_heatmaps`` for every stack, first to last (one entry unless ``stacks > 1``).
+
+        Training puts a loss on each (intermediate supervision); inference uses the last.
+        """
         x = (images - self.pixel_mean) / self.pixel_std
         features = self.backbone(x)
         if self.config.head == "heatmap":
-            probs = spatial_softmax(self.heatmap_logits(features))
-            return expected_coordinates(probs), probs
+            outputs = []
+            for logits in self.heatmap_logits(features):
+                probs = spatial_softmax(logits)
+                outputs.append((expected_coordinates(probs), probs))
+            return outputs
         offsets = self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
-        return self.mean_shape + offsets, None
+        return [(self.mean_shape + offsets, None)]
 
 
 def build_model(cfg: ModelConfig | dict) -> KeypointNet:
@@ -1116,7 +1172,7 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 60                 # passes over the training faces
+    epochs: int = 90                 # passes over the training faces
     batch_size: int = 64
     optimizer: str = "sgd"           # "sgd" (Nesterov momentum 0.9) or "adamw"
     lr: float = 0.05                 # peak learning rate (AdamW: 2e-3 worked best)
@@ -1229,6 +1285,15 @@ def heatmap_js_loss(probs: torch.Tensor, keypoints: torch.Tensor, sigma: float) 
     kl_p = torch.special.xlogy(probs, probs) - torch.special.xlogy(probs, mixture)
     kl_q = torch.special.xlogy(target, target) - torch.special.xlogy(target, mixture)
     return 0.5 * (kl_p + kl_q).flatten(2).sum(-1).mean()
+
+
+def stack_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch.Tensor,
+               cfg: TrainConfig) -> torch.Tensor:
+    """The training loss of one output: coordinate loss plus the weighted heatmap term."""
+    loss = keypoint_loss(pred.float(), targets, cfg.loss)
+    if cfg.heatmap_js:
+        loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
+    return loss
 
 
 def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -1404,10 +1469,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                pred, probs = model.forward_with_heatmaps(images)
-            loss = keypoint_loss(pred.float(), targets, cfg.loss)
-            if cfg.heatmap_js:
-                loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
+                outputs = model.forward_stacks(images)
+            loss = sum(stack_loss(pred, probs, targets, cfg) for pred, probs in outputs)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
             optimizer.zero_grad(set_to_none=True)

@@ -43,6 +43,7 @@ experiments=(   # in order of how much each tells us
     "batch-32 batch_size=32 lr=0.0014"
     "onecycle schedule=onecycle"
     "heatmap-js heatmap_js=10"
+    "hourglass model.stacks=2"
 )
 
 for line in "${experiments[@]}"; do
