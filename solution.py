@@ -654,6 +654,10 @@ def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
 #   ``stacks > 1`` that first guess is refined by further hourglass modules at stride 4
 #   (Newell et al., 2016): each takes the last one's features and heatmaps, and training
 #   supervises every stack's output.
+# * ``head="offsets"``: the same pyramid predicts, per point, a heatmap with a peak of 1 at
+#   the point's cell plus a map of sub-cell offsets; the point is the highest cell plus its
+#   offset (heatmap + offsets, as in CenterNet or PIPNet). Training regresses the maps
+#   themselves (see ``train.offsets_head_loss``), not the decoded coordinates.
 # * ``head="regression"``: the last feature map is flattened into a small MLP that predicts
 #   offsets from the mean face shape.
 #
@@ -670,12 +674,15 @@ import torch.nn.functional as F
 
 
 
+HEADS = ("heatmap", "offsets", "regression")
+
+
 @dataclass
 class ModelConfig:
     """Hyper-parameters of a keypoint network (stored in checkpoints as a dict)."""
 
     image_size: int = 96                         # network input side, pixels
-    head: str = "heatmap"                        # "heatmap" (soft-argmax) or "regression"
+    head: str = "heatmap"                        # "heatmap" (soft-argmax), "offsets" or "regression"
     stem_width: int = 24                         # channels after the stride-2 stem
     widths: tuple = (48, 96, 160, 256)           # stage widths at strides 4, 8, 16, 32
     depths: tuple = (2, 2, 2, 1)                 # residual blocks per stage
@@ -702,8 +709,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Refuse configurations the networks cannot be built from."""
-        if self.head not in ("heatmap", "regression"):
-            raise ValueError(f"head must be 'heatmap' or 'regression', got {self.head!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {self.head!r}")
         if len(self.widths) != 4 or len(self.depths) != 4:
             raise ValueError("widths and depths need one entry per stage (4)")
         if self.stacks < 1 or (self.stacks > 1 and self.head != "heatmap"):
@@ -815,6 +822,21 @@ def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
     return expected_coordinates(spatial_softmax(logits))
 
 
+def decode_offsets(maps: torch.Tensor) -> torch.Tensor:
+    """Points from the offsets head's (N, 3K, H, W) maps: the highest cell plus its offset.
+
+    Channels are K heatmaps, then K x-offsets, then K y-offsets, offsets in cells from the
+    cell centre. Returns normalised (u, v): (N, K, 2).
+    """
+    n, c, h, w = maps.shape
+    k = c // 3
+    best = maps[:, :k].flatten(2).argmax(-1)                              # (N, K)
+    offsets = maps[:, k:].reshape(n, 2, k, h * w).gather(3, best[:, None, :, None].expand(n, 2, k, 1))
+    cells = torch.stack([best % w, best // w], dim=-1).to(maps.dtype)      # (N, K, 2): column, row
+    return (cells + 0.5 + offsets[..., 0].permute(0, 2, 1)) / torch.tensor([w, h], dtype=maps.dtype,
+                                                                              device=maps.device)
+
+
 class KeypointNet(nn.Module):
     """Backbone + heatmap or regression head; images in [0, 1] -> normalised keypoints."""
 
@@ -826,11 +848,14 @@ class KeypointNet(nn.Module):
         self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 0.25))
         self.register_buffer("mean_shape", torch.full((NUM_POINTS, 2), 0.5))
         self.backbone = Backbone(cfg)
-        if cfg.head == "heatmap":
+        if cfg.head in ("heatmap", "offsets"):
             d = cfg.decoder_width
             self.lateral = nn.ModuleList(conv_bn(w, d, kernel=1, relu=False) for w in cfg.widths)
             self.smooth = conv_bn(d, d)
-            self.heatmaps = nn.Conv2d(d, NUM_POINTS, 1)
+            self.heatmaps = nn.Conv2d(d, NUM_POINTS * (3 if cfg.head == "offsets" else 1), 1)
+            if cfg.head == "offsets":       # start with empty heatmaps and centred offsets
+                nn.init.constant_(self.heatmaps.bias[:NUM_POINTS], -4.0)
+                nn.init.zeros_(self.heatmaps.bias[NUM_POINTS:])
             self.refine = nn.ModuleList(RefineStack(d) for _ in range(cfg.stacks - 1))
         else:
             side = cfg.image_size // 32
@@ -869,7 +894,8 @@ class KeypointNet(nn.Module):
         """Keypoints and, for the heatmap head, the (N, 14, H, W) distributions behind them.
 
         Training uses the distributions to shape the heatmaps (see ``train.heatmap_js_loss``);
-        the regression head returns ``None`` in their place.
+        the offsets head returns its raw (N, 42, H, W) maps instead (heatmap logits, x and y
+        offsets), and the regression head ``None``.
         """
         return self.forward_stacks(images)[-1]
 
@@ -880,6 +906,9 @@ class KeypointNet(nn.Module):
         """
         x = (images - self.pixel_mean) / self.pixel_std
         features = self.backbone(x)
+        if self.config.head == "offsets":
+            maps = self.heatmap_logits(features)[0]
+            return [(decode_offsets(maps), maps)]
         if self.config.head == "heatmap":
             outputs = []
             for logits in self.heatmap_logits(features):
@@ -1182,6 +1211,7 @@ class TrainConfig:
     loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
     heatmap_js: float = 0.0          # weight of the heatmap-shape loss (DSNT's Jensen-Shannon term)
     heatmap_sigma: float = 1.0       # its Gaussian target's spread, in heatmap cells
+    heatmap_loss: str = "awing"      # offsets head: "awing" (Adaptive Wing) or "mse" on its heatmaps
     ema_decay: float = 0.998         # exponential moving average of the weights (0: off)
     val_size: int = 250              # faces held out for validation
     max_images: int | None = None    # use at most this many faces (seeded subset)
@@ -1258,6 +1288,18 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
     raise ValueError(f"unknown loss {kind!r}")
 
 
+def cell_distance_squared(keypoints: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Squared distance, in heatmap cells, from every cell centre to each normalised keypoint.
+
+    ``keypoints`` (N, K, 2) -> (N, K, H, W).
+    """
+    xs = (torch.arange(width, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / width
+    ys = (torch.arange(height, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / height
+    dx = (xs.view(1, 1, 1, width) - keypoints[..., 0, None, None]) * width
+    dy = (ys.view(1, 1, height, 1) - keypoints[..., 1, None, None]) * height
+    return dx ** 2 + dy ** 2
+
+
 def gaussian_log_targets(keypoints: torch.Tensor, height: int, width: int,
                          sigma: float) -> torch.Tensor:
     """Log of a normalised Gaussian on the heatmap grid around each keypoint.
@@ -1265,11 +1307,7 @@ def gaussian_log_targets(keypoints: torch.Tensor, height: int, width: int,
     ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) log-probabilities
     (computed in log space, so points far outside the image still give a valid map).
     """
-    xs = (torch.arange(width, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / width
-    ys = (torch.arange(height, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / height
-    dx = (xs.view(1, 1, 1, width) - keypoints[..., 0, None, None]) * width
-    dy = (ys.view(1, 1, height, 1) - keypoints[..., 1, None, None]) * height
-    logits = -(dx ** 2 + dy ** 2) / (2 * sigma ** 2)
+    logits = -cell_distance_squared(keypoints, height, width) / (2 * sigma ** 2)
     n, k = keypoints.shape[:2]
     return torch.log_softmax(logits.reshape(n, k, -1), dim=-1).view(n, k, height, width)
 
@@ -1289,11 +1327,65 @@ def heatmap_js_loss(probs: torch.Tensor, keypoints: torch.Tensor, sigma: float) 
 
 def stack_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch.Tensor,
                cfg: TrainConfig) -> torch.Tensor:
-    """The training loss of one output: coordinate loss plus the weighted heatmap term."""
+    """The training loss of one output: coordinate loss plus the weighted heatmap term
+    (the offsets head: its map loss, see ``offsets_head_loss``)."""
+    if cfg.model.head == "offsets":
+        return offsets_head_loss(probs, targets, cfg)
     loss = keypoint_loss(pred.float(), targets, cfg.loss)
     if cfg.heatmap_js:
         loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
     return loss
+
+
+def gaussian_peaks(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """Heatmap targets of the offsets head: a Gaussian of height 1 centred on each keypoint.
+
+    ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) in [0, 1] (a point
+    far outside the picture gives an empty map).
+    """
+    return torch.exp(-cell_distance_squared(keypoints, height, width) / (2 * sigma ** 2))
+
+
+def adaptive_wing(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.1, omega: float = 14.0,
+                  epsilon: float = 1.0, theta: float = 0.5) -> torch.Tensor:
+    """Adaptive Wing loss (Wang et al., ICCV 2019) between heatmaps in [0, 1], mean over cells.
+
+    Its exponent ``alpha - target`` makes errors on the peak (target near 1) count like an
+    L1 loss that stays steep near zero, and errors on the background (target 0) like a
+    gentle MSE; beyond ``theta`` it continues linearly.
+    """
+    diff = (pred - target).abs()
+    power = alpha - target
+    ratio = theta / epsilon
+    slope = omega / (1 + ratio ** power) * power * ratio ** (power - 1) / epsilon
+    offset = theta * slope - omega * torch.log1p(ratio ** power)
+    near = omega * torch.log1p((diff / epsilon) ** power)
+    return torch.where(diff < theta, near, slope * diff - offset).mean()
+
+
+def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Loss of the offsets head: its heatmaps against Gaussian peaks (``cfg.heatmap_loss``)
+    plus the L1 error of the offsets read at each point's own cell, in percent of the side.
+
+    Points outside the picture are clamped to the border cells; their offsets then reach out.
+    """
+    n, c, h, w = maps.shape
+    k = c // 3
+    peaks = gaussian_peaks(keypoints, h, w, cfg.heatmap_sigma)
+    heat = torch.sigmoid(maps[:, :k])
+    if cfg.heatmap_loss == "awing":
+        heat_loss = adaptive_wing(heat, peaks)
+    elif cfg.heatmap_loss == "mse":
+        heat_loss = (heat - peaks).pow(2).mean() * 100.0
+    else:
+        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {cfg.heatmap_loss!r}")
+    size = torch.tensor([w, h], dtype=keypoints.dtype, device=keypoints.device)
+    grid = keypoints * size - 0.5                                  # (N, K, 2) in cell units
+    cell = torch.minimum(grid.round().clamp_min(0), size - 1)
+    index = (cell[..., 1] * w + cell[..., 0]).long()               # (N, K)
+    offsets = maps[:, k:].reshape(n, 2, k, h * w).gather(3, index[:, None, :, None].expand(n, 2, k, 1))
+    offset_error = (offsets[..., 0].permute(0, 2, 1) - (grid - cell)) / size * 100.0
+    return heat_loss + offset_error.abs().mean()
 
 
 def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -1423,6 +1515,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
+    if cfg.heatmap_loss not in ("awing", "mse"):
+        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {cfg.heatmap_loss!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

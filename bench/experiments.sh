@@ -44,6 +44,8 @@ experiments=(   # in order of how much each tells us
     "onecycle schedule=onecycle"
     "heatmap-js heatmap_js=10"
     "hourglass model.stacks=2"
+    "offsets-awing model.head=offsets"
+    "offsets-mse model.head=offsets heatmap_loss=mse"
 )
 
 for line in "${experiments[@]}"; do

@@ -7,6 +7,10 @@
   ``stacks > 1`` that first guess is refined by further hourglass modules at stride 4
   (Newell et al., 2016): each takes the last one's features and heatmaps, and training
   supervises every stack's output.
+* ``head="offsets"``: the same pyramid predicts, per point, a heatmap with a peak of 1 at
+  the point's cell plus a map of sub-cell offsets; the point is the highest cell plus its
+  offset (heatmap + offsets, as in CenterNet or PIPNet). Training regresses the maps
+  themselves (see ``train.offsets_head_loss``), not the decoded coordinates.
 * ``head="regression"``: the last feature map is flattened into a small MLP that predicts
   offsets from the mean face shape.
 
@@ -26,12 +30,15 @@ import torch.nn.functional as F
 from .schema import NUM_POINTS
 
 
+HEADS = ("heatmap", "offsets", "regression")
+
+
 @dataclass
 class ModelConfig:
     """Hyper-parameters of a keypoint network (stored in checkpoints as a dict)."""
 
     image_size: int = 96                         # network input side, pixels
-    head: str = "heatmap"                        # "heatmap" (soft-argmax) or "regression"
+    head: str = "heatmap"                        # "heatmap" (soft-argmax), "offsets" or "regression"
     stem_width: int = 24                         # channels after the stride-2 stem
     widths: tuple = (48, 96, 160, 256)           # stage widths at strides 4, 8, 16, 32
     depths: tuple = (2, 2, 2, 1)                 # residual blocks per stage
@@ -58,8 +65,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Refuse configurations the networks cannot be built from."""
-        if self.head not in ("heatmap", "regression"):
-            raise ValueError(f"head must be 'heatmap' or 'regression', got {self.head!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {self.head!r}")
         if len(self.widths) != 4 or len(self.depths) != 4:
             raise ValueError("widths and depths need one entry per stage (4)")
         if self.stacks < 1 or (self.stacks > 1 and self.head != "heatmap"):
@@ -171,6 +178,21 @@ def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
     return expected_coordinates(spatial_softmax(logits))
 
 
+def decode_offsets(maps: torch.Tensor) -> torch.Tensor:
+    """Points from the offsets head's (N, 3K, H, W) maps: the highest cell plus its offset.
+
+    Channels are K heatmaps, then K x-offsets, then K y-offsets, offsets in cells from the
+    cell centre. Returns normalised (u, v): (N, K, 2).
+    """
+    n, c, h, w = maps.shape
+    k = c // 3
+    best = maps[:, :k].flatten(2).argmax(-1)                              # (N, K)
+    offsets = maps[:, k:].reshape(n, 2, k, h * w).gather(3, best[:, None, :, None].expand(n, 2, k, 1))
+    cells = torch.stack([best % w, best // w], dim=-1).to(maps.dtype)      # (N, K, 2): column, row
+    return (cells + 0.5 + offsets[..., 0].permute(0, 2, 1)) / torch.tensor([w, h], dtype=maps.dtype,
+                                                                              device=maps.device)
+
+
 class KeypointNet(nn.Module):
     """Backbone + heatmap or regression head; images in [0, 1] -> normalised keypoints."""
 
@@ -182,11 +204,14 @@ class KeypointNet(nn.Module):
         self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 0.25))
         self.register_buffer("mean_shape", torch.full((NUM_POINTS, 2), 0.5))
         self.backbone = Backbone(cfg)
-        if cfg.head == "heatmap":
+        if cfg.head in ("heatmap", "offsets"):
             d = cfg.decoder_width
             self.lateral = nn.ModuleList(conv_bn(w, d, kernel=1, relu=False) for w in cfg.widths)
             self.smooth = conv_bn(d, d)
-            self.heatmaps = nn.Conv2d(d, NUM_POINTS, 1)
+            self.heatmaps = nn.Conv2d(d, NUM_POINTS * (3 if cfg.head == "offsets" else 1), 1)
+            if cfg.head == "offsets":       # start with empty heatmaps and centred offsets
+                nn.init.constant_(self.heatmaps.bias[:NUM_POINTS], -4.0)
+                nn.init.zeros_(self.heatmaps.bias[NUM_POINTS:])
             self.refine = nn.ModuleList(RefineStack(d) for _ in range(cfg.stacks - 1))
         else:
             side = cfg.image_size // 32
@@ -225,7 +250,8 @@ class KeypointNet(nn.Module):
         """Keypoints and, for the heatmap head, the (N, 14, H, W) distributions behind them.
 
         Training uses the distributions to shape the heatmaps (see ``train.heatmap_js_loss``);
-        the regression head returns ``None`` in their place.
+        the offsets head returns its raw (N, 42, H, W) maps instead (heatmap logits, x and y
+        offsets), and the regression head ``None``.
         """
         return self.forward_stacks(images)[-1]
 
@@ -236,6 +262,9 @@ class KeypointNet(nn.Module):
         """
         x = (images - self.pixel_mean) / self.pixel_std
         features = self.backbone(x)
+        if self.config.head == "offsets":
+            maps = self.heatmap_logits(features)[0]
+            return [(decode_offsets(maps), maps)]
         if self.config.head == "heatmap":
             outputs = []
             for logits in self.heatmap_logits(features):

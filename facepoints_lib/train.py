@@ -48,6 +48,7 @@ class TrainConfig:
     loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
     heatmap_js: float = 0.0          # weight of the heatmap-shape loss (DSNT's Jensen-Shannon term)
     heatmap_sigma: float = 1.0       # its Gaussian target's spread, in heatmap cells
+    heatmap_loss: str = "awing"      # offsets head: "awing" (Adaptive Wing) or "mse" on its heatmaps
     ema_decay: float = 0.998         # exponential moving average of the weights (0: off)
     val_size: int = 250              # faces held out for validation
     max_images: int | None = None    # use at most this many faces (seeded subset)
@@ -124,6 +125,18 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.
     raise ValueError(f"unknown loss {kind!r}")
 
 
+def cell_distance_squared(keypoints: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Squared distance, in heatmap cells, from every cell centre to each normalised keypoint.
+
+    ``keypoints`` (N, K, 2) -> (N, K, H, W).
+    """
+    xs = (torch.arange(width, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / width
+    ys = (torch.arange(height, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / height
+    dx = (xs.view(1, 1, 1, width) - keypoints[..., 0, None, None]) * width
+    dy = (ys.view(1, 1, height, 1) - keypoints[..., 1, None, None]) * height
+    return dx ** 2 + dy ** 2
+
+
 def gaussian_log_targets(keypoints: torch.Tensor, height: int, width: int,
                          sigma: float) -> torch.Tensor:
     """Log of a normalised Gaussian on the heatmap grid around each keypoint.
@@ -131,11 +144,7 @@ def gaussian_log_targets(keypoints: torch.Tensor, height: int, width: int,
     ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) log-probabilities
     (computed in log space, so points far outside the image still give a valid map).
     """
-    xs = (torch.arange(width, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / width
-    ys = (torch.arange(height, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / height
-    dx = (xs.view(1, 1, 1, width) - keypoints[..., 0, None, None]) * width
-    dy = (ys.view(1, 1, height, 1) - keypoints[..., 1, None, None]) * height
-    logits = -(dx ** 2 + dy ** 2) / (2 * sigma ** 2)
+    logits = -cell_distance_squared(keypoints, height, width) / (2 * sigma ** 2)
     n, k = keypoints.shape[:2]
     return torch.log_softmax(logits.reshape(n, k, -1), dim=-1).view(n, k, height, width)
 
@@ -155,11 +164,65 @@ def heatmap_js_loss(probs: torch.Tensor, keypoints: torch.Tensor, sigma: float) 
 
 def stack_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch.Tensor,
                cfg: TrainConfig) -> torch.Tensor:
-    """The training loss of one output: coordinate loss plus the weighted heatmap term."""
+    """The training loss of one output: coordinate loss plus the weighted heatmap term
+    (the offsets head: its map loss, see ``offsets_head_loss``)."""
+    if cfg.model.head == "offsets":
+        return offsets_head_loss(probs, targets, cfg)
     loss = keypoint_loss(pred.float(), targets, cfg.loss)
     if cfg.heatmap_js:
         loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
     return loss
+
+
+def gaussian_peaks(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """Heatmap targets of the offsets head: a Gaussian of height 1 centred on each keypoint.
+
+    ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) in [0, 1] (a point
+    far outside the picture gives an empty map).
+    """
+    return torch.exp(-cell_distance_squared(keypoints, height, width) / (2 * sigma ** 2))
+
+
+def adaptive_wing(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.1, omega: float = 14.0,
+                  epsilon: float = 1.0, theta: float = 0.5) -> torch.Tensor:
+    """Adaptive Wing loss (Wang et al., ICCV 2019) between heatmaps in [0, 1], mean over cells.
+
+    Its exponent ``alpha - target`` makes errors on the peak (target near 1) count like an
+    L1 loss that stays steep near zero, and errors on the background (target 0) like a
+    gentle MSE; beyond ``theta`` it continues linearly.
+    """
+    diff = (pred - target).abs()
+    power = alpha - target
+    ratio = theta / epsilon
+    slope = omega / (1 + ratio ** power) * power * ratio ** (power - 1) / epsilon
+    offset = theta * slope - omega * torch.log1p(ratio ** power)
+    near = omega * torch.log1p((diff / epsilon) ** power)
+    return torch.where(diff < theta, near, slope * diff - offset).mean()
+
+
+def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Loss of the offsets head: its heatmaps against Gaussian peaks (``cfg.heatmap_loss``)
+    plus the L1 error of the offsets read at each point's own cell, in percent of the side.
+
+    Points outside the picture are clamped to the border cells; their offsets then reach out.
+    """
+    n, c, h, w = maps.shape
+    k = c // 3
+    peaks = gaussian_peaks(keypoints, h, w, cfg.heatmap_sigma)
+    heat = torch.sigmoid(maps[:, :k])
+    if cfg.heatmap_loss == "awing":
+        heat_loss = adaptive_wing(heat, peaks)
+    elif cfg.heatmap_loss == "mse":
+        heat_loss = (heat - peaks).pow(2).mean() * 100.0
+    else:
+        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {cfg.heatmap_loss!r}")
+    size = torch.tensor([w, h], dtype=keypoints.dtype, device=keypoints.device)
+    grid = keypoints * size - 0.5                                  # (N, K, 2) in cell units
+    cell = torch.minimum(grid.round().clamp_min(0), size - 1)
+    index = (cell[..., 1] * w + cell[..., 0]).long()               # (N, K)
+    offsets = maps[:, k:].reshape(n, 2, k, h * w).gather(3, index[:, None, :, None].expand(n, 2, k, 1))
+    offset_error = (offsets[..., 0].permute(0, 2, 1) - (grid - cell)) / size * 100.0
+    return heat_loss + offset_error.abs().mean()
 
 
 def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -289,6 +352,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
+    if cfg.heatmap_loss not in ("awing", "mse"):
+        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {cfg.heatmap_loss!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

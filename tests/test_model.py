@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from facepoints_lib.model import (KeypointNet, ModelConfig, build_model, count_parameters,
-                                  soft_argmax)
+                                  decode_offsets, soft_argmax)
 from facepoints_lib.schema import NUM_POINTS
 
 from conftest import tiny_model_config
 
 
-@pytest.mark.parametrize("head", ["heatmap", "regression"])
+@pytest.mark.parametrize("head", ["heatmap", "offsets", "regression"])
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_both_heads_give_n_14_2(head, image_size):
     torch.manual_seed(0)
@@ -81,6 +81,18 @@ def test_soft_argmax_uniform_map_gives_centre_and_is_differentiable():
     assert float(logits.grad.abs().sum()) > 0
 
 
+def test_decode_offsets_reads_the_highest_cell_and_its_offset():
+    maps = torch.zeros(1, 3 * NUM_POINTS, 4, 5)             # H 4, W 5
+    maps[0, 2, 1, 3] = 5.0                                   # point 2 peaks at column 3, row 1
+    maps[0, NUM_POINTS + 2, 1, 3] = 0.25                     # x offset, cells
+    maps[0, 2 * NUM_POINTS + 2, 1, 3] = -0.5                 # y offset
+    maps[0, NUM_POINTS + 2, 0, 0] = 9.0                      # an offset elsewhere is ignored
+    points = decode_offsets(maps)
+    assert points.shape == (1, NUM_POINTS, 2)
+    torch.testing.assert_close(points[0, 2], torch.tensor([(3 + 0.5 + 0.25) / 5, (1 + 0.5 - 0.5) / 4]))
+    torch.testing.assert_close(points[0, 0], torch.tensor([0.5 / 5, 0.5 / 4]))   # flat map: first cell
+
+
 def test_stacked_hourglass_refines_the_first_stack_and_predicts_with_the_last():
     torch.manual_seed(0)
     single = build_model(tiny_model_config(32)).eval()
@@ -127,6 +139,8 @@ def test_config_refuses_unknown_keys_and_bad_values():
         ModelConfig.from_dict({**data, "stacks": 0})
     with pytest.raises(ValueError, match="stacks"):
         ModelConfig.from_dict({**data, "stacks": 2, "head": "regression"})
+    with pytest.raises(ValueError, match="stacks"):
+        ModelConfig.from_dict({**data, "stacks": 2, "head": "offsets"})
     with pytest.raises(ValueError):
         KeypointNet(ModelConfig(image_size=16))
 
