@@ -1348,7 +1348,7 @@ def gaussian_peaks(keypoints: torch.Tensor, height: int, width: int, sigma: floa
 
 def adaptive_wing(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.1, omega: float = 14.0,
                   epsilon: float = 1.0, theta: float = 0.5) -> torch.Tensor:
-    """Adaptive Wing loss (Wang et al., ICCV 2019) between heatmaps in [0, 1], mean over cells.
+    """Adaptive Wing loss (Wang et al., ICCV 2019) between heatmaps in [0, 1], per cell.
 
     Its exponent ``alpha - target`` makes errors on the peak (target near 1) count like an
     L1 loss that stays steep near zero, and errors on the background (target 0) like a
@@ -1360,12 +1360,14 @@ def adaptive_wing(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.1, 
     slope = omega / (1 + ratio ** power) * power * ratio ** (power - 1) / epsilon
     offset = theta * slope - omega * torch.log1p(ratio ** power)
     near = omega * torch.log1p((diff / epsilon) ** power)
-    return torch.where(diff < theta, near, slope * diff - offset).mean()
+    return torch.where(diff < theta, near, slope * diff - offset)
 
 
 def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Loss of the offsets head: its heatmaps against Gaussian peaks (``cfg.heatmap_loss``)
-    plus the L1 error of the offsets read at each point's own cell, in percent of the side.
+    """Loss of the offsets head: its heatmaps against Gaussian peaks (``cfg.heatmap_loss``,
+    summed over each map's cells, so that the few cells of the peak are not drowned by the
+    background) plus the L1 error of the offsets read at each point's own cell, in percent
+    of the side; both averaged over points and faces.
 
     Points outside the picture are clamped to the border cells; their offsets then reach out.
     """
@@ -1374,9 +1376,9 @@ def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainCon
     peaks = gaussian_peaks(keypoints, h, w, cfg.heatmap_sigma)
     heat = torch.sigmoid(maps[:, :k])
     if cfg.heatmap_loss == "awing":
-        heat_loss = adaptive_wing(heat, peaks)
+        heat_loss = adaptive_wing(heat, peaks).flatten(2).sum(-1).mean()
     elif cfg.heatmap_loss == "mse":
-        heat_loss = (heat - peaks).pow(2).mean() * 100.0
+        heat_loss = (heat - peaks).pow(2).flatten(2).sum(-1).mean()
     else:
         raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {cfg.heatmap_loss!r}")
     size = torch.tensor([w, h], dtype=keypoints.dtype, device=keypoints.device)
