@@ -822,23 +822,32 @@ def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
     return expected_coordinates(spatial_softmax(logits))
 
 
-def decode_offsets(maps: torch.Tensor) -> torch.Tensor:
-    """Points from the offsets head's (N, 3K, H, W) maps: the highest cell plus its offset.
+def offsets_at(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """The offsets head's (x, y) offsets of each point read at one cell per point.
 
-    Channels are K heatmaps, then K x-offsets, then K y-offsets, offsets in cells from the
-    cell centre. Returns normalised (u, v): (N, K, 2).
+    ``maps`` (N, 3K, H, W): K heatmaps, then K x-offsets, then K y-offsets, in cells from
+    the cell centre; ``cells`` (N, K) flat cell indices (row * W + column). -> (N, K, 2).
     """
     n, c, h, w = maps.shape
     k = c // 3
-    best = maps[:, :k].flatten(2).argmax(-1)                              # (N, K)
-    offsets = maps[:, k:].reshape(n, 2, k, h * w).gather(3, best[:, None, :, None].expand(n, 2, k, 1))
+    picked = maps[:, k:].reshape(n, 2, k, h * w).gather(3, cells[:, None, :, None].expand(n, 2, k, 1))
+    return picked[..., 0].permute(0, 2, 1)
+
+
+def decode_offsets(maps: torch.Tensor) -> torch.Tensor:
+    """Points from the offsets head's (N, 3K, H, W) maps: the highest cell plus its offset.
+
+    Returns normalised (u, v): (N, K, 2) (channel layout: see ``offsets_at``).
+    """
+    h, w = maps.shape[-2:]
+    best = maps[:, :maps.shape[1] // 3].flatten(2).argmax(-1)             # (N, K)
     cells = torch.stack([best % w, best // w], dim=-1).to(maps.dtype)      # (N, K, 2): column, row
-    return (cells + 0.5 + offsets[..., 0].permute(0, 2, 1)) / torch.tensor([w, h], dtype=maps.dtype,
-                                                                              device=maps.device)
+    size = torch.tensor([w, h], dtype=maps.dtype, device=maps.device)
+    return (cells + 0.5 + offsets_at(maps, best)) / size
 
 
 class KeypointNet(nn.Module):
-    """Backbone + heatmap or regression head; images in [0, 1] -> normalised keypoints."""
+    """Backbone + heatmap, offsets or regression head; images in [0, 1] -> normalised keypoints."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -875,7 +884,8 @@ class KeypointNet(nn.Module):
 
     def heatmap_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Top-down pyramid from stride 32 to stride 4, one logit map per point, then the
-        refining stacks: a list with one (N, 14, H, W) fp32 logit tensor per stack."""
+        refining stacks: a list with one (N, 14, H, W) fp32 logit tensor per stack (the
+        offsets head: one (N, 42, H, W) tensor of heatmap logits and offsets)."""
         x = self.lateral[-1](features[-1])
         for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
             x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
@@ -1371,8 +1381,8 @@ def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainCon
 
     Points outside the picture are clamped to the border cells; their offsets then reach out.
     """
-    n, c, h, w = maps.shape
-    k = c // 3
+    h, w = maps.shape[-2:]
+    k = maps.shape[1] // 3
     peaks = gaussian_peaks(keypoints, h, w, cfg.heatmap_sigma)
     heat = torch.sigmoid(maps[:, :k])
     if cfg.heatmap_loss == "awing":
@@ -1385,8 +1395,7 @@ def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainCon
     grid = keypoints * size - 0.5                                  # (N, K, 2) in cell units
     cell = torch.minimum(grid.round().clamp_min(0), size - 1)
     index = (cell[..., 1] * w + cell[..., 0]).long()               # (N, K)
-    offsets = maps[:, k:].reshape(n, 2, k, h * w).gather(3, index[:, None, :, None].expand(n, 2, k, 1))
-    offset_error = (offsets[..., 0].permute(0, 2, 1) - (grid - cell)) / size * 100.0
+    offset_error = (offsets_at(maps, index) - (grid - cell)) / size * 100.0
     return heat_loss + offset_error.abs().mean()
 
 

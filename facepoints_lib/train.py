@@ -28,7 +28,7 @@ from .checkpoint import MODEL_FILENAME, save_checkpoint
 from .dataset import FaceSet, load_faces
 from .gt_csv import check_gt_table, read_gt
 from .metrics import ced_auc, course_err, per_image_nme
-from .model import KeypointNet, ModelConfig, build_model, count_parameters
+from .model import KeypointNet, ModelConfig, build_model, count_parameters, offsets_at
 from .progress import TextProgress, format_seconds
 
 
@@ -208,8 +208,8 @@ def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainCon
 
     Points outside the picture are clamped to the border cells; their offsets then reach out.
     """
-    n, c, h, w = maps.shape
-    k = c // 3
+    h, w = maps.shape[-2:]
+    k = maps.shape[1] // 3
     peaks = gaussian_peaks(keypoints, h, w, cfg.heatmap_sigma)
     heat = torch.sigmoid(maps[:, :k])
     if cfg.heatmap_loss == "awing":
@@ -222,8 +222,7 @@ def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainCon
     grid = keypoints * size - 0.5                                  # (N, K, 2) in cell units
     cell = torch.minimum(grid.round().clamp_min(0), size - 1)
     index = (cell[..., 1] * w + cell[..., 0]).long()               # (N, K)
-    offsets = maps[:, k:].reshape(n, 2, k, h * w).gather(3, index[:, None, :, None].expand(n, 2, k, 1))
-    offset_error = (offsets[..., 0].permute(0, 2, 1) - (grid - cell)) / size * 100.0
+    offset_error = (offsets_at(maps, index) - (grid - cell)) / size * 100.0
     return heat_loss + offset_error.abs().mean()
 
 
