@@ -174,6 +174,14 @@ def stack_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch.Te
     return loss
 
 
+HEATMAP_LOSSES = ("awing", "mse")     # the offsets head's heatmap losses (``heatmap_loss``)
+
+
+def _check_heatmap_loss(name: str) -> None:
+    if name not in HEATMAP_LOSSES:
+        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {name!r}")
+
+
 def gaussian_peaks(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
     """Heatmap targets of the offsets head: a Gaussian of height 1 centred on each keypoint.
 
@@ -212,12 +220,9 @@ def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainCon
     k = maps.shape[1] // 3
     peaks = gaussian_peaks(keypoints, h, w, cfg.heatmap_sigma)
     heat = torch.sigmoid(maps[:, :k])
-    if cfg.heatmap_loss == "awing":
-        heat_loss = adaptive_wing(heat, peaks).flatten(2).sum(-1).mean()
-    elif cfg.heatmap_loss == "mse":
-        heat_loss = (heat - peaks).pow(2).flatten(2).sum(-1).mean()
-    else:
-        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {cfg.heatmap_loss!r}")
+    _check_heatmap_loss(cfg.heatmap_loss)
+    per_cell = adaptive_wing(heat, peaks) if cfg.heatmap_loss == "awing" else (heat - peaks).pow(2)
+    heat_loss = per_cell.flatten(2).sum(-1).mean()
     size = torch.tensor([w, h], dtype=keypoints.dtype, device=keypoints.device)
     grid = keypoints * size - 0.5                                  # (N, K, 2) in cell units
     cell = torch.minimum(grid.round().clamp_min(0), size - 1)
@@ -353,8 +358,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
-    if cfg.heatmap_loss not in ("awing", "mse"):
-        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {cfg.heatmap_loss!r}")
+    _check_heatmap_loss(cfg.heatmap_loss)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
