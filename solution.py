@@ -929,6 +929,27 @@ class KeypointNet(nn.Module):
         return [(self.mean_shape + offsets, None)]
 
 
+def memory_format_for(model: nn.Module) -> torch.memory_format:
+    """The memory layout ``model`` trains and predicts in: channels-last, unless it has a
+    convolution that oneDNN gets wrong in that layout.
+
+    Channels-last is the faster layout for oneDNN's convolutions. But the AVX2 kernel for
+    the weight gradient of a strided 1x1 convolution (oneDNN 3.12 in torch 2.13,
+    ``jit_1x1:avx2`` backward_weights) writes past its workspace when a channels-last
+    input has 2 to 7 channels: the process aborts with a glibc heap error on one thread,
+    and on two threads the gradient comes out wrong without a word (docs/cpu-notes.md).
+    The recipe's networks never have such a layer (their narrowest strided 1x1
+    convolution reads 24 channels); networks with a stage narrower than 8 channels do.
+    Those use the contiguous layout on every CPU, so that the choice, and hence the
+    weights a seed gives, do not depend on which CPU runs them.
+    """
+    for module in model.modules():
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+                and max(module.stride) > 1 and 1 < module.in_channels // module.groups < 8):
+            return torch.contiguous_format
+    return torch.channels_last
+
+
 def build_model(cfg: ModelConfig | dict) -> KeypointNet:
     """Build a network from a config (or its plain-data dict)."""
     if isinstance(cfg, dict):
@@ -1260,14 +1281,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), Linux only."""
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")   # the flags that decide the kernels
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below native bfloat16: with one of these set, oneDNN
+# runs as on a CPU without it, and so does the bf16 choice (see docs/cpu-notes.md).
+_ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                          "AVX512_CORE_VNNI")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of ``CPU_FLAGS`` this CPU reports in /proc/cpuinfo (Linux; all False elsewhere)."""
+    present: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
-            flags = handle.read()
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
+        pass
+    return {flag: flag in present for flag in CPU_FLAGS}
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), Linux only.
+
+    False as well when ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below bfloat16 (for example
+    ``AVX2``), so that such a cap reproduces a CPU without it.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISA_CAPS_WITHOUT_BF16:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = cpu_flags()
+    return flags["avx512_bf16"] or flags["amx_bf16"]
 
 
 def use_bf16(setting: str, device: torch.device) -> bool:
@@ -1441,12 +1486,13 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
     """
     model.eval()
     device = next(model.parameters()).device
+    layout = memory_format_for(model)
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255.0)
         if flip_tta:
             x = torch.cat([x, flip_images(x)])
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = model(x).float()
         if flip_tta:
@@ -1544,7 +1590,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     model.set_statistics(pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)),
                          train.keypoints.mean(0))
     del pixels
-    model = model.to(device, memory_format=torch.channels_last)
+    layout = memory_format_for(model)                              # channels-last where safe
+    model = model.to(device, memory_format=layout)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
     _import_dynamo_without_tmp()                                  # before any torch.optim use
     optimizer = make_optimizer(model, cfg)
@@ -1575,7 +1622,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             index = order[b * batch_size:(b + 1) * batch_size]
             images, targets = augment_batch(train.images[index], train.keypoints[index],
                                             cfg.augment, cfg.model.image_size, generator)
-            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            images = images.to(device).contiguous(memory_format=layout)
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 outputs = model.forward_stacks(images)

@@ -35,7 +35,7 @@ import torch
 from .gt_csv import read_gt
 from .images import read_image_size
 from .metrics import ced_auc, course_mark, per_image_err, per_image_nme
-from .train import TrainConfig, full_config, split_names, train_detector
+from .train import TrainConfig, cpu_flags, cpu_has_bf16, full_config, split_names, train_detector
 
 RESULTS_DIR = Path("bench") / "results"
 
@@ -72,7 +72,8 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
 
 
 def machine_info() -> dict:
-    """Cores, CPU model, torch version and the git commit, for the results file."""
+    """Cores, CPU model and flags, the kernels torch picked (and any variable that capped
+    them, see docs/cpu-notes.md), torch version and the git commit, for the results file."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
@@ -87,8 +88,20 @@ def machine_info() -> dict:
                                     capture_output=True, text=True, check=False).stdout.strip())
     except OSError:
         commit, dirty = None, None
-    return {"cores": os.cpu_count(), "cpu": cpu, "torch": torch.__version__,
+    overrides = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
+    return {"cores": os.cpu_count(), "cpu": cpu, "cpu_flags": cpu_flags(),
+            "bf16_native": cpu_has_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_overrides": overrides, "torch": torch.__version__,
             "python": platform.python_version(), "commit": commit, "dirty": dirty}
+
+
+def describe_cpu(info: dict | None = None) -> str:
+    """One line naming the CPU, the flags that decide the kernels and any ISA cap."""
+    info = info or machine_info()
+    flags = " ".join(k for k, v in info["cpu_flags"].items() if v) or "none of " + "/".join(info["cpu_flags"])
+    caps = "".join(f", {k}={v}" for k, v in info["isa_overrides"].items())
+    return (f"{info['cpu']}, {info['cores']} cores; flags: {flags}; "
+            f"ATen kernels {info['cpu_capability']}{caps}")
 
 
 _DETECT_SCRIPT = """
@@ -253,7 +266,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from .augment import augment_batch
-    from .model import build_model
+    from .model import build_model, memory_format_for
     from .synth import synthetic_faces_in_memory
     from .train import make_optimizer, stack_loss, use_bf16
 
@@ -265,7 +278,9 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
                           for p in pictures])
     keypoints = torch.as_tensor(
         (points + 0.5) / np.array([[p.width, p.height] for p in pictures])[:, None, :], dtype=torch.float32)
-    model = build_model(cfg.model).to(memory_format=torch.channels_last)
+    model = build_model(cfg.model)
+    layout = memory_format_for(model)
+    model = model.to(memory_format=layout)
     optimizer = make_optimizer(model, cfg)
     bf16 = use_bf16(cfg.bf16, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
@@ -273,7 +288,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     def step() -> None:
         with record_function("augment"):
             x, y = augment_batch(images, keypoints, cfg.augment, size, generator)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=layout)
         with record_function("forward"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 outputs = model.forward_stacks(x)
@@ -294,7 +309,8 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
     phases = {e.key: e.cpu_time_total / 1e3 / steps for e in prof.key_averages()
               if e.key in ("augment", "forward", "backward", "optimizer")}
-    text = (f"training step profile: {cfg.model.head} head, {size} px, batch {batch_size}, "
+    text = (f"CPU: {describe_cpu()}\n"
+            f"training step profile: {cfg.model.head} head, {size} px, batch {batch_size}, "
             f"{threads} threads, bf16={bf16}; {steps} steps in {seconds:.2f} s "
             f"({steps * batch_size / seconds:.0f} img/s, profiler overhead included)\n"
             + "".join(f"  {k:10s} {v:8.1f} ms/step\n" for k, v in phases.items())

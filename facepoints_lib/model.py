@@ -285,6 +285,27 @@ class KeypointNet(nn.Module):
         return [(self.mean_shape + offsets, None)]
 
 
+def memory_format_for(model: nn.Module) -> torch.memory_format:
+    """The memory layout ``model`` trains and predicts in: channels-last, unless it has a
+    convolution that oneDNN gets wrong in that layout.
+
+    Channels-last is the faster layout for oneDNN's convolutions. But the AVX2 kernel for
+    the weight gradient of a strided 1x1 convolution (oneDNN 3.12 in torch 2.13,
+    ``jit_1x1:avx2`` backward_weights) writes past its workspace when a channels-last
+    input has 2 to 7 channels: the process aborts with a glibc heap error on one thread,
+    and on two threads the gradient comes out wrong without a word (docs/cpu-notes.md).
+    The recipe's networks never have such a layer (their narrowest strided 1x1
+    convolution reads 24 channels); networks with a stage narrower than 8 channels do.
+    Those use the contiguous layout on every CPU, so that the choice, and hence the
+    weights a seed gives, do not depend on which CPU runs them.
+    """
+    for module in model.modules():
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+                and max(module.stride) > 1 and 1 < module.in_channels // module.groups < 8):
+            return torch.contiguous_format
+    return torch.channels_last
+
+
 def build_model(cfg: ModelConfig | dict) -> KeypointNet:
     """Build a network from a config (or its plain-data dict)."""
     if isinstance(cfg, dict):

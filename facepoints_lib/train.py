@@ -28,7 +28,8 @@ from .checkpoint import MODEL_FILENAME, save_checkpoint
 from .dataset import FaceSet, load_faces
 from .gt_csv import check_gt_table, read_gt
 from .metrics import ced_auc, course_err, per_image_nme
-from .model import KeypointNet, ModelConfig, build_model, count_parameters, offsets_at
+from .model import (KeypointNet, ModelConfig, build_model, count_parameters, memory_format_for,
+                    offsets_at)
 from .progress import TextProgress, format_seconds
 
 
@@ -87,14 +88,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), Linux only."""
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")   # the flags that decide the kernels
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below native bfloat16: with one of these set, oneDNN
+# runs as on a CPU without it, and so does the bf16 choice (see docs/cpu-notes.md).
+_ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                          "AVX512_CORE_VNNI")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of ``CPU_FLAGS`` this CPU reports in /proc/cpuinfo (Linux; all False elsewhere)."""
+    present: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
-            flags = handle.read()
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
+        pass
+    return {flag: flag in present for flag in CPU_FLAGS}
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), Linux only.
+
+    False as well when ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below bfloat16 (for example
+    ``AVX2``), so that such a cap reproduces a CPU without it.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISA_CAPS_WITHOUT_BF16:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = cpu_flags()
+    return flags["avx512_bf16"] or flags["amx_bf16"]
 
 
 def use_bf16(setting: str, device: torch.device) -> bool:
@@ -268,12 +293,13 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
     """
     model.eval()
     device = next(model.parameters()).device
+    layout = memory_format_for(model)
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255.0)
         if flip_tta:
             x = torch.cat([x, flip_images(x)])
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = model(x).float()
         if flip_tta:
@@ -371,7 +397,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     model.set_statistics(pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)),
                          train.keypoints.mean(0))
     del pixels
-    model = model.to(device, memory_format=torch.channels_last)
+    layout = memory_format_for(model)                              # channels-last where safe
+    model = model.to(device, memory_format=layout)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
     _import_dynamo_without_tmp()                                  # before any torch.optim use
     optimizer = make_optimizer(model, cfg)
@@ -402,7 +429,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             index = order[b * batch_size:(b + 1) * batch_size]
             images, targets = augment_batch(train.images[index], train.keypoints[index],
                                             cfg.augment, cfg.model.image_size, generator)
-            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            images = images.to(device).contiguous(memory_format=layout)
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 outputs = model.forward_stacks(images)
