@@ -666,6 +666,7 @@ def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
 # is plain data: it is stored in checkpoints and is all that is needed to rebuild the net.
 
 
+import copy
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -948,6 +949,33 @@ def memory_format_for(model: nn.Module) -> torch.memory_format:
                 and max(module.stride) > 1 and 1 < module.in_channels // module.groups < 8):
             return torch.contiguous_format
     return torch.channels_last
+
+
+@torch.no_grad()
+def fold_batch_norm(model: KeypointNet) -> KeypointNet:
+    """A copy of ``model`` for inference with every batch norm folded into the convolution
+    before it (its scale into the weights, its shift into a bias).
+
+    In eval mode a batch norm is a fixed per-channel affine map, so the copy computes the
+    same function (to float rounding) with one pass less over each feature map: detection
+    spends about a tenth of its time in batch norm otherwise. Not for training.
+    """
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if not isinstance(block, nn.Sequential):
+            continue
+        for i in range(len(block) - 1):
+            conv, norm = block[i], block[i + 1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)):
+                continue
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                              conv.padding, conv.dilation, conv.groups, bias=True)
+            fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            shift = norm.bias - norm.running_mean * scale
+            fused.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
+            block[i], block[i + 1] = fused.to(conv.weight.device), nn.Identity()
+    return folded
 
 
 def build_model(cfg: ModelConfig | dict) -> KeypointNet:
@@ -1248,6 +1276,7 @@ class TrainConfig:
     max_images: int | None = None    # use at most this many faces (seeded subset)
     max_steps: int | None = None     # stop after this many optimiser steps
     eval_every: int = 10             # epochs between validations (the last one is always run)
+    minutes: float | None = None     # time budget: measure the first steps, then fit epochs to it
     flip_tta: bool = True            # average with the mirrored image's prediction
     bf16: str = "auto"               # bfloat16 autocast: "auto", "on" or "off"
     threads: int | None = None       # torch threads (None: leave torch's default)
@@ -1562,14 +1591,103 @@ def _import_dynamo_without_tmp() -> None:
         os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
 
+def train_step(model: KeypointNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               keypoints: torch.Tensor, size: int, cfg: TrainConfig, generator: torch.Generator,
+               device: torch.device, layout: torch.memory_format, bf16: bool) -> torch.Tensor:
+    """One optimiser step on a uint8 batch, augmented to ``size`` px; returns the loss."""
+    images, targets = augment_batch(images, keypoints, cfg.augment, size, generator)
+    images = images.to(device).contiguous(memory_format=layout)
+    targets = targets.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        outputs = model.forward_stacks(images)
+    loss = sum(stack_loss(pred, probs, targets, cfg) for pred, probs in outputs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, batch_size: int,
+                         device: torch.device, layout: torch.memory_format, bf16: bool,
+                         warmup: int = 2, timed: int = 4) -> float:
+    """Seconds per training step, timed on a throwaway copy of the model.
+
+    The copy trains on its own random numbers (the run's generator and torch's global one
+    are left alone), so measuring does not change the weights a seed gives.
+    """
+    probe = copy.deepcopy(model)
+    optimizer = make_optimizer(probe, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    index = torch.arange(min(batch_size, len(train)))
+    with torch.random.fork_rng(devices=[]):
+        for i in range(warmup + timed):
+            if i == warmup:
+                started = time.perf_counter()
+            train_step(probe, optimizer, train.images[index], train.keypoints[index],
+                       cfg.model.image_size, cfg, generator, device, layout, bf16)
+    return (time.perf_counter() - started) / timed
+
+
+def measure_eval_seconds(model: KeypointNet, faces: FaceSet, cfg: TrainConfig, sample: int = 64) -> float:
+    """Seconds one validation on ``faces`` takes, scaled from a timed sample."""
+    images = faces.images[:sample]
+    predict(model, images[:8], flip_tta=cfg.flip_tta)                  # warm-up
+    started = time.perf_counter()
+    predict(model, images, flip_tta=cfg.flip_tta)
+    return (time.perf_counter() - started) * len(faces) / len(images)
+
+
+def epochs_for_budget(budget_seconds: float, steps_per_epoch: int, step_seconds: float,
+                      cfg: TrainConfig, eval_seconds: float = 0.0) -> int:
+    """The most epochs whose steps and validations fit in ``budget_seconds`` (at least 1)."""
+    per_epoch = steps_per_epoch * step_seconds + eval_seconds / cfg.eval_every
+    return max(int((budget_seconds - eval_seconds) / per_epoch), 1)   # the last validation always runs
+
+
+# Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 faces,
+# the 500-face holdout of split seed 0), as measured in bench/results/<file>.json. A test
+# checks these numbers against those files.
+RECIPE_CURVE = ((30, 3.51, "epochs-30"), (60, 3.30, "recipe-sgd-seed0"), (90, 3.22, "budget-90-epochs"))
+_CURVE_FREE_KEYS = {"epochs", "minutes", "seed", "threads", "device", "bf16", "max_steps",
+                    "eval_every", "val_size", "max_images"}
+
+
+def predicted_err_note(epochs: int, cfg: TrainConfig) -> str:
+    """What the recipe's measured err-vs-epochs curve says of ``epochs`` (log-linear in between)."""
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in _CURVE_FREE_KEYS}
+    recipe = {k: v for k, v in full_config().to_dict().items() if k not in _CURVE_FREE_KEYS}
+    if mine != recipe:
+        return "no measured err-vs-epochs curve for this recipe, so no prediction"
+    points = [(e, err) for e, err, _ in RECIPE_CURVE]
+    if epochs <= points[0][0]:
+        return f"the recipe's measured holdout err is {points[0][1]:.2f} at {points[0][0]} epochs; fewer epochs do worse"
+    if epochs >= points[-1][0]:
+        return f"the recipe's measured holdout err is {points[-1][1]:.2f} at {points[-1][0]} epochs"
+    for (e0, err0), (e1, err1) in zip(points, points[1:]):
+        if e0 <= epochs <= e1:
+            t = (math.log(epochs) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return (f"the recipe's measured err-vs-epochs curve predicts holdout err about "
+                    f"{err0 + t * (err1 - err0):.2f} (measured: {err0:.2f} at {e0}, {err1:.2f} at {e1} epochs)")
+    raise AssertionError("unreachable")
+
+
 def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         progress: Callable[..., object] = TextProgress,
-        log: Callable[[str], None] = print) -> tuple[KeypointNet, list[dict]]:
+        log: Callable[[str], None] = print,
+        track: FaceSet | None = None) -> tuple[KeypointNet, list[dict]]:
     """Train a network on ``train``, validating on ``val``; return (model, history).
 
     The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode.
     ``history`` has one dict per validation: epoch, step, train loss (the coordinate loss
-    plus the weighted heatmap term, if any), val figures, time.
+    plus the weighted heatmap term, if any), val figures, time (``seconds``, and
+    ``train_seconds`` without the evaluations). ``track`` (optional) is scored at each
+    validation too, as ``track_err``: benchmarks use it for time-to-accuracy on a holdout;
+    it never steers training.
+
+    With ``cfg.minutes`` the number of epochs is chosen to fit that budget
+    from a few timed steps (see ``epochs_for_budget``) and written back to ``cfg.epochs``,
+    so that a saved checkpoint records what ran (the count depends on the machine's speed:
+    repeat such a run with that ``epochs`` and no ``minutes``).
     """
     if train.keypoints is None or len(train) == 0:
         raise ValueError("training needs at least one labelled face")
@@ -1578,6 +1696,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
     _check_heatmap_loss(cfg.heatmap_loss)
+    if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
+        raise ValueError(f"minutes must be a positive number, got {cfg.minutes!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -1598,6 +1718,15 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
 
     batch_size = min(cfg.batch_size, len(train))
     steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
+    start = time.monotonic()                                      # the timing steps count too
+    if cfg.minutes:
+        step_seconds = measure_step_seconds(model, train, cfg, batch_size, device, layout, bf16)
+        eval_seconds = measure_eval_seconds(ema, val, cfg) if val is not None and len(val) else 0.0
+        budget = cfg.minutes * 60 - (time.monotonic() - start)
+        cfg.epochs = epochs = epochs_for_budget(budget, steps_per_epoch, step_seconds, cfg, eval_seconds)
+        log(f"time budget {cfg.minutes:g} min: {format_seconds(steps_per_epoch * step_seconds)} per "
+            f"epoch ({1000 * step_seconds:.0f} ms per step measured), so {epochs} epochs; "
+            f"{predicted_err_note(epochs, cfg)}")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -1609,7 +1738,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
 
     history: list[dict] = []
-    start, step, epoch = time.monotonic(), 0, 0
+    step, epoch, eval_seconds_so_far = 0, 0, 0.0
     bar = progress(total=total_steps, desc="train", unit="step")
     while step < total_steps:
         epoch += 1
@@ -1620,18 +1749,10 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             if step >= total_steps:
                 break
             index = order[b * batch_size:(b + 1) * batch_size]
-            images, targets = augment_batch(train.images[index], train.keypoints[index],
-                                            cfg.augment, cfg.model.image_size, generator)
-            images = images.to(device).contiguous(memory_format=layout)
-            targets = targets.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                outputs = model.forward_stacks(images)
-            loss = sum(stack_loss(pred, probs, targets, cfg) for pred, probs in outputs)
+            loss = train_step(model, optimizer, train.images[index], train.keypoints[index],
+                              cfg.model.image_size, cfg, generator, device, layout, bf16)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             scheduler.step()
             step += 1
             if ema is not model:
@@ -1642,12 +1763,17 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
                                 + (f" val err {history[-1]['val_err']:.2f}" if history else ""))
         last = step >= total_steps
         if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
+            eval_start = time.monotonic()
             figures = evaluate(ema, val, flip_tta=cfg.flip_tta)
             record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
                       "val_err": figures["err"], "val_nme": figures["nme"],
-                      "val_auc08": figures["auc08"], "seconds": time.monotonic() - start}
+                      "val_auc08": figures["auc08"]}
+            if track is not None:
+                record["track_err"] = evaluate(ema, track, flip_tta=cfg.flip_tta)["err"]
+            eval_seconds_so_far += time.monotonic() - eval_start
+            record["seconds"] = elapsed = time.monotonic() - start
+            record["train_seconds"] = elapsed - eval_seconds_so_far
             history.append(record)
-            elapsed = record["seconds"]
             log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
                 f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
                 f"{format_seconds(elapsed / step * (total_steps - step))} left")
@@ -1673,7 +1799,7 @@ def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], 
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                    config: TrainConfig | None = None, model_path: str | Path | None = None,
                    progress: Callable[..., object] = TextProgress,
-                   log: Callable[[str], None] = print) -> KeypointNet:
+                   log: Callable[[str], None] = print, track: FaceSet | None = None) -> KeypointNet:
     """Train a keypoint detector on the course's data and return it (in eval mode).
 
     ``train_gt`` is ``{filename: 28 coordinates}`` (as the course's run.py reads it) or
@@ -1682,7 +1808,8 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     writes nothing; with ``fast_train=False`` the full recipe runs and the model is
     saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
     Rows for files missing from the folder are dropped with a warning; a malformed table
-    raises ``GtFormatError``, an unreadable listed image ``ImageReadError``.
+    raises ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``track``: see
+    ``fit`` (benchmarks only).
     """
     if not isinstance(fast_train, bool):
         raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
@@ -1714,7 +1841,7 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     with progress(total=len(names), desc="decode", unit="img") as bar:
         train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
         val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
-    model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log)
+    model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
     if not fast_train:
         path = Path(model_path) if model_path is not None else default_model_path()
         save_checkpoint(model, path, {"train_config": cfg.to_dict(), "history": history,
@@ -1775,7 +1902,7 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
         warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=2)
     if threads:
         torch.set_num_threads(threads)
-    model = load_model(model_filename, device)
+    model = fold_batch_norm(load_model(model_filename, device))      # same function, less work
     low_precision = use_bf16(bf16, torch.device(device))
     size = model.config.image_size
 

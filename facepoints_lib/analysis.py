@@ -162,11 +162,17 @@ GROUP_PREFIXES = (
 
 
 def load_bench_results(results_dir: str | Path) -> list[dict]:
-    """Every readable ``*.json`` result in ``results_dir``, sorted by name ([] if none)."""
+    """Every readable ``*.json`` training result in ``results_dir``, sorted by name ([] if none).
+
+    The speed and detection benchmarks' files (no ``holdout``, but a ``machine`` record)
+    are passed over quietly; anything else unreadable is skipped with a warning.
+    """
     results = []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(result, dict) and "holdout" not in result and "machine" in result:
+                continue                                 # bench-speed / bench-detect output
             if not isinstance(result["holdout"]["err"], (int, float)) or "history" not in result["train"]:
                 raise ValueError("missing holdout.err or train.history")
         except (OSError, ValueError, KeyError, TypeError) as exc:

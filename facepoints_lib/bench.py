@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -268,6 +268,71 @@ def run_detect_bench(model_path: str | os.PathLike, *, img_dir: str | os.PathLik
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"detect on {len(names)} images, 1 thread: {result['images_per_second']:.0f} img/s "
           f"(incl. decode), peak RSS {result['peak_rss_mb']:.0f} MB -> {out}")
+    return result
+
+
+def _rate(work: Callable[[], None], images: int, seconds: float) -> float:
+    """Images per second of ``work`` (``images`` a call): two warm-up calls, then calls
+    for ``seconds`` (at least one)."""
+    work()
+    work()
+    started, calls = time.perf_counter(), 0
+    while calls == 0 or time.perf_counter() - started < seconds:
+        work()
+        calls += 1
+    return calls * images / (time.perf_counter() - started)
+
+
+def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8.0,
+                    results_dir: str | os.PathLike = RESULTS_DIR, command: str | None = None) -> dict:
+    """Throughput of the recipe's network on this CPU, per memory layout.
+
+    Training: images/s of whole steps (augmentation, forward, backward, SGD) on ``threads``
+    threads. Detection: faces/s of the
+    network with flip TTA on one thread, as trained and with batch norm folded (what
+    ``detect`` runs). Synthetic pixels: the cost does not depend on them. Writes
+    ``bench/results/<name>.json`` with the CPU flags and kernels (see docs/cpu-notes.md).
+    """
+    from .model import build_model, fold_batch_norm
+    from .train import make_optimizer, train_step, use_bf16
+
+    cfg = full_config()
+    generator = torch.Generator().manual_seed(0)
+    batch = 64
+    images = torch.randint(0, 256, (batch, 3, 96, 96), dtype=torch.uint8, generator=generator)
+    keypoints = 0.2 + 0.6 * torch.rand((batch, 14, 2), generator=generator)
+    bf16 = use_bf16("auto", torch.device("cpu"))
+    layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+    train_rates: dict[str, dict[str, float]] = {}
+    detect_rates: dict[str, dict[str, float]] = {}
+    for label, layout in layouts.items():
+        torch.set_num_threads(threads)
+        model = build_model(cfg.model).to(memory_format=layout)
+        optimizer = make_optimizer(model, cfg)
+        train_rates[label] = _rate(lambda: train_step(model, optimizer, images, keypoints, 96, cfg, generator,
+                                                      torch.device("cpu"), layout, bf16), batch, seconds)
+        torch.set_num_threads(1)
+        model.eval()
+        pixels = images.float().div(255.0)
+        both = torch.cat([pixels, pixels.flip(-1)]).contiguous(memory_format=layout)
+        detect_rates[label] = {}
+        for kind, net in (("as_trained", model), ("batch_norm_folded", fold_batch_norm(model))):
+            def forward(net=net) -> None:
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    net(both)
+            detect_rates[label][kind] = _rate(forward, batch, seconds)
+        print(f"{label}: train {train_rates[label]:.0f} img/s ({threads} threads); detect network with flip TTA "
+              f"{detect_rates[label]['as_trained']:.0f} faces/s, "
+              f"{detect_rates[label]['batch_norm_folded']:.0f} with batch norm folded (1 thread)")
+    result = {"name": name, "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "bf16": bf16, "batch": batch, "train_threads": threads,
+              "train_images_per_second": train_rates, "detect_network_faces_per_second": detect_rates,
+              "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"{name}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"CPU: {describe_cpu(result['machine'])}; bf16={bf16} -> {out}")
     return result
 
 

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import load_model
 from .dataset import iter_image_chunks, normalized_to_pixels
+from .model import fold_batch_norm
 from .images import list_images
 from .train import predict, use_bf16
 
@@ -54,7 +55,7 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
         warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=2)
     if threads:
         torch.set_num_threads(threads)
-    model = load_model(model_filename, device)
+    model = fold_batch_norm(load_model(model_filename, device))      # same function, less work
     low_precision = use_bf16(bf16, torch.device(device))
     size = model.config.image_size
 

@@ -21,6 +21,7 @@ is plain data: it is stored in checkpoints and is all that is needed to rebuild 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -304,6 +305,33 @@ def memory_format_for(model: nn.Module) -> torch.memory_format:
                 and max(module.stride) > 1 and 1 < module.in_channels // module.groups < 8):
             return torch.contiguous_format
     return torch.channels_last
+
+
+@torch.no_grad()
+def fold_batch_norm(model: KeypointNet) -> KeypointNet:
+    """A copy of ``model`` for inference with every batch norm folded into the convolution
+    before it (its scale into the weights, its shift into a bias).
+
+    In eval mode a batch norm is a fixed per-channel affine map, so the copy computes the
+    same function (to float rounding) with one pass less over each feature map: detection
+    spends about a tenth of its time in batch norm otherwise. Not for training.
+    """
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if not isinstance(block, nn.Sequential):
+            continue
+        for i in range(len(block) - 1):
+            conv, norm = block[i], block[i + 1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)):
+                continue
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                              conv.padding, conv.dilation, conv.groups, bias=True)
+            fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            shift = norm.bias - norm.running_mean * scale
+            fused.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
+            block[i], block[i + 1] = fused.to(conv.weight.device), nn.Identity()
+    return folded
 
 
 def build_model(cfg: ModelConfig | dict) -> KeypointNet:

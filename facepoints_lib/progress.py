@@ -53,7 +53,7 @@ class TextProgress:
             bar = "#" * int(20 * fraction)
             rate = self.n / elapsed if elapsed > 0 else 0.0
             left = (self.total - self.n) / rate if rate > 0 else 0.0
-            parts.append(f"{100 * fraction:3.0f}% |{bar:<20}| {self.n:.0f}/{self.total} "
+            parts.append(f"{100 * fraction:3.0f}% |{bar:<20}| {self.n}/{self.total} "
                          f"[{format_seconds(elapsed)}<{format_seconds(left)}, {rate:.1f} {self.unit}/s]")
         else:
             parts.append(f"{self.n} {self.unit} [{format_seconds(elapsed)}]")

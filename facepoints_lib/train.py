@@ -55,8 +55,6 @@ class TrainConfig:
     max_images: int | None = None    # use at most this many faces (seeded subset)
     max_steps: int | None = None     # stop after this many optimiser steps
     eval_every: int = 10             # epochs between validations (the last one is always run)
-    early_size: int | None = None    # progressive resizing: input side of the first steps (None: off)
-    early_fraction: float = 0.5      # the share of the steps trained at early_size
     minutes: float | None = None     # time budget: measure the first steps, then fit epochs to it
     flip_tta: bool = True            # average with the mirrored image's prediction
     bf16: str = "auto"               # bfloat16 autocast: "auto", "on" or "off"
@@ -388,10 +386,10 @@ def train_step(model: KeypointNet, optimizer: torch.optim.Optimizer, images: tor
     return loss.detach()
 
 
-def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, sizes: list[int],
-                         batch_size: int, device: torch.device, layout: torch.memory_format,
-                         bf16: bool, warmup: int = 2, timed: int = 3) -> dict[int, float]:
-    """Seconds per training step at each input size, timed on a throwaway copy of the model.
+def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, batch_size: int,
+                         device: torch.device, layout: torch.memory_format, bf16: bool,
+                         warmup: int = 2, timed: int = 4) -> float:
+    """Seconds per training step, timed on a throwaway copy of the model.
 
     The copy trains on its own random numbers (the run's generator and torch's global one
     are left alone), so measuring does not change the weights a seed gives.
@@ -400,16 +398,13 @@ def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, s
     optimizer = make_optimizer(probe, cfg)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     index = torch.arange(min(batch_size, len(train)))
-    seconds: dict[int, float] = {}
     with torch.random.fork_rng(devices=[]):
-        for size in sizes:
-            for i in range(warmup + timed):
-                if i == warmup:
-                    started = time.perf_counter()
-                train_step(probe, optimizer, train.images[index], train.keypoints[index], size, cfg,
-                           generator, device, layout, bf16)
-            seconds[size] = (time.perf_counter() - started) / timed
-    return seconds
+        for i in range(warmup + timed):
+            if i == warmup:
+                started = time.perf_counter()
+            train_step(probe, optimizer, train.images[index], train.keypoints[index],
+                       cfg.model.image_size, cfg, generator, device, layout, bf16)
+    return (time.perf_counter() - started) / timed
 
 
 def measure_eval_seconds(model: KeypointNet, faces: FaceSet, cfg: TrainConfig, sample: int = 64) -> float:
@@ -421,24 +416,17 @@ def measure_eval_seconds(model: KeypointNet, faces: FaceSet, cfg: TrainConfig, s
     return (time.perf_counter() - started) * len(faces) / len(images)
 
 
-def _mean_step_seconds(step_seconds: dict[int, float], cfg: TrainConfig) -> float:
-    full = step_seconds[cfg.model.image_size]
-    if not cfg.early_size:
-        return full
-    return cfg.early_fraction * step_seconds[cfg.early_size] + (1 - cfg.early_fraction) * full
-
-
-def epochs_for_budget(budget_seconds: float, steps_per_epoch: int, step_seconds: dict[int, float],
+def epochs_for_budget(budget_seconds: float, steps_per_epoch: int, step_seconds: float,
                       cfg: TrainConfig, eval_seconds: float = 0.0) -> int:
     """The most epochs whose steps and validations fit in ``budget_seconds`` (at least 1)."""
-    per_epoch = steps_per_epoch * _mean_step_seconds(step_seconds, cfg) + eval_seconds / cfg.eval_every
+    per_epoch = steps_per_epoch * step_seconds + eval_seconds / cfg.eval_every
     return max(int((budget_seconds - eval_seconds) / per_epoch), 1)   # the last validation always runs
 
 
 # Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 faces,
 # the 500-face holdout of split seed 0), as measured in bench/results/<file>.json. A test
 # checks these numbers against those files.
-RECIPE_CURVE = ((30, 3.41, "epochs-30"), (60, 3.30, "recipe-sgd-seed0"), (90, 3.22, "budget-90-epochs"))
+RECIPE_CURVE = ((30, 3.51, "epochs-30"), (60, 3.30, "recipe-sgd-seed0"), (90, 3.22, "budget-90-epochs"))
 _CURVE_FREE_KEYS = {"epochs", "minutes", "seed", "threads", "device", "bf16", "max_steps",
                     "eval_every", "val_size", "max_images"}
 
@@ -475,9 +463,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     validation too, as ``track_err``: benchmarks use it for time-to-accuracy on a holdout;
     it never steers training.
 
-    With ``cfg.early_size`` the first ``cfg.early_fraction`` of the steps train on smaller
-    inputs (progressive resizing: the network is fully convolutional, so only the heatmap
-    grid shrinks). With ``cfg.minutes`` the number of epochs is chosen to fit that budget
+    With ``cfg.minutes`` the number of epochs is chosen to fit that budget
     from a few timed steps (see ``epochs_for_budget``) and written back to ``cfg.epochs``,
     so that a saved checkpoint records what ran (the count depends on the machine's speed:
     repeat such a run with that ``epochs`` and no ``minutes``).
@@ -489,12 +475,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
     _check_heatmap_loss(cfg.heatmap_loss)
-    if cfg.early_size is not None and not (32 <= cfg.early_size < cfg.model.image_size
-                                           and cfg.early_size % 32 == 0):
-        raise ValueError(f"early_size must be a multiple of 32 below image_size "
-                         f"({cfg.model.image_size}), got {cfg.early_size}")
-    if not 0.0 <= cfg.early_fraction < 1.0:
-        raise ValueError(f"early_fraction must be in [0, 1), got {cfg.early_fraction}")
     if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
         raise ValueError(f"minutes must be a positive number, got {cfg.minutes!r}")
     if cfg.threads:
@@ -517,38 +497,27 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
 
     batch_size = min(cfg.batch_size, len(train))
     steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
-    full_size = cfg.model.image_size
-    sizes = [cfg.early_size, full_size] if cfg.early_size else [full_size]
     start = time.monotonic()                                      # the timing steps count too
-    step_seconds = (measure_step_seconds(model, train, cfg, sizes, batch_size, device, layout, bf16)
-                    if len(sizes) > 1 or cfg.minutes else {full_size: 1.0})
     if cfg.minutes:
+        step_seconds = measure_step_seconds(model, train, cfg, batch_size, device, layout, bf16)
         eval_seconds = measure_eval_seconds(ema, val, cfg) if val is not None and len(val) else 0.0
         budget = cfg.minutes * 60 - (time.monotonic() - start)
         cfg.epochs = epochs = epochs_for_budget(budget, steps_per_epoch, step_seconds, cfg, eval_seconds)
-        per_epoch = steps_per_epoch * _mean_step_seconds(step_seconds, cfg)
-        log(f"time budget {cfg.minutes:g} min: {format_seconds(per_epoch)} per epoch measured "
-            f"({', '.join(f'{1000 * t:.0f} ms per step at {s} px' for s, t in step_seconds.items())}), "
-            f"so {epochs} epochs; {predicted_err_note(epochs, cfg)}")
+        log(f"time budget {cfg.minutes:g} min: {format_seconds(steps_per_epoch * step_seconds)} per "
+            f"epoch ({1000 * step_seconds:.0f} ms per step measured), so {epochs} epochs; "
+            f"{predicted_err_note(epochs, cfg)}")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    early_steps = int(cfg.early_fraction * total_steps) if cfg.early_size else 0
     warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
-
-    # The progress bar counts steps weighted by their measured cost, so that its time left
-    # holds when cheap low-resolution steps come first.
-    total_cost = early_steps * step_seconds[sizes[0]] + (total_steps - early_steps) * step_seconds[full_size]
-    weight = {size: total_steps * t / total_cost for size, t in step_seconds.items()}
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.schedule, total_steps, warmup))
     log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
         f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
-        f"{batch_size}" + (f" ({early_steps} at {cfg.early_size} px)" if early_steps else "")
-        + f", {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
+        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
 
     history: list[dict] = []
-    step, epoch, done, eval_seconds_so_far = 0, 0, 0.0, 0.0
+    step, epoch, eval_seconds_so_far = 0, 0, 0.0
     bar = progress(total=total_steps, desc="train", unit="step")
     while step < total_steps:
         epoch += 1
@@ -558,10 +527,9 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         for b in range(steps_per_epoch):
             if step >= total_steps:
                 break
-            size = cfg.early_size if step < early_steps else full_size
             index = order[b * batch_size:(b + 1) * batch_size]
-            loss = train_step(model, optimizer, train.images[index], train.keypoints[index], size,
-                              cfg, generator, device, layout, bf16)
+            loss = train_step(model, optimizer, train.images[index], train.keypoints[index],
+                              cfg.model.image_size, cfg, generator, device, layout, bf16)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
             scheduler.step()
@@ -569,8 +537,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             if ema is not model:
                 _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
             running, seen = running + loss.item(), seen + 1
-            done += weight[size]
-            bar.update(weight[size])
+            bar.update(1)
             bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}"
                                 + (f" val err {history[-1]['val_err']:.2f}" if history else ""))
         last = step >= total_steps
@@ -588,7 +555,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             history.append(record)
             log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
                 f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
-                f"{format_seconds(elapsed / done * (total_steps - done))} left")
+                f"{format_seconds(elapsed / step * (total_steps - step))} left")
     bar.close()
     ema.eval()
     ema.train_history = history

@@ -147,3 +147,26 @@ def test_config_refuses_unknown_keys_and_bad_values():
 
 def test_missing_keys_take_defaults():
     assert ModelConfig.from_dict({"image_size": 64}) == ModelConfig(image_size=64)
+
+
+def test_folding_batch_norm_keeps_the_function_and_leaves_the_model_alone():
+    from facepoints_lib.model import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(32))
+    model.train()
+    for _ in range(3):                                   # move the running statistics off 0 / 1
+        model(torch.rand(8, 3, 32, 32) * 2)
+    for module in model.modules():                       # and the affine parameters off 1 / 0
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model(images), atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

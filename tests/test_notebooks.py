@@ -241,12 +241,14 @@ def results_dir(tmp_path):
         (tmp_path / f"{result['name']}.json").write_text(json.dumps(result))
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"name": "not a result"}))
+    (tmp_path / "speed.json").write_text(json.dumps({"name": "speed", "machine": {"cores": 2}}))
     return tmp_path
 
 
 def test_bench_results_are_read_and_grouped(results_dir, tmp_path_factory):
-    with pytest.warns(UserWarning, match="skipped"):
+    with pytest.warns(UserWarning, match="skipped") as caught:
         results = analysis.load_bench_results(results_dir)
+    assert sorted(str(w.message).split(":")[0] for w in caught) == ["skipped broken.json", "skipped other.json"]
     assert [r["name"] for r in results] == ["exp-base", "exp-head-regression", "exp-loss-mse",
                                             "exp-no-flip", "recipe"]
     groups = analysis.group_experiments(results)

@@ -319,11 +319,10 @@ def test_shipped_model_is_the_documented_recipe():
     stored = metadata["train_config"]
     expected = full_config(seed=metadata["seed"], threads=stored["threads"]).to_dict()
     # settings added since may be missing where they cannot have changed the run: the
-    # offsets head's loss (a heatmap-head model never reads it), and progressive resizing
-    # and the time budget while the recipe leaves them off
-    assert set(expected) - set(stored) <= {"heatmap_loss", "early_size", "early_fraction", "minutes"}
-    assert stored["model"]["head"] == "heatmap"
-    assert expected["early_size"] is None and expected["minutes"] is None
+    # offsets head's loss (a heatmap-head model never reads it), and the time budget while
+    # the recipe leaves it off
+    assert set(expected) - set(stored) <= {"heatmap_loss", "minutes"}
+    assert stored["model"]["head"] == "heatmap" and expected["minutes"] is None
     assert stored == {k: v for k, v in expected.items() if k in stored}, \
         "retrain the shipped model with the current recipe (see README)"
     assert metadata["train_images"] + metadata["val_images"] == 5000
