@@ -228,6 +228,12 @@ class GtFormatError(ValueError):
     """A keypoint table is malformed; the message names the file and line."""
 
 
+# The largest coordinate taken for a pixel position. The course's points lie within a few
+# hundred pixels of images up to a few thousand wide; a value beyond this is a typo or a
+# unit error, and would overflow or swamp the training loss (1e300 overflows float32).
+MAX_COORDINATE = 1e6
+
+
 def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
     if len(row) != NUM_COORDS + 1:
         raise GtFormatError(f"{where}: expected {NUM_COORDS + 1} values (file name and "
@@ -243,6 +249,9 @@ def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
             value = math.nan
         if not math.isfinite(value):
             raise GtFormatError(f"{where}: column {GT_HEADER[i + 1]} is {text!r}, not a finite number")
+        if abs(value) > MAX_COORDINATE:
+            raise GtFormatError(f"{where}: column {GT_HEADER[i + 1]} is {text!r}, beyond "
+                                f"+-{MAX_COORDINATE:g}: not a pixel position")
         values[i] = value
     return name, values
 
@@ -295,6 +304,9 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
             raise GtFormatError(f"{where}: {name}: expected {NUM_COORDS} coordinates, got {values.size}")
         if not np.isfinite(values).all():
             raise GtFormatError(f"{where}: {name}: coordinates must be finite numbers")
+        if np.abs(values).max() > MAX_COORDINATE:
+            raise GtFormatError(f"{where}: {name}: a coordinate is beyond +-{MAX_COORDINATE:g}: "
+                                f"not a pixel position")
         checked[name] = values
     return checked
 
@@ -676,6 +688,10 @@ import torch.nn.functional as F
 
 
 HEADS = ("heatmap", "offsets", "regression")
+# Upper bounds of a config's sizes (ModelConfig.validate): far above any network this
+# project trains (96 px, widths <= 256, depths <= 3), far below what exhausts a machine.
+MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN, MAX_STACKS = 256, 1024, 16, 4096, 8
+MAX_PARAMETERS = 50_000_000        # 200 MB of float32 weights; the recipe has 2.3 M
 
 
 @dataclass
@@ -709,15 +725,47 @@ class ModelConfig:
         return config
 
     def validate(self) -> None:
-        """Refuse configurations the networks cannot be built from."""
+        """Refuse configurations the networks cannot be built from, and sizes beyond any
+        sensible keypoint network (a config read from a model file is untrusted input: a
+        10000-wide stage or a 200000-block stage would take gigabytes before failing)."""
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {self.head!r}")
-        if len(self.widths) != 4 or len(self.depths) != 4:
+        if not isinstance(self.widths, (tuple, list)) or not isinstance(self.depths, (tuple, list)) \
+                or len(self.widths) != 4 or len(self.depths) != 4:
             raise ValueError("widths and depths need one entry per stage (4)")
-        if self.stacks < 1 or (self.stacks > 1 and self.head != "heatmap"):
+        for name, value, top in (("image_size", self.image_size, MAX_IMAGE_SIZE),
+                                 ("stem_width", self.stem_width, MAX_WIDTH),
+                                 ("decoder_width", self.decoder_width, MAX_WIDTH),
+                                 ("hidden", self.hidden, MAX_HIDDEN), ("stacks", self.stacks, MAX_STACKS),
+                                 *((f"widths[{i}]", w, MAX_WIDTH) for i, w in enumerate(self.widths)),
+                                 *((f"depths[{i}]", d, MAX_DEPTH) for i, d in enumerate(self.depths))):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
+        if self.stacks > 1 and self.head != "heatmap":
             raise ValueError(f"stacks must be >= 1, and > 1 only with the heatmap head; got {self.stacks}")
         if self.image_size % 32 or self.image_size < 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.estimated_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"the network would have about {self.estimated_parameters() / 1e6:.0f} M "
+                             f"parameters, more than {MAX_PARAMETERS / 1e6:.0f} M")
+
+    def estimated_parameters(self) -> int:
+        """Convolution and linear weights of the network, counted from the config alone
+        (within a few per cent: batch norms and biases are left out)."""
+        count, c_in = 27 * self.stem_width, self.stem_width
+        for width, depth in zip(self.widths, self.depths):
+            count += 9 * c_in * width + c_in * width + 9 * width * width    # first block + shortcut
+            count += (depth - 1) * 18 * width * width
+            c_in = width
+        d = self.decoder_width
+        if self.head == "regression":
+            side = self.image_size // 32
+            return count + self.widths[-1] * side * side * self.hidden + self.hidden * 2 * NUM_POINTS
+        count += sum(self.widths) * d + 9 * d * d + d * NUM_POINTS * 3
+        return count + (self.stacks - 1) * (10 * 18 * d * d + 2 * NUM_POINTS * d)
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, relu: bool = True) -> nn.Sequential:
@@ -1157,6 +1205,7 @@ def failure_rate(errors: np.ndarray, threshold: float = 0.08) -> float:
 
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -1188,9 +1237,19 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
         "state_dict": state,
         "metadata": {**(metadata or {}), "versions": library_versions()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)        # never leave a half-written model file behind
+    # A temporary file of this writer's own beside the target, then an atomic rename: a
+    # reader never sees a half-written model, and two saves to one path cannot collide.
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)            # mkstemp makes it private; a model file is not
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -1224,6 +1283,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
     if bad:   # NaN/inf weights would give NaN keypoints for every image
         raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
+    if not bool((model.pixel_std > 0).all()):   # images are divided by it: NaN or inf points
+        raise CheckpointError(f"{path}: pixel_std must be positive, got {model.pixel_std.flatten().tolist()}")
     model.metadata = payload.get("metadata", {})
     return model.to(device).eval()
 
@@ -1288,6 +1349,55 @@ class TrainConfig:
         data = asdict(self)
         data["model"] = self.model.to_dict()
         return data
+
+    def validate(self) -> None:
+        """Refuse settings of the wrong type or out of range, naming the setting (a
+        ``--set batch_size=0`` ended in ZeroDivisionError, ``lr=nan`` in a TypeError)."""
+        self.model.validate()
+
+        def number(name: str, low: float, high: float = math.inf, integer: bool = False,
+                   optional: bool = False, low_open: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            kinds = (int,) if integer else (int, float)
+            if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value < low or value > high or (low_open and value == low):
+                kind = "an integer" if integer else "a number"
+                bound = f"above {low:g}" if low_open else f"from {low:g}"
+                raise ValueError(f"{name} must be {kind} {bound}" + (f" to {high:g}" if high < math.inf else "")
+                                 + f", got {value!r}")
+
+        number("epochs", 1, integer=True)
+        number("batch_size", 1, integer=True)
+        number("lr", 0, low_open=True)
+        number("weight_decay", 0)
+        number("warmup_epochs", 0)
+        number("heatmap_js", 0)
+        number("heatmap_sigma", 0, low_open=True)
+        number("ema_decay", 0, 0.999999)
+        number("val_size", 0, integer=True)
+        number("max_images", 2, integer=True, optional=True)
+        number("max_steps", 1, integer=True, optional=True)
+        number("eval_every", 1, integer=True)
+        number("threads", 1, 256, integer=True, optional=True)
+        number("seed", 0, integer=True)
+        number("minutes", 0, integer=False, optional=True, low_open=True)
+        for name, allowed in (("optimizer", ("sgd", "adamw")), ("schedule", ("cosine", "onecycle")),
+                              ("loss", ("l1", "smooth_l1", "mse", "wing")), ("heatmap_loss", HEATMAP_LOSSES),
+                              ("bf16", ("auto", "on", "off"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
+                                 f"got {getattr(self, name)!r}")
+        if not isinstance(self.flip_tta, bool):
+            raise ValueError(f"flip_tta must be True or False, got {self.flip_tta!r}")
+        try:
+            if not isinstance(self.device, str):
+                raise TypeError
+            if self.device != "auto":
+                torch.device(self.device)
+        except (TypeError, RuntimeError):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}") from None
 
 
 def full_config(**overrides) -> TrainConfig:
@@ -1689,6 +1799,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     so that a saved checkpoint records what ran (the count depends on the machine's speed:
     repeat such a run with that ``epochs`` and no ``minutes``).
     """
+    cfg.validate()
     if train.keypoints is None or len(train) == 0:
         raise ValueError("training needs at least one labelled face")
     if train.image_size != cfg.model.image_size:
@@ -1696,8 +1807,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
     _check_heatmap_loss(cfg.heatmap_loss)
-    if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
-        raise ValueError(f"minutes must be a positive number, got {cfg.minutes!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -1796,6 +1905,37 @@ def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], 
     return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
 
 
+def check_model_path(path: Path) -> None:
+    """Refuse a model path that cannot be written, before any training is spent on it."""
+    if path.is_dir():
+        raise IsADirectoryError(f"model path {str(path)!r} is a folder: give a file name such as "
+                                f"{path / MODEL_FILENAME}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder for the model file not found: {path.parent}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write the model file {path}: {exc}") from exc
+
+
+def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
+    """Save the trained model; if that fails (a full disk), save it in the temporary folder
+    instead and say where, so that the training is not lost."""
+    try:
+        save_checkpoint(model, path, metadata)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"facepoints_model-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        try:
+            save_checkpoint(model, rescue, metadata)
+        except OSError:
+            raise OSError(f"could not save the trained model to {path} ({exc}), nor to {rescue}") from exc
+        raise OSError(f"could not save the trained model to {path} ({exc}); it was saved to {rescue} "
+                      f"instead") from exc
+    log(f"saved {path}")
+
+
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                    config: TrainConfig | None = None, model_path: str | Path | None = None,
                    progress: Callable[..., object] = TextProgress,
@@ -1819,15 +1959,21 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     if not isinstance(train_img_dir, (str, os.PathLike)):
         raise TypeError(f"train_img_dir must be a folder path, got {type(train_img_dir).__name__}")
     cfg = config if config is not None else (fast_config() if fast_train else full_config())
+    cfg.validate()                                                # before any image is decoded
     gt = check_gt_table(train_gt, "train_gt") if isinstance(train_gt, dict) else read_gt(train_gt)
     img_dir = Path(train_img_dir)
     if not img_dir.is_dir():
         raise NotADirectoryError(f"training image folder not found: {img_dir}")
+    path = None
+    if not fast_train:
+        path = Path(model_path) if model_path is not None else default_model_path()
+        check_model_path(path)
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
         warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
                       f"and are left out: {', '.join(missing[:5])}", stacklevel=2)
-        gt = {name: coords for name, coords in gt.items() if name not in set(missing)}
+        left_out = set(missing)                                   # one set: linear in the rows
+        gt = {name: coords for name, coords in gt.items() if name not in left_out}
     if len(gt) < 2:
         raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
     names = sorted(gt)
@@ -1842,12 +1988,10 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
         train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
         val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
     model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
-    if not fast_train:
-        path = Path(model_path) if model_path is not None else default_model_path()
-        save_checkpoint(model, path, {"train_config": cfg.to_dict(), "history": history,
+    if path is not None:
+        _save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
-                                      "val_images": len(val_set)})
-        log(f"saved {path}")
+                                      "val_images": len(val_set)}, log)
     return model
 
 
@@ -1870,6 +2014,7 @@ import torch
 
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
+MAX_THREADS = 256           # OpenMP crashed (SIGSEGV) when asked for 100000
 
 
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
@@ -1889,6 +2034,9 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"threads must be None or an integer from 1 to {MAX_THREADS}, got {threads!r}")
     for value, what in ((model_filename, "model_filename"), (test_img_dir, "test_img_dir")):
         if not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__}")

@@ -68,7 +68,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
         if isinstance(value, list):
             value = tuple(value)
         setattr(target, path[-1], value)
-    cfg.model.validate()
+    cfg.validate()
     return cfg
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +43,19 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
         "state_dict": state,
         "metadata": {**(metadata or {}), "versions": library_versions()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)        # never leave a half-written model file behind
+    # A temporary file of this writer's own beside the target, then an atomic rename: a
+    # reader never sees a half-written model, and two saves to one path cannot collide.
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)            # mkstemp makes it private; a model file is not
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -78,5 +89,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
     bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
     if bad:   # NaN/inf weights would give NaN keypoints for every image
         raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
+    if not bool((model.pixel_std > 0).all()):   # images are divided by it: NaN or inf points
+        raise CheckpointError(f"{path}: pixel_std must be positive, got {model.pixel_std.flatten().tolist()}")
     model.metadata = payload.get("metadata", {})
     return model.to(device).eval()

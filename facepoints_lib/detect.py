@@ -23,6 +23,7 @@ from .images import list_images
 from .train import predict, use_bf16
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
+MAX_THREADS = 256           # OpenMP crashed (SIGSEGV) when asked for 100000
 
 
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
@@ -42,6 +43,9 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"threads must be None or an integer from 1 to {MAX_THREADS}, got {threads!r}")
     for value, what in ((model_filename, "model_filename"), (test_img_dir, "test_img_dir")):
         if not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__}")

@@ -31,6 +31,12 @@ class GtFormatError(ValueError):
     """A keypoint table is malformed; the message names the file and line."""
 
 
+# The largest coordinate taken for a pixel position. The course's points lie within a few
+# hundred pixels of images up to a few thousand wide; a value beyond this is a typo or a
+# unit error, and would overflow or swamp the training loss (1e300 overflows float32).
+MAX_COORDINATE = 1e6
+
+
 def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
     if len(row) != NUM_COORDS + 1:
         raise GtFormatError(f"{where}: expected {NUM_COORDS + 1} values (file name and "
@@ -46,6 +52,9 @@ def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
             value = math.nan
         if not math.isfinite(value):
             raise GtFormatError(f"{where}: column {GT_HEADER[i + 1]} is {text!r}, not a finite number")
+        if abs(value) > MAX_COORDINATE:
+            raise GtFormatError(f"{where}: column {GT_HEADER[i + 1]} is {text!r}, beyond "
+                                f"+-{MAX_COORDINATE:g}: not a pixel position")
         values[i] = value
     return name, values
 
@@ -98,6 +107,9 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
             raise GtFormatError(f"{where}: {name}: expected {NUM_COORDS} coordinates, got {values.size}")
         if not np.isfinite(values).all():
             raise GtFormatError(f"{where}: {name}: coordinates must be finite numbers")
+        if np.abs(values).max() > MAX_COORDINATE:
+            raise GtFormatError(f"{where}: {name}: a coordinate is beyond +-{MAX_COORDINATE:g}: "
+                                f"not a pixel position")
         checked[name] = values
     return checked
 

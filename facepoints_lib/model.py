@@ -32,6 +32,10 @@ from .schema import NUM_POINTS
 
 
 HEADS = ("heatmap", "offsets", "regression")
+# Upper bounds of a config's sizes (ModelConfig.validate): far above any network this
+# project trains (96 px, widths <= 256, depths <= 3), far below what exhausts a machine.
+MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN, MAX_STACKS = 256, 1024, 16, 4096, 8
+MAX_PARAMETERS = 50_000_000        # 200 MB of float32 weights; the recipe has 2.3 M
 
 
 @dataclass
@@ -65,15 +69,47 @@ class ModelConfig:
         return config
 
     def validate(self) -> None:
-        """Refuse configurations the networks cannot be built from."""
+        """Refuse configurations the networks cannot be built from, and sizes beyond any
+        sensible keypoint network (a config read from a model file is untrusted input: a
+        10000-wide stage or a 200000-block stage would take gigabytes before failing)."""
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {self.head!r}")
-        if len(self.widths) != 4 or len(self.depths) != 4:
+        if not isinstance(self.widths, (tuple, list)) or not isinstance(self.depths, (tuple, list)) \
+                or len(self.widths) != 4 or len(self.depths) != 4:
             raise ValueError("widths and depths need one entry per stage (4)")
-        if self.stacks < 1 or (self.stacks > 1 and self.head != "heatmap"):
+        for name, value, top in (("image_size", self.image_size, MAX_IMAGE_SIZE),
+                                 ("stem_width", self.stem_width, MAX_WIDTH),
+                                 ("decoder_width", self.decoder_width, MAX_WIDTH),
+                                 ("hidden", self.hidden, MAX_HIDDEN), ("stacks", self.stacks, MAX_STACKS),
+                                 *((f"widths[{i}]", w, MAX_WIDTH) for i, w in enumerate(self.widths)),
+                                 *((f"depths[{i}]", d, MAX_DEPTH) for i, d in enumerate(self.depths))):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
+        if self.stacks > 1 and self.head != "heatmap":
             raise ValueError(f"stacks must be >= 1, and > 1 only with the heatmap head; got {self.stacks}")
         if self.image_size % 32 or self.image_size < 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.estimated_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"the network would have about {self.estimated_parameters() / 1e6:.0f} M "
+                             f"parameters, more than {MAX_PARAMETERS / 1e6:.0f} M")
+
+    def estimated_parameters(self) -> int:
+        """Convolution and linear weights of the network, counted from the config alone
+        (within a few per cent: batch norms and biases are left out)."""
+        count, c_in = 27 * self.stem_width, self.stem_width
+        for width, depth in zip(self.widths, self.depths):
+            count += 9 * c_in * width + c_in * width + 9 * width * width    # first block + shortcut
+            count += (depth - 1) * 18 * width * width
+            c_in = width
+        d = self.decoder_width
+        if self.head == "regression":
+            side = self.image_size // 32
+            return count + self.widths[-1] * side * side * self.hidden + self.hidden * 2 * NUM_POINTS
+        count += sum(self.widths) * d + 9 * d * d + d * NUM_POINTS * 3
+        return count + (self.stacks - 1) * (10 * 18 * d * d + 2 * NUM_POINTS * d)
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, relu: bool = True) -> nn.Sequential:

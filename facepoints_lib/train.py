@@ -68,6 +68,55 @@ class TrainConfig:
         data["model"] = self.model.to_dict()
         return data
 
+    def validate(self) -> None:
+        """Refuse settings of the wrong type or out of range, naming the setting (a
+        ``--set batch_size=0`` ended in ZeroDivisionError, ``lr=nan`` in a TypeError)."""
+        self.model.validate()
+
+        def number(name: str, low: float, high: float = math.inf, integer: bool = False,
+                   optional: bool = False, low_open: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            kinds = (int,) if integer else (int, float)
+            if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value) \
+                    or value < low or value > high or (low_open and value == low):
+                kind = "an integer" if integer else "a number"
+                bound = f"above {low:g}" if low_open else f"from {low:g}"
+                raise ValueError(f"{name} must be {kind} {bound}" + (f" to {high:g}" if high < math.inf else "")
+                                 + f", got {value!r}")
+
+        number("epochs", 1, integer=True)
+        number("batch_size", 1, integer=True)
+        number("lr", 0, low_open=True)
+        number("weight_decay", 0)
+        number("warmup_epochs", 0)
+        number("heatmap_js", 0)
+        number("heatmap_sigma", 0, low_open=True)
+        number("ema_decay", 0, 0.999999)
+        number("val_size", 0, integer=True)
+        number("max_images", 2, integer=True, optional=True)
+        number("max_steps", 1, integer=True, optional=True)
+        number("eval_every", 1, integer=True)
+        number("threads", 1, 256, integer=True, optional=True)
+        number("seed", 0, integer=True)
+        number("minutes", 0, integer=False, optional=True, low_open=True)
+        for name, allowed in (("optimizer", ("sgd", "adamw")), ("schedule", ("cosine", "onecycle")),
+                              ("loss", ("l1", "smooth_l1", "mse", "wing")), ("heatmap_loss", HEATMAP_LOSSES),
+                              ("bf16", ("auto", "on", "off"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
+                                 f"got {getattr(self, name)!r}")
+        if not isinstance(self.flip_tta, bool):
+            raise ValueError(f"flip_tta must be True or False, got {self.flip_tta!r}")
+        try:
+            if not isinstance(self.device, str):
+                raise TypeError
+            if self.device != "auto":
+                torch.device(self.device)
+        except (TypeError, RuntimeError):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}") from None
+
 
 def full_config(**overrides) -> TrainConfig:
     """The recipe of the shipped model (see README's model card)."""
@@ -468,6 +517,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     so that a saved checkpoint records what ran (the count depends on the machine's speed:
     repeat such a run with that ``epochs`` and no ``minutes``).
     """
+    cfg.validate()
     if train.keypoints is None or len(train) == 0:
         raise ValueError("training needs at least one labelled face")
     if train.image_size != cfg.model.image_size:
@@ -475,8 +525,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
     _check_heatmap_loss(cfg.heatmap_loss)
-    if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
-        raise ValueError(f"minutes must be a positive number, got {cfg.minutes!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -575,6 +623,37 @@ def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], 
     return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
 
 
+def check_model_path(path: Path) -> None:
+    """Refuse a model path that cannot be written, before any training is spent on it."""
+    if path.is_dir():
+        raise IsADirectoryError(f"model path {str(path)!r} is a folder: give a file name such as "
+                                f"{path / MODEL_FILENAME}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder for the model file not found: {path.parent}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write the model file {path}: {exc}") from exc
+
+
+def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
+    """Save the trained model; if that fails (a full disk), save it in the temporary folder
+    instead and say where, so that the training is not lost."""
+    try:
+        save_checkpoint(model, path, metadata)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"facepoints_model-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        try:
+            save_checkpoint(model, rescue, metadata)
+        except OSError:
+            raise OSError(f"could not save the trained model to {path} ({exc}), nor to {rescue}") from exc
+        raise OSError(f"could not save the trained model to {path} ({exc}); it was saved to {rescue} "
+                      f"instead") from exc
+    log(f"saved {path}")
+
+
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                    config: TrainConfig | None = None, model_path: str | Path | None = None,
                    progress: Callable[..., object] = TextProgress,
@@ -598,15 +677,21 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     if not isinstance(train_img_dir, (str, os.PathLike)):
         raise TypeError(f"train_img_dir must be a folder path, got {type(train_img_dir).__name__}")
     cfg = config if config is not None else (fast_config() if fast_train else full_config())
+    cfg.validate()                                                # before any image is decoded
     gt = check_gt_table(train_gt, "train_gt") if isinstance(train_gt, dict) else read_gt(train_gt)
     img_dir = Path(train_img_dir)
     if not img_dir.is_dir():
         raise NotADirectoryError(f"training image folder not found: {img_dir}")
+    path = None
+    if not fast_train:
+        path = Path(model_path) if model_path is not None else default_model_path()
+        check_model_path(path)
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
         warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
                       f"and are left out: {', '.join(missing[:5])}", stacklevel=2)
-        gt = {name: coords for name, coords in gt.items() if name not in set(missing)}
+        left_out = set(missing)                                   # one set: linear in the rows
+        gt = {name: coords for name, coords in gt.items() if name not in left_out}
     if len(gt) < 2:
         raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
     names = sorted(gt)
@@ -621,10 +706,8 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
         train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
         val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
     model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
-    if not fast_train:
-        path = Path(model_path) if model_path is not None else default_model_path()
-        save_checkpoint(model, path, {"train_config": cfg.to_dict(), "history": history,
+    if path is not None:
+        _save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
-                                      "val_images": len(val_set)})
-        log(f"saved {path}")
+                                      "val_images": len(val_set)}, log)
     return model

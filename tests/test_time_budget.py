@@ -113,8 +113,8 @@ def test_time_budget_chooses_and_records_the_epochs(faces64):
 
 
 @pytest.mark.parametrize("setting, message", [
-    (dict(minutes=0), "minutes must be a positive number"),
-    (dict(minutes="10"), "minutes must be a positive number"),
+    (dict(minutes=0), "minutes must be a number above 0, got 0"),
+    (dict(minutes="10"), "minutes must be a number above 0, got '10'"),
 ])
 def test_bad_budget_settings_are_refused(faces64, setting, message):
     with pytest.raises(ValueError, match=message):
