@@ -93,6 +93,7 @@ OUTER_EYE_CORNERS = (4, 9)
 
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -109,6 +110,16 @@ class ImageReadError(ValueError):
     """An image file could not be decoded; the message names the file."""
 
 
+def _regular_file(path: str | os.PathLike) -> str | os.PathLike:
+    """``path`` if it is a regular file (after links); else ``OSError``. Opening a FIFO
+    would wait for a writer for ever, and a symlink loop fails in ``stat`` itself."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise OSError(f"not a regular file ({kind})")
+    return path
+
+
 def list_images(img_dir: str | os.PathLike) -> list[str]:
     """Return the sorted file names of the images directly inside ``img_dir``.
 
@@ -121,10 +132,15 @@ def list_images(img_dir: str | os.PathLike) -> list[str]:
     names, skipped = [], []
     for entry in sorted(os.scandir(img_dir), key=lambda e: e.name):
         is_image = entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".")
-        if is_image and entry.is_file():
+        try:
+            is_file, is_dir = entry.is_file(), entry.is_dir()
+        except OSError as exc:         # a symlink loop: one bad entry must not cost the others
+            skipped.append(f"{entry.name} ({exc.strerror or exc})")
+            continue
+        if is_image and is_file:
             names.append(entry.name)
         else:
-            skipped.append(entry.name + ("/" if entry.is_dir() else ""))
+            skipped.append(entry.name + ("/" if is_dir else ""))
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         warnings.warn(f"{img_dir}: skipped {len(skipped)} entries that are not images: {shown}",
@@ -153,7 +169,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def read_image(path: str | os.PathLike) -> Image.Image:
     """Decode a whole image file as RGB at its stored size (EXIF orientation ignored)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(_regular_file(path)) as img:
             img.load()
             return to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -169,7 +185,7 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
     JPEGs much larger than ``size`` are decoded by libjpeg at 1/2, 1/4 or 1/8 scale first.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(_regular_file(path)) as img:
             width, height = img.size
             if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
                 img.draft(img.mode, (size, size))
@@ -191,7 +207,7 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` of a stored image, read from its header without decoding it."""
     try:
-        with Image.open(path) as img:
+        with Image.open(_regular_file(path)) as img:
             return img.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
@@ -215,6 +231,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 import csv
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -311,17 +328,49 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
     return checked
 
 
+def check_writable(path: Path, what: str = "output file") -> None:
+    """Refuse a file path that cannot be written (a folder, a missing or read-only folder),
+    before work is spent on what goes into it."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {str(path)!r} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder for the {what} not found: {path.parent}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write the {what} {path}: {exc}") from exc
+
+
 def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name."""
+    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name.
+
+    The file is written whole or not at all (a temporary file beside it, then renamed), so
+    a failure leaves any earlier file as it was. File names that are not valid UTF-8 (the
+    operating system gave raw bytes) are written as those bytes.
+    """
     path = Path(path)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(GT_HEADER)
-        for name in sorted(table):
-            coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
-            if coords.shape != (NUM_COORDS,):
-                raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
-            writer.writerow([name] + [f"{v:.2f}" for v in coords])
+    rows = []
+    for name in sorted(table):
+        coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
+        if coords.shape != (NUM_COORDS,):
+            raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
+        rows.append([name] + [f"{v:.2f}" for v in coords])
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(GT_HEADER)
+            writer.writerows(rows)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -1206,6 +1255,7 @@ def failure_rate(errors: np.ndarray, threshold: float = 0.08) -> float:
 import os
 import platform
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -1253,6 +1303,20 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
     return path
 
 
+# Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
+# for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
+MAX_CHECKPOINT_BYTES = 4 * MAX_PARAMETERS + 64 * 2**20
+
+
+def _unpacked_bytes(path: Path) -> int:
+    """What a checkpoint's zip archive holds once unpacked (its own size when not a zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return path.stat().st_size          # not an archive: torch.load reports it below
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint's plain data safely (``weights_only=True``) and check its shape."""
     path = Path(path)
@@ -1260,6 +1324,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"model file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
+    unpacked = _unpacked_bytes(path)
+    if unpacked > MAX_CHECKPOINT_BYTES:      # a compressed archive can unpack to gigabytes
+        raise CheckpointError(f"{path} unpacks to {unpacked / 2**20:.0f} MB, more than any model of "
+                              f"this project needs ({MAX_CHECKPOINT_BYTES / 2**20:.0f} MB)")
     try:
         # TorchVersion (a str subclass) is allowed: files written before versions were str()'d hold one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
@@ -1910,14 +1978,7 @@ def check_model_path(path: Path) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"model path {str(path)!r} is a folder: give a file name such as "
                                 f"{path / MODEL_FILENAME}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder for the model file not found: {path.parent}")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OSError(f"cannot write the model file {path}: {exc}") from exc
+    check_writable(path, "model file")
 
 
 def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .model import KeypointNet, build_model
+from .model import MAX_PARAMETERS, KeypointNet, build_model
 
 CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
 MODEL_FILENAME = "facepoints_model.pt"
@@ -59,6 +60,20 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
     return path
 
 
+# Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
+# for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
+MAX_CHECKPOINT_BYTES = 4 * MAX_PARAMETERS + 64 * 2**20
+
+
+def _unpacked_bytes(path: Path) -> int:
+    """What a checkpoint's zip archive holds once unpacked (its own size when not a zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return path.stat().st_size          # not an archive: torch.load reports it below
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint's plain data safely (``weights_only=True``) and check its shape."""
     path = Path(path)
@@ -66,6 +81,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"model file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
+    unpacked = _unpacked_bytes(path)
+    if unpacked > MAX_CHECKPOINT_BYTES:      # a compressed archive can unpack to gigabytes
+        raise CheckpointError(f"{path} unpacks to {unpacked / 2**20:.0f} MB, more than any model of "
+                              f"this project needs ({MAX_CHECKPOINT_BYTES / 2**20:.0f} MB)")
     try:
         # TorchVersion (a str subclass) is allowed: files written before versions were str()'d hold one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):

@@ -32,9 +32,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from .detect import detect
-    from .gt_csv import write_gt
+    from .gt_csv import check_writable, write_gt
     from .progress import TextProgress
 
+    out, model = Path(args.out), Path(args.model)
+    check_writable(out, "output file")                  # before detecting, not after
+    if out.exists() and model.exists() and out.resolve() == model.resolve():
+        raise ValueError(f"--out {out} is the model file: it would be overwritten")
     points = detect(args.model, args.img_dir, threads=args.threads, progress=TextProgress)
     write_gt(points, args.out)
     print(f"wrote {len(points)} detections to {args.out}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -114,17 +115,49 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
     return checked
 
 
+def check_writable(path: Path, what: str = "output file") -> None:
+    """Refuse a file path that cannot be written (a folder, a missing or read-only folder),
+    before work is spent on what goes into it."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {str(path)!r} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder for the {what} not found: {path.parent}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write the {what} {path}: {exc}") from exc
+
+
 def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name."""
+    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name.
+
+    The file is written whole or not at all (a temporary file beside it, then renamed), so
+    a failure leaves any earlier file as it was. File names that are not valid UTF-8 (the
+    operating system gave raw bytes) are written as those bytes.
+    """
     path = Path(path)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(GT_HEADER)
-        for name in sorted(table):
-            coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
-            if coords.shape != (NUM_COORDS,):
-                raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
-            writer.writerow([name] + [f"{v:.2f}" for v in coords])
+    rows = []
+    for name in sorted(table):
+        coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
+        if coords.shape != (NUM_COORDS,):
+            raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
+        rows.append([name] + [f"{v:.2f}" for v in coords])
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(GT_HEADER)
+            writer.writerows(rows)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

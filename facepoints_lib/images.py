@@ -20,6 +20,7 @@ Decisions this module makes for the whole package:
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,16 @@ class ImageReadError(ValueError):
     """An image file could not be decoded; the message names the file."""
 
 
+def _regular_file(path: str | os.PathLike) -> str | os.PathLike:
+    """``path`` if it is a regular file (after links); else ``OSError``. Opening a FIFO
+    would wait for a writer for ever, and a symlink loop fails in ``stat`` itself."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise OSError(f"not a regular file ({kind})")
+    return path
+
+
 def list_images(img_dir: str | os.PathLike) -> list[str]:
     """Return the sorted file names of the images directly inside ``img_dir``.
 
@@ -48,10 +59,15 @@ def list_images(img_dir: str | os.PathLike) -> list[str]:
     names, skipped = [], []
     for entry in sorted(os.scandir(img_dir), key=lambda e: e.name):
         is_image = entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".")
-        if is_image and entry.is_file():
+        try:
+            is_file, is_dir = entry.is_file(), entry.is_dir()
+        except OSError as exc:         # a symlink loop: one bad entry must not cost the others
+            skipped.append(f"{entry.name} ({exc.strerror or exc})")
+            continue
+        if is_image and is_file:
             names.append(entry.name)
         else:
-            skipped.append(entry.name + ("/" if entry.is_dir() else ""))
+            skipped.append(entry.name + ("/" if is_dir else ""))
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         warnings.warn(f"{img_dir}: skipped {len(skipped)} entries that are not images: {shown}",
@@ -80,7 +96,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def read_image(path: str | os.PathLike) -> Image.Image:
     """Decode a whole image file as RGB at its stored size (EXIF orientation ignored)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(_regular_file(path)) as img:
             img.load()
             return to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -96,7 +112,7 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
     JPEGs much larger than ``size`` are decoded by libjpeg at 1/2, 1/4 or 1/8 scale first.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(_regular_file(path)) as img:
             width, height = img.size
             if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
                 img.draft(img.mode, (size, size))
@@ -118,7 +134,7 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` of a stored image, read from its header without decoding it."""
     try:
-        with Image.open(path) as img:
+        with Image.open(_regular_file(path)) as img:
             return img.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .augment import AugmentConfig, augment_batch, flip_images, flip_keypoints
 from .checkpoint import MODEL_FILENAME, save_checkpoint
 from .dataset import FaceSet, load_faces
-from .gt_csv import check_gt_table, read_gt
+from .gt_csv import check_gt_table, check_writable, read_gt
 from .metrics import ced_auc, course_err, per_image_nme
 from .model import (KeypointNet, ModelConfig, build_model, count_parameters, memory_format_for,
                     offsets_at)
@@ -628,14 +628,7 @@ def check_model_path(path: Path) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"model path {str(path)!r} is a folder: give a file name such as "
                                 f"{path / MODEL_FILENAME}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder for the model file not found: {path.parent}")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OSError(f"cannot write the model file {path}: {exc}") from exc
+    check_writable(path, "model file")
 
 
 def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:

@@ -693,3 +693,127 @@ def test_a_model_file_asking_for_a_huge_network_is_refused_before_building(hard_
                         lambda *a, **k: pytest.fail("allocated the network before checking its config"))
     with pytest.raises(CheckpointError, match=r"widths\[3\] must be an integer from 1 to 1024, got 10000"):
         load_model(tmp_path / "huge.pt")
+
+
+@pytest.fixture()
+def trap_folder(tmp_path):
+    """Two good images beside a symlink loop and a FIFO, both named like images."""
+    folder = tmp_path / "traps"
+    folder.mkdir()
+    for i in range(2):
+        _save(_face(300 + i, (64, 64))[0], folder / f"good{i}.png")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    import os
+    os.mkfifo(folder / "pipe.jpg")
+    return folder
+
+
+def test_a_symlink_loop_or_a_fifo_costs_only_itself(trap_folder, hard_model):
+    with pytest.warns(UserWarning, match=r"skipped 2 entries that are not images: loop.jpg \(.*\), pipe.jpg"):
+        assert list_images(trap_folder) == ["good0.png", "good1.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sorted(detect(hard_model, trap_folder)) == ["good0.png", "good1.png"]
+
+
+def test_a_fifo_named_in_filenames_is_reported_not_waited_on(trap_folder, hard_model):
+    import threading
+
+    out: dict = {}
+
+    def run():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out["points"] = detect(hard_model, trap_folder, filenames=["pipe.jpg", "loop.jpg", "good0.png"])
+        out["warnings"] = [str(w.message) for w in caught]
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "detect waited on the FIFO"
+    assert sorted(out["points"]) == ["good0.png"]
+    message = next(m for m in out["warnings"] if "could not be read" in m)
+    assert "pipe.jpg (cannot read image" in message and "not a regular file (a FIFO)" in message
+    assert "loop.jpg (cannot read image" in message
+
+
+def test_a_file_name_that_is_not_utf8_is_detected_and_written(hard_model, tmp_path):
+    import os
+
+    from facepoints_lib.cli import main
+
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")                 # how Python spells a raw-byte name
+    _save(_face(7, (64, 64))[0], folder / name)
+    out = tmp_path / "out.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["detect", str(folder), "--model", str(hard_model), "--out", str(out)]) == 0
+    assert b"\ncaf\xe9.png," in out.read_bytes()
+
+
+def test_write_gt_is_all_or_nothing(tmp_path, monkeypatch):
+    from facepoints_lib import gt_csv
+
+    path = tmp_path / "out.csv"
+    path.write_text("old content\n")
+    with pytest.raises(ValueError, match="expected 28 coordinates"):
+        write_gt({"a.jpg": np.zeros(28), "b.jpg": np.zeros(3)}, path)
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gt_csv.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        write_gt({"a.jpg": np.zeros(28)}, path)
+    assert path.read_text() == "old content\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+@pytest.mark.parametrize("case", ["missing folder", "the model file"])
+def test_cli_detect_checks_out_before_detecting(hard_model, messy_folder, tmp_path, monkeypatch, capsys, case):
+    import sys
+
+    from facepoints_lib.cli import main
+
+    detect_module = sys.modules["facepoints_lib.detect"]    # the package exports a function of that name
+    monkeypatch.setattr(detect_module, "detect", lambda *a, **k: pytest.fail("detected before checking --out"))
+    model = tmp_path / "m.pt"
+    model.write_bytes(Path(hard_model).read_bytes())
+    out = tmp_path / "nope" / "out.csv" if case == "missing folder" else model
+    assert main(["detect", str(messy_folder[0]), "--model", str(model), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ("folder for the output file not found" if case == "missing folder"
+            else "is the model file: it would be overwritten") in err
+    assert model.read_bytes() == Path(hard_model).read_bytes()
+
+
+def test_a_model_file_that_unpacks_to_more_than_a_model_needs_is_refused(hard_model, tmp_path, monkeypatch):
+    """A zero tensor hidden in the metadata compresses to almost nothing (a 750M-element one
+    zipped to 11 MB loaded as 3.1 GB); the archive's unpacked size is checked first."""
+    import zipfile
+
+    from facepoints_lib import checkpoint
+
+    payload = load_checkpoint(hard_model)
+    payload["metadata"]["padding"] = torch.zeros(2_000_000)           # 8 MB unpacked
+    torch.save(payload, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, \
+            zipfile.ZipFile(tmp_path / "packed.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert (tmp_path / "packed.pt").stat().st_size < 200_000
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 4 * 2**20)  # stands in for the real bound
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: pytest.fail("loaded before checking"))
+    with pytest.raises(CheckpointError, match=r"packed.pt unpacks to 8 MB, more than any model"):
+        load_model(tmp_path / "packed.pt")
+
+
+def test_the_unpacked_size_bound_admits_the_largest_allowed_network():
+    from facepoints_lib import checkpoint
+    from facepoints_lib.model import MAX_PARAMETERS
+
+    assert checkpoint.MAX_CHECKPOINT_BYTES >= 4 * MAX_PARAMETERS
+    shipped = Path(__file__).resolve().parents[1] / "facepoints_model.pt"
+    assert checkpoint._unpacked_bytes(shipped) < 16 * 2**20
