@@ -236,3 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"facepoints {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"facepoints {args.command}: interrupted. train, detect and bench write their output "
+              f"only when they finish, so none of it was written or replaced (an interrupted "
+              f"train loses its training).", file=sys.stderr)
+        return 130

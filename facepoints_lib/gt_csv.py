@@ -38,6 +38,14 @@ class GtFormatError(ValueError):
 MAX_COORDINATE = 1e6
 
 
+def _check_plain_name(name: str, where: str) -> None:
+    """A listed file must be directly inside the image folder: ``../x.jpg`` or an absolute
+    path would train on files outside it, and ``./a.jpg`` would list ``a.jpg`` twice."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise GtFormatError(f"{where}: file name {name!r} is not a plain file name "
+                            f"(no folders: the images sit directly in the image folder)")
+
+
 def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
     if len(row) != NUM_COORDS + 1:
         raise GtFormatError(f"{where}: expected {NUM_COORDS + 1} values (file name and "
@@ -45,10 +53,11 @@ def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
     name = row[0].strip()
     if not name:
         raise GtFormatError(f"{where}: empty file name")
+    _check_plain_name(name, where)
     values = np.empty(NUM_COORDS, dtype=np.float64)
     for i, text in enumerate(row[1:]):
         try:
-            value = float(text)
+            value = float(text) if "_" not in text else math.nan    # Python reads 1_000 as 1000
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
@@ -67,13 +76,15 @@ def read_gt(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"keypoint table not found: {path}")
     table: dict[str, np.ndarray] = {}
     first_line: dict[str, int] = {}
-    line_no = 0
+    line_no, first_row = 0, True
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             for line_no, row in enumerate(csv.reader(handle), start=1):
                 if not row or all(not cell.strip() for cell in row):
                     continue
-                if line_no == 1 and row[0].strip().lower() == "filename":
+                is_header = first_row and row[0].strip().lower() == "filename"   # after blank lines too
+                first_row = False
+                if is_header:
                     continue
                 name, values = _parse_gt_row(row, f"{path}, line {line_no}")
                 if name in table:
@@ -100,6 +111,7 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
     for name, coords in table.items():
         if not isinstance(name, str) or not name.strip():
             raise GtFormatError(f"{where}: file name {name!r} is not a non-empty string")
+        _check_plain_name(name, where)
         try:
             values = np.asarray(coords, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:

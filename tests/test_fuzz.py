@@ -100,8 +100,9 @@ def test_read_gt_random_rows(scratch, rows, header, crlf):
     _read_gt_or_error(path)
 
 
-NAME = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=12) \
-    .map(str.strip).filter(lambda s: s and s.lower() != "filename")
+NAME = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="/\\"),
+               min_size=1, max_size=12) \
+    .map(str.strip).filter(lambda s: s and s.lower() != "filename" and s not in (".", ".."))   # plain file names
 COORD = st.floats(-1e5, 1e5, allow_nan=False).map(lambda v: round(v, 2))
 
 

@@ -817,3 +817,44 @@ def test_the_unpacked_size_bound_admits_the_largest_allowed_network():
     assert checkpoint.MAX_CHECKPOINT_BYTES >= 4 * MAX_PARAMETERS
     shipped = Path(__file__).resolve().parents[1] / "facepoints_model.pt"
     assert checkpoint._unpacked_bytes(shipped) < 16 * 2**20
+
+
+@pytest.mark.parametrize("name", ["../x.jpg", "/abs/x.jpg", "./a.jpg", "sub\\\\x.jpg", ".."])
+def test_gt_names_with_folders_are_refused(tmp_path, name):
+    path = _write_csv(tmp_path / "gt.csv", HEADER + "\n" + _row(name) + "\n")
+    with pytest.raises(GtFormatError, match="is not a plain file name"):
+        read_gt(path)
+    with pytest.raises(GtFormatError, match="is not a plain file name"):
+        train_detector({name: np.zeros(28), "b.jpg": np.zeros(28)}, tmp_path, config=_tiny_recipe(),
+                       progress=_quiet, log=lambda line: None)
+
+
+def test_a_number_with_underscores_is_not_a_coordinate(tmp_path):
+    path = _write_csv(tmp_path / "gt.csv", _row("a.jpg", ["1_000"] + list(range(27))) + "\n")
+    with pytest.raises(GtFormatError, match="column x1 is '1_000', not a finite number"):
+        read_gt(path)
+
+
+def test_a_header_after_blank_lines_is_still_the_header(tmp_path):
+    path = _write_csv(tmp_path / "gt.csv", "\n\n" + HEADER + "\n" + _row("a.jpg") + "\n")
+    assert list(read_gt(path)) == ["a.jpg"]
+
+
+def test_jfif_and_jpe_files_are_images(tmp_path):
+    for name in ("a.jfif", "b.JPE"):
+        _save(_face(1, (40, 40))[0], tmp_path / name, format="JPEG")
+    assert list_images(tmp_path) == ["a.jfif", "b.JPE"]
+
+
+def test_ctrl_c_says_what_was_kept(monkeypatch, capsys):
+    from facepoints_lib import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=interrupted)
+    assert cli.main(["train", "somewhere"]) == 130
+    assert "interrupted" in capsys.readouterr().err
