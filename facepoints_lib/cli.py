@@ -129,7 +129,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="facepoints", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="facepoints", description="Facial keypoints: train, detect, grade and benchmark "
+                                       "(also run as: python -m facepoints_lib).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_set(p: argparse.ArgumentParser) -> None:
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1200, help="synthetic faces to generate")
     p.add_argument("--epochs", type=int, default=12, help="training epochs")
     p.add_argument("--holdout", type=int, default=200, help="faces held out for grading")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the faces, the split and the training")
     add_set(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -176,19 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA),
                    help="course tests folder or train folder")
     p.add_argument("--model", default=None, help="model file (default: facepoints_model.pt at the root)")
-    p.add_argument("--holdout", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-fast-train", action="store_true")
+    p.add_argument("--holdout", type=int, default=500,
+                   help="train folder only: faces held out and detected (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the holdout split (default 0)")
+    p.add_argument("--no-fast-train", action="store_true",
+                   help="skip the grader's fast_train run and only detect with the model")
     p.set_defaults(func=_cmd_grade)
 
     p = sub.add_parser("bench", help="holdout accuracy and speed benchmark, saved as JSON")
-    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA))
+    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA), help=f"train folder (default {DEFAULT_DATA})")
     p.add_argument("--name", default="recipe", help="results file name (bench/results/NAME.json)")
-    p.add_argument("--holdout", type=int, default=500)
+    p.add_argument("--holdout", type=int, default=500, help="faces held out and scored (default 500)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--split-seed", type=int, default=0, help="holdout split seed")
     p.add_argument("--no-fast-train", action="store_true", help="skip timing fast_train")
-    p.add_argument("--results-dir", default="bench/results")
+    p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     add_set(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -197,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-dir", default=None, help="folder of images (default: synthetic faces)")
     p.add_argument("--synthetic", type=int, default=10_000, help="synthetic faces to generate")
     p.add_argument("--name", default=None, help="results file name (default detect-<images>)")
-    p.add_argument("--results-dir", default="bench/results")
+    p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     p.set_defaults(func=_cmd_bench_detect)
 
     p = sub.add_parser("bench-speed", help="training and detection throughput per memory layout "
@@ -205,12 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="speed", help="results file name (bench/results/NAME.json)")
     p.add_argument("--threads", type=int, default=2, help="training threads (detection uses 1)")
     p.add_argument("--seconds", type=float, default=8.0, help="timing per measurement")
-    p.add_argument("--results-dir", default="bench/results")
+    p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     p.set_defaults(func=_cmd_bench_speed)
 
     p = sub.add_parser("profile", help="where a training step's time goes (torch.profiler)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20, help="training steps profiled (default 20)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--out", default=None, help="also write the table to this file")
     add_set(p)
     p.set_defaults(func=_cmd_profile)
@@ -222,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a course-format folder of synthetic faces")
     p.add_argument("out", help="output folder (gets images/, gt.csv, img_shapes.csv)")
-    p.add_argument("--count", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=500, help="faces to write (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the faces (default 0)")
     p.set_defaults(func=_cmd_synth)
     return parser
 

@@ -131,3 +131,17 @@ def test_freeze_subcommand(tmp_path, capsys):
     assert main(["freeze", "--out", str(target)]) == 0
     assert main(["freeze", "--check", "--out", str(target)]) == 0
     assert "def train_detector(" in target.read_text()
+
+
+def test_help_texts_explain_every_option_without_markup(capsys):
+    from facepoints_lib.cli import build_parser
+
+    parser = build_parser()
+    assert "``" not in parser.format_help()
+    subcommands = parser._subparsers._group_actions[0].choices
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"facepoints {name} {action.option_strings[0]} has no help"
+    train_help = subcommands["train"].format_help()
+    assert "overwrites" in train_help and "--minutes" in train_help and "min" in train_help
