@@ -552,7 +552,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         budget = cfg.minutes * 60 - (time.monotonic() - start)
         cfg.epochs = epochs = epochs_for_budget(budget, steps_per_epoch, step_seconds, cfg, eval_seconds)
         log(f"time budget {cfg.minutes:g} min: {format_seconds(steps_per_epoch * step_seconds)} per "
-            f"epoch ({1000 * step_seconds:.0f} ms per step measured), so {epochs} epochs; "
+            f"epoch ({1000 * step_seconds:.0f} ms per step measured), so {epochs} "
+            f"epoch{'s' if epochs != 1 else ''}; "
             f"{predicted_err_note(epochs, cfg)}")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:

@@ -108,7 +108,7 @@ def test_time_budget_chooses_and_records_the_epochs(faces64):
     assert 1 <= cfg.epochs < 500                                         # written back for the checkpoint
     assert history[-1]["epoch"] == cfg.epochs
     line = next(line for line in logs if line.startswith("time budget 0.05 min"))
-    assert f"so {cfg.epochs} epochs" in line and "ms per step measured" in line
+    assert f"so {cfg.epochs} epoch" in line and "ms per step measured" in line
     assert history[-1]["train_seconds"] <= history[-1]["seconds"]
 
 
