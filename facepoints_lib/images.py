@@ -27,6 +27,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+# 16/32-bit and float images larger than this many times the network's input are shrunk
+# in their own mode (antialiased) before the float64 conversion of ``to_rgb``: that copy
+# took 8 bytes a pixel, 5.2 GB for a 13000 x 13000 16-bit PNG.
+SHRINK_FIRST = 4
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Pillow refuses images above ~179 Mpx as a decompression-bomb guard; faces are far smaller.
@@ -81,9 +86,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode.startswith("I") or img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":
-            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        if img.mode == "F":        # scaled by the finite values: one inf pixel must not blank the rest
+            finite = arr[np.isfinite(arr)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            with np.errstate(invalid="ignore", over="ignore"):
+                arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         else:
             arr = arr / 257.0
         arr = np.nan_to_num(np.clip(np.rint(arr), 0, 255)).astype(np.uint8)
@@ -118,6 +125,10 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
                 img.draft(img.mode, (size, size))
             img.load()
             draft_w, draft_h = img.size
+            shrunk = (img.mode.startswith("I") or img.mode == "F") and max(img.size) > SHRINK_FIRST * size
+            if shrunk:   # 16/32-bit and float pictures: shrink in their own mode before any copy
+                img = img.resize((min(width, SHRINK_FIRST * size), min(height, SHRINK_FIRST * size)),
+                                 Image.Resampling.BILINEAR)
             rgb = to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
@@ -126,7 +137,7 @@ def read_image_resized(path: str | os.PathLike, size: int) -> tuple[np.ndarray, 
     k = 1
     while k < 8 and -(-width // (2 * k)) >= draft_w and -(-height // (2 * k)) >= draft_h:
         k *= 2
-    box = (0.0, 0.0, width / k, height / k)
+    box = (0.0, 0.0, rgb.width, rgb.height) if shrunk else (0.0, 0.0, width / k, height / k)
     resized = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.array(resized, dtype=np.uint8), (width, height)   # writable, for torch.from_numpy
 

@@ -858,3 +858,54 @@ def test_ctrl_c_says_what_was_kept(monkeypatch, capsys):
         action.set_defaults(func=interrupted)
     assert cli.main(["train", "somewhere"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_large_16bit_image_is_shrunk_in_its_own_mode_and_keeps_its_geometry(tmp_path):
+    """A white square at a known spot of a 2000 x 1500 16-bit PNG lands at the same
+    normalised spot as in an 8-bit copy of the same picture."""
+    from facepoints_lib.images import SHRINK_FIRST
+
+    picture = np.zeros((1500, 2000), dtype=np.uint16)
+    picture[300:600, 1200:1500] = 65535                       # x 1200-1500, y 300-600
+    Image.fromarray(picture).save(tmp_path / "wide16.png")
+    Image.fromarray((picture // 257).astype(np.uint8)).save(tmp_path / "wide8.png")
+    assert max(picture.shape) > SHRINK_FIRST * 64                # takes the shrinking path
+    deep, size16 = read_image_resized(tmp_path / "wide16.png", 64)
+    plain, size8 = read_image_resized(tmp_path / "wide8.png", 64)
+    assert size16 == size8 == (2000, 1500)
+    assert np.abs(deep.astype(int) - plain.astype(int)).mean() < 2.0
+    rows, cols = np.nonzero(deep[..., 0] > 128)
+    assert (rows.min(), rows.max()) == (13, 25) and (cols.min(), cols.max()) == (38, 47)
+
+
+def test_one_inf_pixel_does_not_blank_a_float_image(tmp_path):
+    values = np.linspace(0, 1, 80 * 60, dtype=np.float32).reshape(60, 80)
+    values[5, 5] = np.inf
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    array, _ = read_image_resized(tmp_path / "f.tif", 32)
+    assert 100 < array.mean() < 155 and array.max() > 240      # a gradient, not black
+
+
+_PEAK_RSS = """
+import resource, sys
+import numpy as np
+from PIL import Image
+Image.MAX_IMAGE_PIXELS = None
+Image.fromarray(np.full((6000, 6000), 40000, dtype=np.uint16)).save(sys.argv[1])
+from facepoints_lib.images import read_image_resized
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+read_image_resized(sys.argv[1], 96)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_decoding_a_large_16bit_image_takes_little_more_than_its_pixels(tmp_path):
+    """6000 x 6000 16-bit: 72 MB of pixels. The float64 copy of the whole picture took
+    1.3 GB; shrinking first keeps the peak near the decode itself."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(tmp_path / "big.png")],
+                          capture_output=True, text=True, timeout=120, check=True)
+    grew_mb = float(proc.stdout.strip().splitlines()[-1])
+    assert grew_mb < 300, grew_mb
