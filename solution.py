@@ -4,8 +4,8 @@
 Edit the package and rerun that command to regenerate this file; add `--check` to
 test whether it is up to date.  Modules, in order:
 
-    schema, images, gt_csv, dataset, augment, model, progress, metrics, checkpoint,
-    train, detect, grader
+    schema, files, images, gt_csv, dataset, augment, model, progress, metrics,
+    checkpoint, train, detect, grader
 """
 from __future__ import annotations
 
@@ -70,6 +70,56 @@ SKELETON = (
 
 # Outer eye corners: their distance is the inter-ocular normaliser of NME.
 OUTER_EYE_CORNERS = (4, 9)
+
+
+# ---- facepoints_lib/files.py ----
+# Writing output files safely: check the target before the work, write it whole or not at all.
+#
+# ``check_writable`` refuses a target that cannot be written (a folder, a missing or
+# read-only folder) before training or detection is spent on it. ``write_atomically``
+# writes through a temporary file of the writer's own beside the target and renames it
+# over the target at the end, so a reader never sees a half-written file, a failure leaves
+# any earlier file as it was, and two writers of one path cannot collide.
+
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def check_writable(path: Path, what: str = "output file") -> None:
+    """Refuse a file path that cannot be written, naming it as ``what``."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {str(path)!r} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder for the {what} not found: {path.parent}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write the {what} {path}: {exc}") from exc
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(temporary_path)``, then rename that file over ``path``.
+
+    The temporary file gets the permissions an ordinary new file would (``mkstemp`` makes
+    it private); on any failure it is removed and the error raised.
+    """
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 # ---- facepoints_lib/images.py ----
@@ -242,7 +292,6 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -351,21 +400,6 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
     return checked
 
 
-def check_writable(path: Path, what: str = "output file") -> None:
-    """Refuse a file path that cannot be written (a folder, a missing or read-only folder),
-    before work is spent on what goes into it."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{what} {str(path)!r} is a folder: give a file name")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder for the {what} not found: {path.parent}")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OSError(f"cannot write the {what} {path}: {exc}") from exc
-
-
 def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name.
 
@@ -380,21 +414,14 @@ def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
         if coords.shape != (NUM_COORDS,):
             raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
         rows.append([name] + [f"{v:.2f}" for v in coords])
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
             writer = csv.writer(out, lineterminator="\n")
             writer.writerow(GT_HEADER)
             writer.writerows(rows)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_atomically(path, write)
 
 
 def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
@@ -1277,7 +1304,6 @@ def failure_rate(errors: np.ndarray, threshold: float = 0.08) -> float:
 
 import os
 import platform
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -1310,20 +1336,8 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
         "state_dict": state,
         "metadata": {**(metadata or {}), "versions": library_versions()},
     }
-    # A temporary file of this writer's own beside the target, then an atomic rename: a
-    # reader never sees a half-written model, and two saves to one path cannot collide.
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)            # mkstemp makes it private; a model file is not
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # never a half-written model file, and two saves to one path cannot collide
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 # Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
@@ -1406,6 +1420,9 @@ import torch.nn.functional as F
 
 
 
+MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; stored in the checkpoint."""
@@ -1471,9 +1488,9 @@ class TrainConfig:
         number("max_images", 2, integer=True, optional=True)
         number("max_steps", 1, integer=True, optional=True)
         number("eval_every", 1, integer=True)
-        number("threads", 1, 256, integer=True, optional=True)
+        number("threads", 1, MAX_THREADS, integer=True, optional=True)
         number("seed", 0, integer=True)
-        number("minutes", 0, integer=False, optional=True, low_open=True)
+        number("minutes", 0, optional=True, low_open=True)
         for name, allowed in (("optimizer", ("sgd", "adamw")), ("schedule", ("cosine", "onecycle")),
                               ("loss", ("l1", "smooth_l1", "mse", "wing")), ("heatmap_loss", HEATMAP_LOSSES),
                               ("bf16", ("auto", "on", "off"))):
@@ -1897,7 +1914,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
-    _check_heatmap_loss(cfg.heatmap_loss)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -1997,14 +2013,6 @@ def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], 
     return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
 
 
-def check_model_path(path: Path) -> None:
-    """Refuse a model path that cannot be written, before any training is spent on it."""
-    if path.is_dir():
-        raise IsADirectoryError(f"model path {str(path)!r} is a folder: give a file name such as "
-                                f"{path / MODEL_FILENAME}")
-    check_writable(path, "model file")
-
-
 def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
     """Save the trained model; if that fails (a full disk), save it in the temporary folder
     instead and say where, so that the training is not lost."""
@@ -2052,7 +2060,7 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     path = None
     if not fast_train:
         path = Path(model_path) if model_path is not None else default_model_path()
-        check_model_path(path)
+        check_writable(path, "model file")                      # before any training is spent on it
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
         warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
@@ -2099,7 +2107,6 @@ import torch
 
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
-MAX_THREADS = 256           # OpenMP crashed (SIGSEGV) when asked for 100000
 
 
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,

@@ -288,28 +288,28 @@ def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8
     """Throughput of the recipe's network on this CPU, per memory layout.
 
     Training: images/s of whole steps (augmentation, forward, backward, SGD) on ``threads``
-    threads. Detection: faces/s of the
-    network with flip TTA on one thread, as trained and with batch norm folded (what
-    ``detect`` runs). Synthetic pixels: the cost does not depend on them. Writes
-    ``bench/results/<name>.json`` with the CPU flags and kernels (see docs/cpu-notes.md).
+    threads. Detection: faces/s of the network with flip TTA on one thread, as trained and
+    with batch norm folded (what ``detect`` runs). Synthetic pixels: the cost does not
+    depend on them. Writes ``bench/results/<name>.json`` with the CPU flags and kernels
+    (see docs/cpu-notes.md).
     """
     from .model import build_model, fold_batch_norm
     from .train import make_optimizer, train_step, use_bf16
 
     cfg = full_config()
+    size, batch = cfg.model.image_size, 64
     generator = torch.Generator().manual_seed(0)
-    batch = 64
-    images = torch.randint(0, 256, (batch, 3, 96, 96), dtype=torch.uint8, generator=generator)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
     keypoints = 0.2 + 0.6 * torch.rand((batch, 14, 2), generator=generator)
     bf16 = use_bf16("auto", torch.device("cpu"))
     layouts = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-    train_rates: dict[str, dict[str, float]] = {}
+    train_rates: dict[str, float] = {}
     detect_rates: dict[str, dict[str, float]] = {}
     for label, layout in layouts.items():
         torch.set_num_threads(threads)
         model = build_model(cfg.model).to(memory_format=layout)
         optimizer = make_optimizer(model, cfg)
-        train_rates[label] = _rate(lambda: train_step(model, optimizer, images, keypoints, 96, cfg, generator,
+        train_rates[label] = _rate(lambda: train_step(model, optimizer, images, keypoints, size, cfg, generator,
                                                       torch.device("cpu"), layout, bf16), batch, seconds)
         torch.set_num_threads(1)
         model.eval()

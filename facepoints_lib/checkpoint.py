@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .files import write_atomically
 from .model import MAX_PARAMETERS, KeypointNet, build_model
 
 CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
@@ -44,20 +44,8 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
         "state_dict": state,
         "metadata": {**(metadata or {}), "versions": library_versions()},
     }
-    # A temporary file of this writer's own beside the target, then an atomic rename: a
-    # reader never sees a half-written model, and two saves to one path cannot collide.
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)            # mkstemp makes it private; a model file is not
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # never a half-written model file, and two saves to one path cannot collide
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 # Largest unpacked checkpoint loaded: the weights of the largest network a config may ask

@@ -32,7 +32,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from .detect import detect
-    from .gt_csv import check_writable, write_gt
+    from .files import check_writable
+    from .gt_csv import write_gt
     from .progress import TextProgress
 
     out, model = Path(args.out), Path(args.model)
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench_detect)
 
     p = sub.add_parser("bench-speed", help="training and detection throughput per memory layout "
-                                           "and input size on this CPU, saved as JSON")
+                                           "on this CPU, saved as JSON")
     p.add_argument("--name", default="speed", help="results file name (bench/results/NAME.json)")
     p.add_argument("--threads", type=int, default=2, help="training threads (detection uses 1)")
     p.add_argument("--seconds", type=float, default=8.0, help="timing per measurement")

@@ -20,10 +20,9 @@ from .checkpoint import load_model
 from .dataset import iter_image_chunks, normalized_to_pixels
 from .model import fold_batch_norm
 from .images import list_images
-from .train import predict, use_bf16
+from .train import MAX_THREADS, predict, use_bf16
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
-MAX_THREADS = 256           # OpenMP crashed (SIGSEGV) when asked for 100000
 
 
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,

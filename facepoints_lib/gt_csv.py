@@ -17,11 +17,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomically
 from .schema import NUM_POINTS
 
 NUM_COORDS = 2 * NUM_POINTS
@@ -127,21 +127,6 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
     return checked
 
 
-def check_writable(path: Path, what: str = "output file") -> None:
-    """Refuse a file path that cannot be written (a folder, a missing or read-only folder),
-    before work is spent on what goes into it."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{what} {str(path)!r} is a folder: give a file name")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder for the {what} not found: {path.parent}")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OSError(f"cannot write the {what} {path}: {exc}") from exc
-
-
 def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name.
 
@@ -156,21 +141,14 @@ def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
         if coords.shape != (NUM_COORDS,):
             raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
         rows.append([name] + [f"{v:.2f}" for v in coords])
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
             writer = csv.writer(out, lineterminator="\n")
             writer.writerow(GT_HEADER)
             writer.writerows(rows)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_atomically(path, write)
 
 
 def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:

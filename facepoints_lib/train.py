@@ -26,11 +26,15 @@ import torch.nn.functional as F
 from .augment import AugmentConfig, augment_batch, flip_images, flip_keypoints
 from .checkpoint import MODEL_FILENAME, save_checkpoint
 from .dataset import FaceSet, load_faces
-from .gt_csv import check_gt_table, check_writable, read_gt
+from .files import check_writable
+from .gt_csv import check_gt_table, read_gt
 from .metrics import ced_auc, course_err, per_image_nme
 from .model import (KeypointNet, ModelConfig, build_model, count_parameters, memory_format_for,
                     offsets_at)
 from .progress import TextProgress, format_seconds
+
+
+MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
 
 
 @dataclass
@@ -98,9 +102,9 @@ class TrainConfig:
         number("max_images", 2, integer=True, optional=True)
         number("max_steps", 1, integer=True, optional=True)
         number("eval_every", 1, integer=True)
-        number("threads", 1, 256, integer=True, optional=True)
+        number("threads", 1, MAX_THREADS, integer=True, optional=True)
         number("seed", 0, integer=True)
-        number("minutes", 0, integer=False, optional=True, low_open=True)
+        number("minutes", 0, optional=True, low_open=True)
         for name, allowed in (("optimizer", ("sgd", "adamw")), ("schedule", ("cosine", "onecycle")),
                               ("loss", ("l1", "smooth_l1", "mse", "wing")), ("heatmap_loss", HEATMAP_LOSSES),
                               ("bf16", ("auto", "on", "off"))):
@@ -524,7 +528,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
     if cfg.heatmap_js and cfg.model.head != "heatmap":
         raise ValueError("heatmap_js needs the heatmap head")
-    _check_heatmap_loss(cfg.heatmap_loss)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -624,14 +627,6 @@ def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], 
     return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
 
 
-def check_model_path(path: Path) -> None:
-    """Refuse a model path that cannot be written, before any training is spent on it."""
-    if path.is_dir():
-        raise IsADirectoryError(f"model path {str(path)!r} is a folder: give a file name such as "
-                                f"{path / MODEL_FILENAME}")
-    check_writable(path, "model file")
-
-
 def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
     """Save the trained model; if that fails (a full disk), save it in the temporary folder
     instead and say where, so that the training is not lost."""
@@ -679,7 +674,7 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     path = None
     if not fast_train:
         path = Path(model_path) if model_path is not None else default_model_path()
-        check_model_path(path)
+        check_writable(path, "model file")                      # before any training is spent on it
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
         warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
