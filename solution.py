@@ -4,7 +4,7 @@
 Edit the package and rerun that command to regenerate this file; add `--check` to
 test whether it is up to date.  Modules, in order:
 
-    schema, files, images, gt_csv, dataset, augment, model, progress, metrics,
+    schema, files, images, gt_csv, dataset, augment, align, model, progress, metrics,
     checkpoint, train, detect, grader
 """
 from __future__ import annotations
@@ -616,6 +616,8 @@ class AugmentConfig:
 
     flip_prob: float = 0.5        # chance of a horizontal mirror
     rotation_deg: float = 20.0    # rotation uniform in [-r, r] degrees
+    full_turn_prob: float = 0.3   # chance of a rotation uniform in [-180, 180) degrees instead
+    full_turn_shrink: float = 0.3  # such a sample also shrinks by a factor in [1 - s, 1]
     scale: float = 0.10           # zoom factor uniform in [1 - s, 1 + s] (> 1 zooms in)
     shift: float = 0.06           # translation uniform in [-t, t], fraction of the image side
     brightness: float = 0.15      # added value uniform in [-b, b] (image range is [0, 1])
@@ -645,11 +647,21 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape
 
 
 def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> AffineParams:
-    """Draw random flip / rotation / scale / shift parameters for ``n`` samples."""
+    """Draw random flip / rotation / scale / shift parameters for ``n`` samples.
+
+    With ``full_turn_prob`` a share of the samples is turned by any angle and shrunk a
+    little (a picture turned inside a larger canvas shows a smaller face): the detector's
+    first look must find a face however it is turned. The extra random numbers are drawn
+    only when that share is above 0, so other recipes keep their batches.
+    """
     flip = torch.rand(n, generator=generator) < cfg.flip_prob
     angle = _uniform(n, -cfg.rotation_deg, cfg.rotation_deg, generator) * (math.pi / 180)
     scale = _uniform(n, 1 - cfg.scale, 1 + cfg.scale, generator)
     shift = _uniform(n, -2 * cfg.shift, 2 * cfg.shift, generator, 2)
+    if cfg.full_turn_prob > 0:
+        turned = torch.rand(n, generator=generator) < cfg.full_turn_prob
+        angle = torch.where(turned, _uniform(n, -math.pi, math.pi, generator), angle)
+        scale = torch.where(turned, scale * _uniform(n, 1 - cfg.full_turn_shrink, 1.0, generator), scale)
     return AffineParams(flip, angle, scale, shift)
 
 
@@ -755,6 +767,102 @@ def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
     return mirrored
 
 
+# ---- facepoints_lib/align.py ----
+# Face alignment: the similarity transform that puts a face on a canonical frame, and back.
+#
+# Once a face's 14 points are roughly known, the rotation, scale and shift that best map
+# them (least squares, no mirroring) onto a canonical shape define an aligned crop: the
+# face upright, centred and at the canonical size. This is the usual first step before
+# face recognition, and the detector's second look: ``predict`` finds the points once on
+# the whole picture, aligns the face onto the model's mean shape and finds them again on
+# the aligned crop, where the face looks like the upright faces most of training saw;
+# the second answer is mapped back exactly by the inverse transform.
+#
+# Transforms are ``(N, 2, 3)`` forward matrices in the ``[-1, 1]`` grid coordinates of
+# ``augment`` (``p_out = A @ p_in + t``): a point of the source picture goes to the
+# aligned crop. Points given to and returned by these functions are normalised
+# (``schema``: the picture spans ``[0, 1]``).
+
+
+import torch
+
+
+MAX_ZOOM = 4.0      # an aligned crop never magnifies or shrinks the face more than this
+
+
+def to_grid(points: torch.Tensor) -> torch.Tensor:
+    """Normalised points -> grid coordinates (``2 u - 1``)."""
+    return points * 2 - 1
+
+
+def from_grid(points: torch.Tensor) -> torch.Tensor:
+    """Grid coordinates -> normalised points."""
+    return (points + 1) / 2
+
+
+def similarity_to(points: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Forward matrices (N, 2, 3) of the similarity that best maps ``points`` onto ``target``.
+
+    ``points`` (N, K, 2) and ``target`` (K, 2) or (N, K, 2) are normalised. The transform
+    (rotation, uniform scale, shift; never a mirror) minimises the summed squared distance
+    in grid coordinates, in closed form (two-dimensional Procrustes). Its zoom is kept
+    within ``[1 / MAX_ZOOM, MAX_ZOOM]``, so a collapsed guess cannot blow up a crop.
+    """
+    src = to_grid(points.double())
+    dst = to_grid(target.double()).expand_as(src)
+    src_mean, dst_mean = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
+    p, q = src - src_mean, dst - dst_mean
+    norm = (p ** 2).sum((1, 2)).clamp_min(1e-12)
+    a = (p * q).sum((1, 2)) / norm                                        # s cos(angle)
+    b = (p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]).sum(1) / norm     # s sin(angle)
+    zoom = torch.sqrt(a ** 2 + b ** 2)
+    flat = zoom < 1e-9                       # points all in one place: no angle to read, keep upright
+    a, b = torch.where(flat, 1.0, a / zoom.clamp_min(1e-9)), torch.where(flat, 0.0, b / zoom.clamp_min(1e-9))
+    zoom = zoom.clamp(1 / MAX_ZOOM, MAX_ZOOM)
+    a, b = a * zoom, b * zoom
+    rot = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)   # (N, 2, 2)
+    shift = dst_mean.squeeze(1) - (rot @ src_mean.transpose(1, 2)).squeeze(2)
+    return torch.cat([rot, shift[:, :, None]], dim=2).to(points.dtype)
+
+
+def invert_transform(matrices: torch.Tensor) -> torch.Tensor:
+    """Inverse forward matrices (N, 2, 3)."""
+    a_inv = torch.linalg.inv(matrices[:, :, :2].double())
+    t_inv = -(a_inv @ matrices[:, :, 2:].double())
+    return torch.cat([a_inv, t_inv], dim=2).to(matrices.dtype)
+
+
+def apply_transform(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Move normalised points (N, K, 2) by forward matrices (N, 2, 3)."""
+    m = matrices.to(points.dtype)
+    moved = to_grid(points) @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
+    return from_grid(moved)
+
+
+def rotation_degrees(matrices: torch.Tensor) -> torch.Tensor:
+    """How far each transform turns the picture, in degrees (counter-clockwise on screen
+    is negative: image y points down)."""
+    return torch.rad2deg(torch.atan2(matrices[:, 1, 0], matrices[:, 0, 0]))
+
+
+def align_faces(images: torch.Tensor, keypoints: torch.Tensor, canonical: torch.Tensor,
+                out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned face crops and their transforms.
+
+    ``images`` (N, C, H, W), uint8 or float in [0, 1]; ``keypoints`` (N, 14, 2) normalised
+    points of each face (a detector's answer, or the truth); ``canonical`` (14, 2) the
+    shape to align onto (a model's ``mean_shape``). Returns float crops (N, C, S, S) in
+    [0, 1] (``S = out_size``, default the images' side) and the forward matrices: map
+    a crop's points back with ``apply_transform(invert_transform(matrices), points)``. Corners the source
+    does not cover repeat its border pixels, as in training.
+    """
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    matrices = similarity_to(keypoints.float(), canonical.float().to(keypoints.device))
+    crops = warp_images(images, matrices.to(images.device), out_size or images.shape[-1])
+    return crops, matrices
+
+
 # ---- facepoints_lib/model.py ----
 # The keypoint networks, written from scratch: a small residual backbone and two heads.
 #
@@ -806,6 +914,7 @@ class ModelConfig:
     hidden: int = 256                            # MLP width (regression head)
     dropout: float = 0.1                         # before the regression MLP
     stacks: int = 1                              # heatmap head: 1 + refining hourglass modules
+    second_look: bool = True                     # predict again on the face aligned upright (align.py)
 
     def to_dict(self) -> dict:
         """Plain-data form for checkpoints (tuples become lists)."""
@@ -840,6 +949,8 @@ class ModelConfig:
                                  *((f"depths[{i}]", d, MAX_DEPTH) for i, d in enumerate(self.depths))):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
+        if not isinstance(self.second_look, bool):
+            raise ValueError(f"second_look must be True or False, got {self.second_look!r}")
         if self.stacks > 1 and self.head != "heatmap":
             raise ValueError(f"stacks must be >= 1, and > 1 only with the heatmap head; got {self.stacks}")
         if self.image_size % 32 or self.image_size < 32:
@@ -1724,19 +1835,21 @@ def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[
 
 @torch.no_grad()
 def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
-            flip_tta: bool = True, bf16: bool = False) -> np.ndarray:
+            flip_tta: bool = True, bf16: bool = False, second_look: bool | None = None) -> np.ndarray:
     """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S).
 
     ``flip_tta`` averages with the (re-labelled) prediction on the mirrored image;
     ``bf16`` runs the backbone under bfloat16 autocast (the heatmap logits and the
-    soft-argmax stay fp32).
+    soft-argmax stay fp32). ``second_look`` (default: the model config's) predicts once,
+    aligns each face onto the model's mean shape (``align.align_faces``: upright, centred,
+    canonical size), predicts again on that crop and maps the answer back.
     """
     model.eval()
     device = next(model.parameters()).device
     layout = memory_format_for(model)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float().div_(255.0)
+    again = model.config.second_look if second_look is None else second_look
+
+    def look(x: torch.Tensor) -> torch.Tensor:
         if flip_tta:
             x = torch.cat([x, flip_images(x)])
         x = x.contiguous(memory_format=layout)
@@ -1745,6 +1858,15 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
         if flip_tta:
             half = len(pred) // 2
             pred = 0.5 * (pred[:half] + flip_keypoints(pred[half:]))
+        return pred
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float().div_(255.0)
+        pred = look(x)
+        if again:
+            crops, matrices = align_faces(x, pred, model.mean_shape)
+            pred = apply_transform(invert_transform(matrices), look(crops))
         out.append(pred.double().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
 
@@ -2112,7 +2234,7 @@ DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
            filenames: Sequence[str] | None = None, flip_tta: bool = True,
            device: str = "cpu", threads: int | None = None, chunk: int = DETECT_CHUNK,
-           bf16: str = "auto",
+           bf16: str = "auto", second_look: bool | None = None,
            progress: Callable[..., object] | None = None) -> dict[str, np.ndarray]:
     """Find the 14 keypoints in every image of ``test_img_dir``.
 
@@ -2121,7 +2243,9 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     the folder. ``flip_tta`` averages with the prediction on the mirrored image.
     ``threads`` sets torch's CPU threads (None: leave as is). ``bf16`` ("auto", "on",
     "off") runs the backbone in bfloat16 where the CPU computes it natively (the
-    logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001). ``progress`` is an
+    logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001).
+    ``second_look`` (default: the model's setting) looks again at each face aligned
+    upright (see ``train.predict``); False halves the work. ``progress`` is an
     optional progress-bar factory (``TextProgress`` or ``tqdm``).
     """
     if not isinstance(chunk, int) or chunk < 1:
@@ -2151,7 +2275,7 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     bar = progress(total=len(names), desc="detect", unit="img") if progress else None
     for batch_names, images, sizes in iter_image_chunks(
             img_dir, size, chunk, names, on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
-        norm = predict(model, images, flip_tta=flip_tta, bf16=low_precision)
+        norm = predict(model, images, flip_tta=flip_tta, bf16=low_precision, second_look=second_look)
         pixels = normalized_to_pixels(torch.from_numpy(norm), sizes).numpy()
         for name, points in zip(batch_names, pixels):
             results[name] = points.reshape(-1).astype(np.float64)

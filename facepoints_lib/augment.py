@@ -27,6 +27,8 @@ class AugmentConfig:
 
     flip_prob: float = 0.5        # chance of a horizontal mirror
     rotation_deg: float = 20.0    # rotation uniform in [-r, r] degrees
+    full_turn_prob: float = 0.3   # chance of a rotation uniform in [-180, 180) degrees instead
+    full_turn_shrink: float = 0.3  # such a sample also shrinks by a factor in [1 - s, 1]
     scale: float = 0.10           # zoom factor uniform in [1 - s, 1 + s] (> 1 zooms in)
     shift: float = 0.06           # translation uniform in [-t, t], fraction of the image side
     brightness: float = 0.15      # added value uniform in [-b, b] (image range is [0, 1])
@@ -56,11 +58,21 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape
 
 
 def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> AffineParams:
-    """Draw random flip / rotation / scale / shift parameters for ``n`` samples."""
+    """Draw random flip / rotation / scale / shift parameters for ``n`` samples.
+
+    With ``full_turn_prob`` a share of the samples is turned by any angle and shrunk a
+    little (a picture turned inside a larger canvas shows a smaller face): the detector's
+    first look must find a face however it is turned. The extra random numbers are drawn
+    only when that share is above 0, so other recipes keep their batches.
+    """
     flip = torch.rand(n, generator=generator) < cfg.flip_prob
     angle = _uniform(n, -cfg.rotation_deg, cfg.rotation_deg, generator) * (math.pi / 180)
     scale = _uniform(n, 1 - cfg.scale, 1 + cfg.scale, generator)
     shift = _uniform(n, -2 * cfg.shift, 2 * cfg.shift, generator, 2)
+    if cfg.full_turn_prob > 0:
+        turned = torch.rand(n, generator=generator) < cfg.full_turn_prob
+        angle = torch.where(turned, _uniform(n, -math.pi, math.pi, generator), angle)
+        scale = torch.where(turned, scale * _uniform(n, 1 - cfg.full_turn_shrink, 1.0, generator), scale)
     return AffineParams(flip, angle, scale, shift)
 
 

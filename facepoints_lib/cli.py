@@ -1,7 +1,7 @@
 """The ``facepoints`` command (also ``python -m facepoints_lib``).
 
 Sub-commands: ``demo`` (the main job on synthetic faces), ``train``, ``detect``,
-``grade``, ``bench``, ``freeze``, ``synth``. Each has ``--help``.
+``grade``, ``bench``, ``bench-rotation``, ``freeze``, ``synth``. Each has ``--help``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     run_bench(args.data_dir, name=args.name, overrides=args.set, holdout=args.holdout,
               seed=args.seed, split_seed=args.split_seed, time_fast_train=not args.no_fast_train,
               results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]))
+    return 0
+
+
+def _cmd_bench_rotation(args: argparse.Namespace) -> int:
+    from .rotation_bench import run_rotation_bench
+
+    run_rotation_bench(args.model, args.data_dir, name=args.name, holdout=args.holdout,
+                       split_seed=args.split_seed, results_dir=args.results_dir,
+                       command=" ".join(["facepoints", *sys.argv[1:]]))
     return 0
 
 
@@ -196,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     add_set(p)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-rotation", help="err on the holdout turned by quarter turns and by any "
+                                              "angle, with and without the second look, saved as JSON")
+    p.add_argument("model", help="model file; one trained without the holdout (facepoints bench "
+                                 "writes artifacts/bench-NAME.pt) gives honest figures")
+    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA), help=f"train folder (default {DEFAULT_DATA})")
+    p.add_argument("--name", default="rotation", help="results file name (bench/results/NAME.json)")
+    p.add_argument("--holdout", type=int, default=500, help="faces held out, as in bench (default 500)")
+    p.add_argument("--split-seed", type=int, default=0, help="holdout split seed, as in bench")
+    p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
+    p.set_defaults(func=_cmd_bench_rotation)
 
     p = sub.add_parser("bench-detect", help="detect speed (1 thread) and peak memory, saved as JSON")
     p.add_argument("--model", default="facepoints_model.pt", help="model file")

@@ -28,7 +28,7 @@ DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
            filenames: Sequence[str] | None = None, flip_tta: bool = True,
            device: str = "cpu", threads: int | None = None, chunk: int = DETECT_CHUNK,
-           bf16: str = "auto",
+           bf16: str = "auto", second_look: bool | None = None,
            progress: Callable[..., object] | None = None) -> dict[str, np.ndarray]:
     """Find the 14 keypoints in every image of ``test_img_dir``.
 
@@ -37,7 +37,9 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     the folder. ``flip_tta`` averages with the prediction on the mirrored image.
     ``threads`` sets torch's CPU threads (None: leave as is). ``bf16`` ("auto", "on",
     "off") runs the backbone in bfloat16 where the CPU computes it natively (the
-    logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001). ``progress`` is an
+    logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001).
+    ``second_look`` (default: the model's setting) looks again at each face aligned
+    upright (see ``train.predict``); False halves the work. ``progress`` is an
     optional progress-bar factory (``TextProgress`` or ``tqdm``).
     """
     if not isinstance(chunk, int) or chunk < 1:
@@ -67,7 +69,7 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     bar = progress(total=len(names), desc="detect", unit="img") if progress else None
     for batch_names, images, sizes in iter_image_chunks(
             img_dir, size, chunk, names, on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
-        norm = predict(model, images, flip_tta=flip_tta, bf16=low_precision)
+        norm = predict(model, images, flip_tta=flip_tta, bf16=low_precision, second_look=second_look)
         pixels = normalized_to_pixels(torch.from_numpy(norm), sizes).numpy()
         for name, points in zip(batch_names, pixels):
             results[name] = points.reshape(-1).astype(np.float64)

@@ -51,6 +51,7 @@ class ModelConfig:
     hidden: int = 256                            # MLP width (regression head)
     dropout: float = 0.1                         # before the regression MLP
     stacks: int = 1                              # heatmap head: 1 + refining hourglass modules
+    second_look: bool = True                     # predict again on the face aligned upright (align.py)
 
     def to_dict(self) -> dict:
         """Plain-data form for checkpoints (tuples become lists)."""
@@ -85,6 +86,8 @@ class ModelConfig:
                                  *((f"depths[{i}]", d, MAX_DEPTH) for i, d in enumerate(self.depths))):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
+        if not isinstance(self.second_look, bool):
+            raise ValueError(f"second_look must be True or False, got {self.second_look!r}")
         if self.stacks > 1 and self.head != "heatmap":
             raise ValueError(f"stacks must be >= 1, and > 1 only with the heatmap head; got {self.stacks}")
         if self.image_size % 32 or self.image_size < 32:

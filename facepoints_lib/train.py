@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .align import align_faces, apply_transform, invert_transform
 from .augment import AugmentConfig, augment_batch, flip_images, flip_keypoints
 from .checkpoint import MODEL_FILENAME, save_checkpoint
 from .dataset import FaceSet, load_faces
@@ -338,19 +339,21 @@ def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[
 
 @torch.no_grad()
 def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
-            flip_tta: bool = True, bf16: bool = False) -> np.ndarray:
+            flip_tta: bool = True, bf16: bool = False, second_look: bool | None = None) -> np.ndarray:
     """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S).
 
     ``flip_tta`` averages with the (re-labelled) prediction on the mirrored image;
     ``bf16`` runs the backbone under bfloat16 autocast (the heatmap logits and the
-    soft-argmax stay fp32).
+    soft-argmax stay fp32). ``second_look`` (default: the model config's) predicts once,
+    aligns each face onto the model's mean shape (``align.align_faces``: upright, centred,
+    canonical size), predicts again on that crop and maps the answer back.
     """
     model.eval()
     device = next(model.parameters()).device
     layout = memory_format_for(model)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float().div_(255.0)
+    again = model.config.second_look if second_look is None else second_look
+
+    def look(x: torch.Tensor) -> torch.Tensor:
         if flip_tta:
             x = torch.cat([x, flip_images(x)])
         x = x.contiguous(memory_format=layout)
@@ -359,6 +362,15 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
         if flip_tta:
             half = len(pred) // 2
             pred = 0.5 * (pred[:half] + flip_keypoints(pred[half:]))
+        return pred
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float().div_(255.0)
+        pred = look(x)
+        if again:
+            crops, matrices = align_faces(x, pred, model.mean_shape)
+            pred = apply_transform(invert_transform(matrices), look(crops))
         out.append(pred.double().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
 

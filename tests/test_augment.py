@@ -168,16 +168,28 @@ def test_keep_points_inside():
 
 
 def test_sample_affine_ranges():
-    cfg = AugmentConfig(flip_prob=0.5, rotation_deg=10.0, scale=0.1, shift=0.05)
+    cfg = AugmentConfig(flip_prob=0.5, rotation_deg=10.0, scale=0.1, shift=0.05, full_turn_prob=0.0)
     params = sample_affine(2000, cfg, torch.Generator().manual_seed(0))
     assert float(params.angle.abs().max()) <= math.radians(10.0) + 1e-6
     assert 0.9 - 1e-6 <= float(params.scale.min()) and float(params.scale.max()) <= 1.1 + 1e-6
     assert float(params.shift.abs().max()) <= 0.1 + 1e-6                     # 2 * shift in grid units
     assert 0.4 < float(params.flip.float().mean()) < 0.6
-    off = sample_affine(50, AugmentConfig(flip_prob=0.0, rotation_deg=0.0, scale=0.0, shift=0.0),
-                        torch.Generator().manual_seed(0))
+    off = sample_affine(50, AugmentConfig(flip_prob=0.0, rotation_deg=0.0, scale=0.0, shift=0.0,
+                                          full_turn_prob=0.0), torch.Generator().manual_seed(0))
     matrices = affine_matrices(off)
     torch.testing.assert_close(matrices, affine_matrices(AffineParams.identity(50)))
+
+
+def test_full_turns_cover_the_circle_and_shrink():
+    cfg = AugmentConfig(rotation_deg=10.0, scale=0.0, full_turn_prob=0.3, full_turn_shrink=0.3)
+    params = sample_affine(4000, cfg, torch.Generator().manual_seed(0))
+    turned = params.angle.abs() > math.radians(10.0) + 1e-6
+    assert 0.2 < float(turned.float().mean()) < 0.3            # 30 % turned, a sixth of those within 10 deg
+    assert float(params.angle.min()) < math.radians(-170) and float(params.angle.max()) > math.radians(170)
+    assert float(params.scale[turned].min()) >= 0.7 - 1e-6 and float(params.scale[turned].max()) <= 1 + 1e-6
+    plain = sample_affine(100, AugmentConfig(full_turn_prob=0.0), torch.Generator().manual_seed(1))
+    again = sample_affine(100, AugmentConfig(full_turn_prob=0.0), torch.Generator().manual_seed(1))
+    assert torch.equal(plain.angle, again.angle)
 
 
 def test_photometric_range_and_off_switch():

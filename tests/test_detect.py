@@ -44,12 +44,12 @@ def test_every_image_gets_28_floats(folder, tiny_model_path):
 
 def test_pixel_coordinates_are_exact(folder, constant_model_path):
     """The constant network predicts u = 0.25, v = 0.75: x = 0.25 w - 0.5, y = 0.75 h - 0.5."""
-    result = detect(constant_model_path, folder, flip_tta=False)
+    result = detect(constant_model_path, folder, flip_tta=False, second_look=False)
     for name, (width, height) in _sizes(folder).items():
         np.testing.assert_allclose(result[name][0::2], 0.25 * width - 0.5, atol=1e-4)
         np.testing.assert_allclose(result[name][1::2], 0.75 * height - 0.5, atol=1e-4)
     # With flip TTA the mirrored prediction (u = 0.75) is averaged in: x at the centre.
-    tta = detect(constant_model_path, folder, flip_tta=True)
+    tta = detect(constant_model_path, folder, flip_tta=True, second_look=False)
     width, height = _sizes(folder)["wide.png"]
     np.testing.assert_allclose(tta["wide.png"][0::2], 0.5 * width - 0.5, atol=1e-4)
 

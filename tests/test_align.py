@@ -1,0 +1,79 @@
+"""Alignment: the similarity fit, its inverse, and aligned crops."""
+
+import math
+
+import pytest
+import torch
+
+from facepoints_lib.align import (MAX_ZOOM, align_faces, apply_transform, invert_transform,
+                                  rotation_degrees, similarity_to)
+
+
+def _random_shape(n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return 0.3 + 0.4 * torch.rand((n, 14, 2), generator=generator, dtype=torch.float64)
+
+
+def _similarity(angle_deg: float, zoom: float, shift: tuple[float, float]) -> torch.Tensor:
+    a = math.radians(angle_deg)
+    return torch.tensor([[[zoom * math.cos(a), -zoom * math.sin(a), shift[0]],
+                          [zoom * math.sin(a), zoom * math.cos(a), shift[1]]]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("angle", [0.0, 37.0, 90.0, 180.0, -135.0])
+def test_similarity_recovers_a_known_transform(angle):
+    shape = _random_shape(1)
+    known = _similarity(angle, 1.3, (0.1, -0.2))
+    moved = apply_transform(known, shape)
+    fitted = similarity_to(shape, moved[0])
+    assert torch.allclose(fitted, known, atol=1e-9)
+    turn = (rotation_degrees(fitted).item() - angle) % 360.0
+    assert min(turn, 360.0 - turn) < 1e-6
+
+
+def test_transform_and_inverse_round_trip():
+    shape = _random_shape(8, seed=1)
+    matrices = similarity_to(shape, _random_shape(1, seed=2)[0])
+    back = apply_transform(invert_transform(matrices), apply_transform(matrices, shape))
+    assert torch.allclose(back, shape, atol=1e-5)
+    assert (back - shape).abs().max() < 1e-5
+    single = apply_transform(invert_transform(matrices).float(), apply_transform(matrices.float(), shape.float()))
+    assert (single - shape.float()).abs().max() < 1e-5
+
+
+def test_fit_never_mirrors_and_bounds_the_zoom():
+    shape = _random_shape(1)
+    mirrored = shape.clone()
+    mirrored[..., 0] = 1 - mirrored[..., 0]
+    fitted = similarity_to(shape, mirrored[0])
+    assert torch.linalg.det(fitted[:, :, :2]).item() > 0          # a rotation, not a reflection
+    collapsed = torch.full((1, 14, 2), 0.5, dtype=torch.float64)
+    collapsed[0, 0, 0] += 1e-9
+    zoom = torch.linalg.det(similarity_to(collapsed, shape[0])[:, :, :2]).sqrt().item()
+    assert zoom == pytest.approx(MAX_ZOOM)
+    single_point = torch.full((1, 14, 2), 0.5, dtype=torch.float64)     # an untrained net's answer
+    fitted = similarity_to(single_point, shape[0])
+    assert torch.allclose(fitted[:, :, :2], torch.eye(2, dtype=torch.float64)[None] / MAX_ZOOM)
+
+
+def test_aligned_crop_puts_a_turned_picture_back_upright():
+    """A picture turned by a quarter and re-aligned onto its original points is the
+    original picture again (exact for a quarter turn, away from the border)."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand((1, 3, 32, 32), generator=generator)
+    shape = _random_shape(1).float()
+    turned = torch.rot90(image, 1, dims=(2, 3))                   # counter-clockwise on screen
+    # a pixel (u, v) of the original goes to (v, 1 - u) of the turned picture
+    turned_shape = torch.stack([shape[..., 1], 1 - shape[..., 0]], -1)
+    crops, matrices = align_faces(turned, turned_shape, shape[0])
+    assert rotation_degrees(matrices).abs().item() == pytest.approx(90.0, abs=1e-3)
+    assert torch.allclose(crops[..., 2:-2, 2:-2], image[..., 2:-2, 2:-2], atol=1e-4)
+    assert torch.allclose(apply_transform(matrices, turned_shape), shape, atol=1e-5)
+
+
+def test_uint8_images_become_float_crops_of_the_asked_size():
+    images = torch.full((2, 3, 16, 16), 255, dtype=torch.uint8)
+    crops, matrices = align_faces(images, _random_shape(2).float(), _random_shape(1)[0].float(), out_size=32)
+    assert crops.shape == (2, 3, 32, 32) and crops.dtype == torch.float32
+    assert torch.allclose(crops, torch.ones_like(crops))
+    assert matrices.shape == (2, 2, 3)
