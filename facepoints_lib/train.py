@@ -710,5 +710,6 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     if path is not None:
         _save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
-                                      "val_images": len(val_set)}, log)
+                                      "val_images": len(val_set), "val_names": list(val_set.filenames)},
+                        log)
     return model

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -77,3 +79,24 @@ def test_uint8_images_become_float_crops_of_the_asked_size():
     assert crops.shape == (2, 3, 32, 32) and crops.dtype == torch.float32
     assert torch.allclose(crops, torch.ones_like(crops))
     assert matrices.shape == (2, 2, 3)
+
+
+def test_align_folder_returns_crops_that_map_back(small_faces, tiny_model_path):
+    """The tool: crops, transforms and points of a folder; the transform takes the detected
+    points onto the crop's frame and its inverse brings them back."""
+    from facepoints_lib.dataset import pixels_to_normalized
+    from facepoints_lib.detect import align_folder, detect
+    from facepoints_lib.images import read_image_size
+
+    names, crops, transforms, points = align_folder(tiny_model_path, small_faces / "images", size=48)
+    assert len(names) == 12 and crops.shape == (12, 48, 48, 3) and crops.dtype == np.uint8
+    assert transforms.shape == (12, 2, 3) and points.shape == (12, 14, 2)
+    detected = detect(tiny_model_path, small_faces / "images")
+    for name, found in zip(names, points):
+        np.testing.assert_allclose(found.reshape(-1), detected[name], atol=1e-3)
+    sizes = np.array([read_image_size(small_faces / "images" / n) for n in names], dtype=np.float64)
+    norm = torch.from_numpy(pixels_to_normalized(points, sizes))
+    there = apply_transform(torch.from_numpy(transforms), norm)
+    assert torch.allclose(apply_transform(invert_transform(torch.from_numpy(transforms)), there), norm, atol=1e-6)
+    with pytest.raises(NotADirectoryError):
+        align_folder(tiny_model_path, small_faces / "missing")

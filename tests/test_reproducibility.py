@@ -110,6 +110,8 @@ def test_checkpoint_records_seed_recipe_and_versions(two_runs):
     assert meta["seed"] == 3
     assert meta["train_config"]["seed"] == 3
     assert meta["train_config"]["threads"] == 1
+    assert len(meta["val_names"]) == meta["val_images"] == REPRO_RECIPE["val_size"]
+    assert all(isinstance(n, str) and n.endswith(".jpg") for n in meta["val_names"])
     assert meta["train_config"]["model"] == payload["model_config"] == REPRO_MODEL | {"head": "heatmap", "stacks": 1, "second_look": True}
     assert meta["versions"] == {"python": platform.python_version(), "torch": str(torch.__version__),
                                 "numpy": str(np.__version__), "machine": platform.machine()}
