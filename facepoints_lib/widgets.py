@@ -7,7 +7,9 @@ photometric formula, so what the sliders show is what training sees.
 with stable descriptions (``face``, ``rotation``, ``scale``, ``shift x``, ``shift y``,
 ``flip``, ``brightness``, ``contrast``, ``grayscale``), a ``random batch`` button and a
 ``reset`` button; the pictures are matplotlib figures shown in ``Output`` widgets and
-redrawn on every change. Not frozen into ``solution.py``.
+redrawn on every change. Beside the transformed face it shows what the detector's second
+look sees: the face aligned upright onto the mean shape (``align.align_faces``), however
+far the sliders turned it. Not frozen into ``solution.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
+from .align import align_faces, rotation_degrees, similarity_to
 from .augment import AffineParams, AugmentConfig, affine_matrices, augment_batch, transform_keypoints, warp_images
 from .dataset import FaceSet
 from .plotting import face_grid, show_face
@@ -69,16 +72,17 @@ class AugmentationExplorer:
     """
 
     def __init__(self, faces: FaceSet, cfg: AugmentConfig | None = None, *, batch_size: int = 12,
-                 seed: int = 0, figsize: tuple[float, float] = (8.5, 4.3)):
+                 seed: int = 0, figsize: tuple[float, float] = (12.0, 4.3)):
         if faces.keypoints is None or len(faces) == 0:
             raise ValueError("the explorer needs labelled faces")
         self.faces, self.cfg = faces, cfg or AugmentConfig()
+        self.mean_shape = faces.keypoints.mean(0)          # the canonical frame of the aligned view
         self.batch_size, self.figsize = batch_size, figsize
         self.generator = torch.Generator().manual_seed(seed)
         self.controls = {
             "face": widgets.IntSlider(value=0, min=0, max=len(faces) - 1, description="face",
                                       style={"description_width": "80px"}, layout={"width": "340px"}),
-            "rotation": _slider("rotation", 0.0, -45.0, 45.0, 1.0, ".0f"),
+            "rotation": _slider("rotation", 0.0, -180.0, 180.0, 1.0, ".0f"),
             "scale": _slider("scale", 1.0, 0.6, 1.4, 0.02),
             "shift x": _slider("shift x", 0.0, -0.25, 0.25, 0.01),
             "shift y": _slider("shift y", 0.0, -0.25, 0.25, 0.01),
@@ -124,11 +128,14 @@ class AugmentationExplorer:
         self.last = (moved_image, moved_points)
         outside = int(((moved_points < 0) | (moved_points > 1)).any(-1).sum())
         numbers = self.controls["numbers"].value
-        fig, axes = plt.subplots(1, 2, figsize=self.figsize)
+        aligned, matrices = align_faces(moved_image[None], moved_points[None], self.mean_shape)
+        fig, axes = plt.subplots(1, 3, figsize=self.figsize)
         show_face(axes[0], image, points, normalized=True, numbers=numbers,
                   title=f"face {index}: {self.faces.filenames[index]}")
         show_face(axes[1], moved_image, moved_points, normalized=True, numbers=numbers,
                   title="transformed" + (f" ({outside} points outside)" if outside else ""))
+        show_face(axes[2], aligned[0], None, normalized=True, numbers=numbers,
+                  title=f"aligned upright (turned {-rotation_degrees(matrices).item():+.0f}°)")
         fig.tight_layout()
         with self.view:
             self.view.clear_output(wait=True)
@@ -139,11 +146,13 @@ class AugmentationExplorer:
         """A random batch with the training configuration's augmentations."""
         n = min(self.batch_size, len(self.faces))
         index = torch.randint(len(self.faces), (n,), generator=self.generator)
-        images, points = augment_batch(self.faces.images[index], self.faces.keypoints[index],
-                                       self.cfg, self.faces.image_size, self.generator)
+        before = self.faces.keypoints[index]
+        images, points = augment_batch(self.faces.images[index], before, self.cfg,
+                                       self.faces.image_size, self.generator)
+        turns = rotation_degrees(similarity_to(before, points)).tolist()   # mirrors read as turns too
         self.batches_drawn += 1
         fig = face_grid(list(images), list(points), normalized=True, ncols=6, size=1.8, numbers=False,
-                        titles=[f"face {i}" for i in index.tolist()],
+                        titles=[f"face {i}, {t:+.0f}°" for i, t in zip(index.tolist(), turns)],
                         suptitle=f"random training batch {self.batches_drawn}")
         with self.batch_view:
             self.batch_view.clear_output(wait=True)
