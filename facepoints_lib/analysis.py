@@ -3,7 +3,8 @@
 * Data: grayscale faces, points outside the frame, head roll from the eye centres,
   duplicate images and whether their labels agree.
 * Errors: the course err split per point (``per_point_err`` averages to ``per_image_err``),
-  statistics in bins, flip consistency of a model.
+  statistics in bins, flip consistency of a model, faces turned by any angle
+  (``turned_faces``) to measure error by roll with enough faces in every bin.
 * Benchmarks: ``bench/results/*.json`` files (written by ``facepoints_lib.bench``) read,
   tabulated and grouped by what their ``--set`` overrides change.
 
@@ -20,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from PIL import Image
+
 from .augment import flip_images, flip_keypoints
+from .dataset import FaceSet, pixels_to_normalized
+from .images import read_image
 from .model import build_model
 from .schema import FLIP_PERMUTATION
 from .train import predict
@@ -29,6 +34,34 @@ LEFT_EYE_CENTRE, RIGHT_EYE_CENTRE = 5, 8
 
 
 # ---- data -------------------------------------------------------------------------------
+
+def turned_faces(img_dir: str | Path, gt: dict[str, np.ndarray], names: list[str], image_size: int,
+                 seed: int = 0) -> tuple[FaceSet, np.ndarray]:
+    """Copies of ``names`` each turned by a random angle in [-180, 180) on a canvas large
+    enough to hold all of it (``rotation_bench.turn_any``, points moved exactly), decoded
+    at ``image_size`` as ``detect`` decodes a PNG. Returns the faces and their angles.
+
+    The course data holds about 1 % of faces rolled past 45 degrees, too few to measure
+    error by roll; turned copies of unseen faces fill every bin.
+    """
+    from .rotation_bench import turn_any
+
+    angles = np.random.default_rng(seed).uniform(-180.0, 180.0, len(names))
+    images, points, sizes = [], [], []
+    for name, angle in zip(names, angles):
+        turned, moved = turn_any(read_image(Path(img_dir) / name), gt[name].reshape(-1, 2).astype(np.float64),
+                                 float(angle))
+        images.append(torch.from_numpy(np.array(turned.resize((image_size, image_size), Image.Resampling.BILINEAR),
+                                                 dtype=np.uint8)).permute(2, 0, 1))
+        points.append(moved)
+        sizes.append(turned.size)
+    sizes_t = torch.tensor(sizes, dtype=torch.float64).reshape(-1, 2)
+    keypoints = pixels_to_normalized(torch.from_numpy(np.stack(points)), sizes_t).float() if names else None
+    faces = FaceSet(images=torch.stack(images) if names else torch.zeros((0, 3, image_size, image_size),
+                                                                         dtype=torch.uint8),
+                    keypoints=keypoints, sizes=sizes_t, filenames=list(names))
+    return faces, angles
+
 
 def grayscale_mask(images: torch.Tensor, tolerance: float = 2.0) -> np.ndarray:
     """True for uint8 images (N, 3, S, S) whose channels agree (mean difference < tolerance)."""
@@ -278,8 +311,9 @@ def bench_rows(results: list[dict]) -> list[dict]:
         baseline = baselines.get(budget_label(r))
         changes = config_changes(r, baseline)
         train = r.get("train", {})
+        group = "shipped recipe" if r["name"] in RECIPE_RESULTS else experiment_group(r, baseline)
         rows.append({
-            "name": r["name"], "group": experiment_group(r, baseline), "budget": budget_label(r),
+            "name": r["name"], "group": group, "budget": budget_label(r),
             "change": ", ".join(f"{k}={v}" for k, v in changes.items()) or "-",
             "parameters": result_parameters(r), "err": r["holdout"]["err"],
             "mark": r["holdout"].get("mark"), "nme": r["holdout"].get("nme"),
@@ -310,10 +344,40 @@ def format_table(rows: list[dict], columns: list[str], formats: dict | None = No
     return "\n".join(line.rstrip() for line in lines)
 
 
-def group_experiments(results: list[dict]) -> dict[str, list[dict]]:
-    """{group: results}, each group with the baseline(s) of the same budget first.
+def budget_epochs(label: str) -> float:
+    """The epoch count of a ``budget_label`` (for sorting; unknown: 0)."""
+    head = label.split(" ", 1)[0]
+    return float(head) if head.replace(".", "", 1).isdigit() else 0.0
 
-    Groups without a baseline in their budget keep just their own results.
+
+def rows_by_budget(rows: list[dict]) -> dict[str, list[dict]]:
+    """``bench_rows`` split by training budget, largest budget first, each sorted by err."""
+    budgets: dict[str, list[dict]] = {}
+    for row in rows:
+        budgets.setdefault(row["budget"], []).append(row)
+    order = sorted(budgets, key=lambda b: (-budget_epochs(b), b))
+    return {b: sorted(budgets[b], key=lambda r: r["err"]) for b in order}
+
+
+def results_by_budget(results: list[dict]) -> dict[str, list[dict]]:
+    """Benchmark results split by training budget, largest budget first."""
+    budgets: dict[str, list[dict]] = {}
+    for r in results:
+        budgets.setdefault(budget_label(r), []).append(r)
+    return {b: budgets[b] for b in sorted(budgets, key=lambda b: (-budget_epochs(b), b))}
+
+
+def shorten(text: str, width: int = 44) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis (table cells)."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def group_experiments(results: list[dict]) -> dict[str, list[dict]]:
+    """{"group · budget": results}, each with the baseline(s) of that budget first.
+
+    Runs are compared only within one training budget (an 8-epoch baseline beside a
+    90-epoch candidate says nothing about the change); groups without a baseline in
+    their budget keep just their own results.
     """
     first = budget_baselines(results)
     baselines: dict[str, list[dict]] = {}
@@ -324,10 +388,72 @@ def group_experiments(results: list[dict]) -> dict[str, list[dict]]:
     for r in results:
         group = experiment_group(r, first.get(budget_label(r)))
         if group != "baseline":
-            members = groups.setdefault(group, [])
+            members = groups.setdefault(f"{group} · {budget_label(r)}", [])
             for base in baselines.get(budget_label(r), []):
                 if base not in members:
                     members.insert(0, base)
             members.append(r)
     return groups
 
+
+
+# ---- the shipped recipe's measured figures ------------------------------------------------
+
+# Benchmark files of the shipped recipe (``facepoints bench --seed N`` and ``facepoints
+# bench-rotation`` on its model); notebooks quote figures from them, never typed.
+RECIPE_RESULTS = ("turn-seed0", "turn-seed1")
+ROTATION_RESULTS = ("rotation-turn-seed0", "rotation-turn-seed1")
+
+
+def _flags(result: dict) -> str:
+    flags = result.get("machine", {}).get("cpu_flags", {})
+    return " ".join(k for k, v in flags.items() if v) or "unknown CPU flags"
+
+
+def recipe_summary(results_dir: str | Path) -> str:
+    """A few lines with the shipped recipe's holdout, turned-face and speed figures, read
+    from ``RECIPE_RESULTS`` / ``ROTATION_RESULTS`` in ``results_dir``."""
+    results_dir = Path(results_dir)
+    lines = []
+    for name in RECIPE_RESULTS:
+        path = results_dir / f"{name}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        h, t = r["holdout"], r["train"]
+        lines.append(f"{name}: holdout err {h['err']:.3f} (mark {h['mark']}), median {h['median_err']:.2f}, "
+                     f"worst {h['worst_err']:.1f} on {r['data']['holdout']} faces never trained on; "
+                     f"trained in {t['fit_seconds'] / 60:.1f} min on {t['threads']} threads ({_flags(r)})")
+    for name in ROTATION_RESULTS:
+        path = results_dir / f"{name}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        s, rolled = r["sets"], r["rolled_over_45_vs_2x_upright_median"]
+        speed = r["detect_1thread_images_per_second"]
+        lines.append(f"{name}: upright err {s['upright/second']['err']:.3f}; quarter turns "
+                     f"{s['quarter/second']['err']:.3f} ({s['quarter/second']['ratio_to_upright']:.2f}x upright); "
+                     f"any angle {s['any/second']['err']:.3f} ({s['any/second']['ratio_to_upright']:.2f}x); first look "
+                     f"only: {s['quarter/single']['err']:.2f} and {s['any/single']['err']:.2f}; faces turned past 45 "
+                     f"degrees: median err {rolled['any_angle']:.2f} (twice the upright median: {rolled['limit']:.2f}); "
+                     f"detect {speed['second']:.0f} img/s on 1 thread ({speed['single']:.0f} with one look; "
+                     f"{_flags(r)})")
+    if not lines:
+        return (f"no benchmark results of the shipped recipe in {results_dir.name}/ "
+                f"({', '.join(RECIPE_RESULTS + ROTATION_RESULTS)}): see bench/README.md")
+    return "\n".join(lines)
+
+
+def bench_conclusion(rows: list[dict]) -> str:
+    """Per budget, the best run against that budget's baseline, in a few lines."""
+    lines = []
+    for budget, members in rows_by_budget(rows).items():
+        best = members[0]
+        base = next((r for r in members if r["group"] == "baseline"), None)
+        line = f"{budget} ({len(members)} run{'s' if len(members) != 1 else ''}): best {best['name']} err {best['err']:.3f}"
+        if best["change"] != "-":
+            line += f" ({shorten(best['change'], 60)})"
+        if base is not None and base is not best:
+            line += f"; baseline {base['name']} {base['err']:.3f} ({best['err'] - base['err']:+.3f})"
+        lines.append(line)
+    return "\n".join(lines) or "no results"

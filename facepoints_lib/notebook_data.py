@@ -213,3 +213,103 @@ def model_path(setting: str | os.PathLike | None = None) -> Path | None:
     if not path.is_absolute() and not path.exists():
         path = project_root() / path
     return path
+
+
+@dataclass
+class AnalysedModel:
+    """The model notebook 04 analyses and the faces it has never trained on."""
+
+    model: object               # a KeypointNet in eval mode
+    names: list[str]            # the faces to analyse
+    note: str                   # what the model is and why these faces, for the reader
+
+
+def model_to_analyse(setting: str | os.PathLike | None, data: NotebookData, gt: dict[str, np.ndarray], *,
+                     holdout: int, split_seed: int = 0, log=print) -> AnalysedModel:
+    """Load (or train) the model notebook 04 analyses and pick faces it never trained on.
+
+    * A model file that records its validation faces (``facepoints train`` does) is
+      analysed on those, when the data is the course data they come from.
+    * A model trained on no more faces than lie outside the seeded holdout of
+      ``facepoints bench`` (a benchmark model) is analysed on that holdout.
+    * Any other model file is analysed on the holdout with a warning that it has
+      probably seen those faces.
+    * ``setting="train"``, or no model file: a small model is trained here on the faces
+      outside the holdout (fast_train's recipe, more faces and epochs) and analysed on it.
+    """
+    from .checkpoint import load_model
+    from .train import fast_config, split_names, train_detector
+
+    rest, held = split_names(sorted(gt), holdout, split_seed)
+    path = model_path(setting)
+    if path is not None and path.is_file():
+        model = load_model(path)
+        meta = model.metadata
+        shown = f"{shown_path(path)} ({model.config.head} head, {model.config.image_size} px input)"
+        own = [n for n in meta.get("val_names", []) if n in gt]
+        used = meta.get("train_images", 0) + meta.get("val_images", 0)
+        if not data.synthetic and own and len(own) == len(meta["val_names"]):
+            return AnalysedModel(model, sorted(own), f"{shown} on its own {len(own)} validation faces, which it "
+                                                     "never trained on")
+        if data.synthetic:
+            note = (f"{shown} on {len(held)} synthetic faces; a model trained on course faces does worse on "
+                    "them (MODEL = \"train\" trains one on the synthetic faces)")
+        elif used and used <= len(rest):
+            note = f"{shown} on the benchmark holdout of {len(held)} faces, which it never trained on"
+        else:
+            note = (f"{shown} on a holdout of {len(held)} faces. WARNING: it trained on "
+                    f"{used or 'an unknown number of'} faces, so it has probably seen these and the figures "
+                    "flatter it; a model that records its validation faces, or one from `facepoints bench`, "
+                    "gives honest figures")
+        return AnalysedModel(model, held, note)
+    why = "the setting says \"train\"" if path is None else f"there is no {shown_path(path)}"
+    log(f"Because {why}, a small model is trained here on the {len(rest)} faces outside the holdout.")
+    cfg = fast_config(max_images=pick(2000, 200), epochs=pick(12, 2), val_size=pick(100, 30),
+                      threads=pick(None, 1))
+    model = train_detector({name: gt[name] for name in rest}, data.img_dir, fast_train=True, config=cfg,
+                           log=log)
+    return AnalysedModel(model, held, f"a small model trained here on {len(rest)} faces, on the {len(held)}-face "
+                                      "holdout; it describes that model, not the shipped one")
+
+
+def progress_bar(**kwargs):
+    """A progress bar for notebooks: one line on stdout, redrawn in place (the default
+    writes a new stderr line now and then, which a notebook shows as a pink box each)."""
+    import sys
+
+    from .progress import TextProgress
+
+    return TextProgress(stream=sys.stdout, interactive=True, min_interval=1.0, **kwargs)
+
+
+def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
+    """``train.fit`` for a notebook's live experiment: first the time it should take on
+    this machine (two steps timed on a throwaway copy, see ``train.measure_step_seconds``),
+    then one redrawn progress line and a one-line summary instead of a log line per
+    validation. Returns ``(model, history)``."""
+    import torch
+
+    from .bench import describe_cpu
+    from .model import build_model, memory_format_for
+    from .train import fit, measure_step_seconds, resolve_device, use_bf16
+
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    probe = build_model(cfg.model).to(device)
+    batch = min(cfg.batch_size, len(train))
+    step = measure_step_seconds(probe, train, cfg, batch, device, memory_format_for(probe),
+                                use_bf16(cfg.bf16, device), warmup=1, timed=2)
+    steps = cfg.epochs * max(len(train) // batch, 1)
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    print(f"{label}: {steps} steps, about {steps * step:.{0 if steps * step >= 10 else 1}f} s of training on this CPU "
+          f"({describe_cpu()}; {torch.get_num_threads()} threads)")
+    model, history = fit(train, val, cfg, progress=progress_bar, log=_quiet)
+    last = history[-1] if history else {}
+    print(f"{label}: val err {last.get('val_err', float('nan')):.3f} after {last.get('seconds', 0):.0f} s")
+    return model, history
+
+
+def _quiet(_line: str) -> None:
+    """A ``log`` that keeps fit's lines out of the notebook (the history holds them)."""

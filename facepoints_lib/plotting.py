@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Ellipse
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
-from .analysis import budget_baselines, budget_label, experiment_group
+from .analysis import budget_baselines, budget_label, experiment_group, rows_by_budget
 from .metrics import ced_auc, ced_curve
 from .notebook_data import project_root
 from .schema import NUM_POINTS, POINT_GROUPS, POINT_NAMES, SKELETON
@@ -125,8 +125,10 @@ def face_grid(images, points=None, *, pred=None, titles=None, normalized: bool =
     """A grid of faces; ``points`` / ``pred`` / ``titles`` are per-face lists (or None)."""
     n = len(images)
     nrows = max(1, math.ceil(n / ncols))
+    # constrained layout makes room for every title and the suptitle (tight_layout let long
+    # titles of one row run over the pictures of the row above)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for k, ax in enumerate(axes.flat):
         if k >= n:
             ax.axis("off")
@@ -136,7 +138,6 @@ def face_grid(images, points=None, *, pred=None, titles=None, normalized: bool =
                   title=None if titles is None else titles[k], numbers=numbers, skeleton=skeleton)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
@@ -212,37 +213,77 @@ def plot_binned(ax, rows: list[dict], *, xlabel: str, ylabel: str, label: str | 
     ax.set_ylabel(ylabel)
 
 
+def plot_binned_series(ax, series: dict[str, list[dict]], *, xlabel: str, ylabel: str,
+                       log_y: bool = False) -> None:
+    """Several ``analysis.binned`` results over the same bins as grouped bars with
+    standard-error bars; each tick names its bin and face count (no labels over the bars)."""
+    bins = sorted({(r["lo"], r["hi"]) for rows in series.values() for r in rows})
+    if not bins:
+        ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
+        return
+    width = 0.8 / len(series)
+    counts = {}
+    for k, (label, rows) in enumerate(series.items()):
+        by_bin = {(r["lo"], r["hi"]): r for r in rows}
+        xs = [i + (k - (len(series) - 1) / 2) * width for i, b in enumerate(bins) if b in by_bin]
+        shown = [by_bin[b] for b in bins if b in by_bin]
+        ax.bar(xs, [r["mean"] for r in shown], width=width * 0.95, yerr=[r["sem"] for r in shown],
+               capsize=2, alpha=0.8, label=label)
+        for b in bins:
+            if b in by_bin:
+                counts.setdefault(b, by_bin[b]["count"])
+    ax.set_xticks(range(len(bins)))
+    ax.set_xticklabels([f"{lo:g}-{hi:g}\nn={counts.get((lo, hi), 0)}" for lo, hi in bins], fontsize=8)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
 def plot_bench_scatter(ax, rows: list[dict], x: str = "parameters", y: str = "err",
                        log_x: bool = True) -> None:
-    """One labelled dot per benchmark row (``analysis.bench_rows``)."""
-    groups = sorted({r["group"] for r in rows})
+    """One dot per benchmark row (``analysis.bench_rows``), one colour per training budget.
+
+    Runs of different budgets are not comparable, so the legend names the budgets; only
+    each budget's best run and its baseline are labelled (the rest would pile up).
+    """
     cmap = plt.get_cmap("tab10")
-    for k, group in enumerate(groups):
-        sub = [r for r in rows if r["group"] == group and r[x] is not None and r[y] is not None]
-        ax.scatter([r[x] for r in sub], [r[y] for r in sub], color=cmap(k % 10), label=group, s=30)
-        for r in sub:
-            ax.annotate(r["name"], (r[x], r[y]), xytext=(3, 3), textcoords="offset points", fontsize=7)
+    for k, (budget, members) in enumerate(rows_by_budget(rows).items()):
+        sub = [r for r in members if r[x] is not None and r[y] is not None]
+        ax.scatter([r[x] for r in sub], [r[y] for r in sub], color=cmap(k % 10), label=budget, s=26)
+        named = [r for r in sub if r["group"] == "baseline"][:1] + sub[:1]
+        for r in {id(r): r for r in named}.values():
+            ax.annotate(r["name"], (r[x], r[y]), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                        color=cmap(k % 10))
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, title="budget (compare within a colour)", title_fontsize=7)
 
 
 def plot_histories(ax, results: list[dict], key: str = "val_err", x: str = "epoch",
-                   log_y: bool = True) -> None:
-    """Training curves (``train.history``) of benchmark results, one line each."""
+                   log_y: bool = True, max_lines: int | None = None) -> None:
+    """Training curves (``train.history``) of benchmark results, one line each.
+
+    ``max_lines``: draw only that many, the lowest final holdout err first (the title
+    should say so); a legend of dozens of entries helps nobody.
+    """
+    if max_lines is not None and len(results) > max_lines:
+        results = sorted(results, key=lambda r: r["holdout"]["err"])[:max_lines]
     for r in results:
         history = r.get("train", {}).get("history", [])
         points = [(h[x], h[key]) for h in history if key in h and x in h]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, "o-" if len(points) < 15 else "-", ms=3, label=r["name"])
-    if log_y:
+    if log_y:                      # ticks at 1, 2, 5 x 10^k, plain numbers, no crowded minor labels
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x)
     ax.set_ylabel(key.replace("_", " "))

@@ -26,15 +26,18 @@ class TextProgress:
 
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "it",
                  disable: bool | None = False, stream=None, min_interval: float = 0.5,
-                 log_interval: float = 30.0, **_ignored):
+                 log_interval: float = 30.0, interactive: bool | None = None, **_ignored):
         self.total, self.desc, self.unit = total, desc, unit
         self.stream = stream if stream is not None else sys.stderr
         self.disable = bool(disable)
-        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+        # redraw one line with "\r": in a terminal, or where asked (a notebook's stdout does it too)
+        self.interactive = (hasattr(self.stream, "isatty") and self.stream.isatty()) if interactive is None \
+            else interactive
         self.min_interval = min_interval if self.interactive else log_interval
         self.n, self.postfix = 0, ""
         self.start = self.last_print = time.monotonic()
         self._printed_fraction = 0.0
+        self._printed: tuple[int, str] | None = None
 
     def __enter__(self) -> "TextProgress":
         return self
@@ -75,6 +78,7 @@ class TextProgress:
             self.last_print, self._printed_fraction = now, fraction
 
     def _emit(self, final: bool = False) -> None:
+        self._printed = (self.n, self.postfix)
         if self.interactive:
             self.stream.write("\r" + self._line() + ("\n" if final else ""))
         else:
@@ -82,6 +86,8 @@ class TextProgress:
         self.stream.flush()
 
     def close(self) -> None:
-        if not self.disable and self.n:
+        """Print the final state, unless a plain line already showed it (a redrawn line
+        is finished with a newline)."""
+        if not self.disable and self.n and (self.interactive or self._printed != (self.n, self.postfix)):
             self._emit(final=True)
         self.disable = True

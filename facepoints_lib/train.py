@@ -602,8 +602,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
                 _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
             running, seen = running + loss.item(), seen + 1
             bar.update(1)
-            bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}"
-                                + (f" val err {history[-1]['val_err']:.2f}" if history else ""))
+            last_val = f" (val err {history[-1]['val_err']:.2f} at epoch {history[-1]['epoch']})" if history else ""
+            bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}{last_val}")
         last = step >= total_steps
         if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
             eval_start = time.monotonic()

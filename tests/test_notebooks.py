@@ -296,9 +296,14 @@ def test_bench_results_are_read_and_grouped(results_dir, tmp_path_factory):
     assert [r["name"] for r in results] == ["exp-base", "exp-head-regression", "exp-loss-mse",
                                             "exp-no-flip", "recipe"]
     groups = analysis.group_experiments(results)
-    assert {g: [r["name"] for r in m] for g, m in groups.items()} == {
-        "head": ["exp-base", "exp-head-regression"], "loss": ["exp-base", "exp-loss-mse"],
-        "augmentation": ["exp-base", "exp-no-flip"]}
+    short = analysis.budget_label(results[0])
+    assert {g: [r["name"] for r in m] for g, m in groups.items()} == {       # the 90-epoch recipe stays out
+        f"head · {short}": ["exp-base", "exp-head-regression"], f"loss · {short}": ["exp-base", "exp-loss-mse"],
+        f"augmentation · {short}": ["exp-base", "exp-no-flip"]}
+    by_budget = analysis.rows_by_budget(analysis.bench_rows(results))
+    assert list(by_budget) == [analysis.budget_label(results[4]), short]      # the longest budget first
+    assert [r["err"] for r in by_budget[short]] == sorted(r["err"] for r in by_budget[short])
+    assert "best" in analysis.bench_conclusion(analysis.bench_rows(results))
     rows = analysis.bench_rows(results)
     assert rows[1]["change"] == "model.head=regression" and rows[0]["change"] == "-"
     assert rows[4]["budget"] != rows[0]["budget"]
@@ -335,8 +340,9 @@ def test_bench_changes_are_judged_against_the_budgets_baseline():
     assert analysis.experiment_group(drifted) == "loss"            # overrides alone
     assert [r["change"] for r in analysis.bench_rows(results)] == [
         "-", "model.depths=(2,3,3,2)", "heatmap_js=10, optimizer=sgd, lr=0.05"]
+    short = analysis.budget_label(base)
     assert {g: [r["name"] for r in m] for g, m in analysis.group_experiments(results).items()} == {
-        "capacity": ["exp-base", "exp-deep"], "combination": ["exp-base", "exp-js"]}
+        f"capacity · {short}": ["exp-base", "exp-deep"], f"combination · {short}": ["exp-base", "exp-js"]}
 
 
 def test_bench_plots(results_dir):
@@ -347,8 +353,12 @@ def test_bench_plots(results_dir):
     fig, axes = plt.subplots(1, 3)
     plotting.plot_bench_scatter(axes[0], analysis.bench_rows(results))
     plotting.plot_histories(axes[1], results, "val_err")
-    plotting.plot_group(axes[2], analysis.group_experiments(results)["head"])
+    plotting.plot_group(axes[2], next(m for g, m in analysis.group_experiments(results).items()
+                                      if g.startswith("head")))
     assert len(axes[1].get_lines()) == len(results)
+    assert len(axes[0].get_legend().get_texts()) == len(analysis.rows_by_budget(analysis.bench_rows(results)))
+    plotting.plot_histories(axes[1], results, "val_err", max_lines=2)
+    assert len(axes[1].get_lines()) == len(results) + 2
     plt.close(fig)
 
 
