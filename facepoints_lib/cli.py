@@ -40,7 +40,11 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     check_writable(out, "output file")                  # before detecting, not after
     if out.exists() and model.exists() and out.resolve() == model.resolve():
         raise ValueError(f"--out {out} is the model file: it would be overwritten")
-    points = detect(args.model, args.img_dir, threads=args.threads, progress=TextProgress)
+    target = Path(args.img_dir)
+    if target.is_file():                                # one picture: its folder, that file only
+        points = detect(args.model, target.parent, filenames=[target.name], threads=args.threads)
+    else:
+        points = detect(args.model, target, threads=args.threads, progress=TextProgress)
     write_gt(points, args.out)
     print(f"wrote {len(points)} detections to {args.out}")
     return 0
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("detect", help="detect keypoints in a folder, write a gt.csv-format file")
-    p.add_argument("img_dir", help="folder of images")
+    p.add_argument("img_dir", help="folder of images, or one image file")
     p.add_argument("--model", default="facepoints_model.pt", help="model file")
     p.add_argument("--out", default="output.csv", help="output csv (default output.csv)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

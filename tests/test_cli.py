@@ -84,6 +84,18 @@ def test_detect_writes_gt_csv_format(tmp_path, small_faces, tiny_model_path, cap
         np.testing.assert_allclose(table[name], coords, atol=0.005 + 1e-9)
 
 
+def test_detect_accepts_one_image_file(tmp_path, small_faces, tiny_model_path, capsys):
+    """``facepoints detect some/file.jpg`` detects that picture (it said "folder not found")."""
+    out = tmp_path / "one.csv"
+    picture = sorted((small_faces / "images").iterdir())[3]
+    assert main(["detect", str(picture), "--model", str(tiny_model_path), "--out", str(out)]) == 0
+    assert "wrote 1 detections" in capsys.readouterr().out
+    table = read_gt(out)
+    assert list(table) == [picture.name]
+    np.testing.assert_allclose(table[picture.name], detect(tiny_model_path, small_faces / "images")[picture.name],
+                               atol=0.005 + 1e-9)
+
+
 def test_detect_errors_exit_2(tmp_path, small_faces, capsys):
     assert main(["detect", str(small_faces / "images"), "--model", str(tmp_path / "none.pt"),
                  "--out", str(tmp_path / "o.csv")]) == 2

@@ -87,7 +87,7 @@ def test_grade_course_layout(course_tests, tiny_model_path, tiny_fast_train, tmp
     assert result["err"] == pytest.approx(expected, rel=1e-9)
     assert result["mark"] == course_mark(result["err"])
     assert any("01_synth_input: err" in line for line in lines)
-    assert any("fast_train:" in line and "validation err" in line for line in lines)
+    assert any(line.startswith("fast_train (the grader's check") and "its validation err" in line for line in lines)
 
 
 def test_course_layout_output_csv_without_training(course_tests, tiny_model_path, tmp_path):
@@ -116,6 +116,28 @@ def test_grade_plain_train_folder(synth_train, tiny_model_path, tiny_fast_train)
                            read_img_shapes(synth_train / "img_shapes.csv"))
     assert result["err"] == pytest.approx(expected, rel=1e-9)
     assert any("holdout of 20" in line for line in lines)
+
+
+def test_grade_says_when_the_model_trained_on_the_holdout(tmp_path, synth_train, tiny_model_path):
+    """A model trained on the faces it is graded on gets a note: exactly how many, from the
+    validation names the file records, else at least the excess over the other faces."""
+    from facepoints_lib.checkpoint import load_model, save_checkpoint
+
+    gt = read_gt(synth_train / "gt.csv")
+    held = facepoints_lib.train.split_names(sorted(gt), 20, 0)[1]
+    model = load_model(tiny_model_path)
+    honest = save_checkpoint(model, tmp_path / "honest.pt", {"train_images": len(gt) - 20})
+    recorded = save_checkpoint(model, tmp_path / "recorded.pt",
+                               {"train_images": len(gt) - 5, "val_names": held[:5]})
+    unrecorded = save_checkpoint(model, tmp_path / "unrecorded.pt", {"train_images": len(gt) - 12})
+    notes = {}
+    for path in (honest, recorded, unrecorded):
+        lines = []
+        result = grade_train_folder(synth_train, path, holdout=20, fast_train=False, log=lines.append)
+        notes[path.stem] = (result.get("holdout_faces_seen"), [line for line in lines if "NOTE" in line])
+    assert notes["honest"] == (None, [])
+    assert notes["recorded"][0] == 15 and "trained on 15 of these 20 faces" in notes["recorded"][1][0]
+    assert notes["unrecorded"][0] == 8 and "at least 8 of these 20" in notes["unrecorded"][1][0]
 
 
 def test_plain_folder_without_img_shapes(tmp_path, small_faces, tiny_model_path):
