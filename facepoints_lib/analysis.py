@@ -86,6 +86,25 @@ def eye_roll_degrees(points: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
 
 
+def shape_outliers(points: np.ndarray, canonical: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """How far each labelled face's shape is from the mean face, once turned, scaled and
+    moved onto it (``align.similarity_to``; never mirrored): a label audit.
+
+    ``points`` (N, 14, 2) normalised. Returns the RMS distance of the 14 points to the
+    canonical shape (in percent of the canonical face's frame) and the index of each face's
+    farthest point. Rolled, upside-down, small or off-centre faces are aligned away; what
+    remains large is a shape no face has: a point on the wrong feature, left and right
+    swapped, a mouth corner at the image edge.
+    """
+    from .align import apply_transform, similarity_to
+
+    pts = torch.as_tensor(np.asarray(points, dtype=np.float64))
+    target = pts.mean(0) if canonical is None else torch.as_tensor(np.asarray(canonical, dtype=np.float64))
+    aligned = apply_transform(similarity_to(pts, target), pts)
+    dist = (aligned - target).norm(dim=-1) * 100                    # (N, 14), % of the side
+    return dist.pow(2).mean(-1).sqrt().numpy(), dist.argmax(-1).numpy()
+
+
 def left_of_right(points: np.ndarray) -> np.ndarray:
     """(N,) True where every "left" point lies left of its mirror partner (smaller x).
 

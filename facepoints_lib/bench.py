@@ -161,8 +161,10 @@ def time_to_err(history: list[dict], targets: Sequence[float]) -> dict[str, floa
 def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: Sequence[str] = (),
               holdout: int = 500, seed: int = 0, split_seed: int = 0, time_fast_train: bool = True,
               results_dir: str | os.PathLike = RESULTS_DIR, model_path: str | os.PathLike | None = None,
-              command: str | None = None) -> dict:
-    """Train on all but a seeded holdout, score the holdout, time detect and fast_train; save JSON."""
+              command: str | None = None, exclude: Sequence[str] = ()) -> dict:
+    """Train on all but a seeded holdout, score the holdout, time detect and fast_train; save JSON.
+
+    ``exclude``: faces left out of training (never of the holdout, which stays comparable)."""
     data_dir = Path(data_dir)
     img_dir = data_dir / "images"
     gt = read_gt(data_dir / "gt.csv")
@@ -176,7 +178,7 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
     track = load_faces(img_dir, cfg.model.image_size, gt, held)   # scored at each validation
     started = time.perf_counter()
     model = train_detector({n: gt[n] for n in rest}, img_dir, fast_train=False, config=cfg,
-                           model_path=model_path, track=track)
+                           model_path=model_path, track=track, exclude=exclude)
     train_seconds = time.perf_counter() - started
     history = model.train_history
     fit_seconds = history[-1]["seconds"] if history else float("nan")
@@ -205,6 +207,7 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
                  "split_seed": split_seed},
         "config": cfg.to_dict(),
         "overrides": list(overrides),
+        "excluded": sorted(set(exclude) & set(rest)),
         "parameters": sum(p.numel() for p in model.parameters()),   # the EMA copy has requires_grad off
         "model_mb": model_path.stat().st_size / 2**20,
         "holdout": {"err": err, "mark": course_mark(err), "nme": float(nme.mean()),

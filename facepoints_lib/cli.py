@@ -26,8 +26,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.minutes is not None:
         cfg.minutes = args.minutes
     train_detector(data / "gt.csv", data / "images", fast_train=args.fast, config=cfg,
-                   model_path=args.out)
+                   model_path=args.out, exclude=_read_names(args.exclude))
     return 0
+
+
+def _read_names(path: str | None) -> list[str]:
+    """File names listed one per line (blank lines and ``#`` comments ignored)."""
+    if not path:
+        return []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -65,6 +73,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(args.data_dir, name=args.name, overrides=args.set, holdout=args.holdout,
+              exclude=_read_names(args.exclude),
               seed=args.seed, split_seed=args.split_seed, time_fast_train=not args.no_fast_train,
               results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]))
     return 0
@@ -175,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file (default: facepoints_model.pt at the root, overwritten)")
     p.add_argument("--fast", action="store_true", help="the grader's fast_train (writes nothing)")
     p.add_argument("--seed", type=int, default=0, help="training seed (split, initialisation, batches)")
+    p.add_argument("--exclude", default=None, metavar="FILE", help="leave out the faces named in FILE, one file name per line (e.g. labels that look wrong, see notebook 01)")
     p.add_argument("--minutes", type=float, default=None,
                    help="time budget: time the first steps, then train as many epochs as fit "
                         "(says how many, and the holdout err the measured curve predicts)")
@@ -204,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="recipe", help="results file name (bench/results/NAME.json)")
     p.add_argument("--holdout", type=int, default=500, help="faces held out and scored (default 500)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--exclude", default=None, metavar="FILE", help="leave out the faces named in FILE, one file name per line (e.g. labels that look wrong, see notebook 01)")
     p.add_argument("--split-seed", type=int, default=0, help="holdout split seed")
     p.add_argument("--no-fast-train", action="store_true", help="skip timing fast_train")
     p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")

@@ -313,3 +313,16 @@ def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
 
 def _quiet(_line: str) -> None:
     """A ``log`` that keeps fit's lines out of the notebook (the history holds them)."""
+
+
+def write_names(path: str | os.PathLike, names: list[str]) -> Path:
+    """Write file names one per line (the format of ``facepoints train --exclude``)."""
+    from .files import write_atomically
+
+    path = Path(path)
+    if not path.is_absolute():
+        path = project_root() / "notebooks" / path
+    text = "".join(f"{name}\n" for name in names)
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    print(f"wrote {len(names)} names to {shown_path(path)}")
+    return path

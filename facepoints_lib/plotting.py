@@ -75,10 +75,13 @@ def draw_points(ax, points, *, numbers: bool = True, skeleton: bool = True, colo
                     lw=1.0, alpha=0.8, zorder=zorder - 1)
     ax.scatter(points[:, 0], points[:, 1], s=size, c=colours, marker=marker, label=label,
                edgecolors="black" if marker == "o" else None, linewidths=0.5, zorder=zorder)
-    if numbers:
+    if numbers:                    # each number pushed away from the face's centre: the eye
+        centre = points.mean(axis=0)   # corners and eyebrows no longer cover each other's labels
         for i, (x, y) in enumerate(points):
-            ax.annotate(str(i), (x, y), xytext=(2, 2), textcoords="offset points", fontsize=fontsize,
-                        color="white", zorder=zorder + 1,
+            away = points[i] - centre
+            away = away / max(float(np.hypot(*away)), 1e-9)
+            ax.annotate(str(i), (x, y), xytext=(6 * away[0] - 3, -6 * away[1] - 3), textcoords="offset points",
+                        fontsize=fontsize, color="white", zorder=zorder + 1,
                         bbox={"boxstyle": "round,pad=0.1", "fc": colours[i], "ec": "none", "alpha": 0.75})
 
 
@@ -138,6 +141,28 @@ def face_grid(images, points=None, *, pred=None, titles=None, normalized: bool =
                   title=None if titles is None else titles[k], numbers=numbers, skeleton=skeleton)
     if suptitle:
         fig.suptitle(suptitle)
+    return fig
+
+
+def face_rows(rows: list[list[tuple]], *, size: float = 2.2, numbers: bool = False,
+              row_titles: list[str] | None = None):
+    """Faces in rows that belong together (duplicates of one picture, before and after):
+    ``rows`` holds, per row, ``(image, points, title)`` triples in pixel coordinates. Each
+    row starts on a new line of the grid, with its own title, so groups never run into
+    each other."""
+    ncols = max((len(r) for r in rows), default=1)
+    fig = plt.figure(figsize=(size * ncols, (size + 0.45) * max(len(rows), 1)), layout="constrained")
+    subfigs = fig.subfigures(max(len(rows), 1), 1, squeeze=False)[:, 0]
+    for k, (sub, row) in enumerate(zip(subfigs, rows)):
+        axes = sub.subplots(1, ncols, squeeze=False)[0]
+        for ax, item in zip(axes, row + [None] * (ncols - len(row))):
+            if item is None:
+                ax.axis("off")
+                continue
+            image, points, title = item
+            show_face(ax, image, points, title=title, numbers=numbers)
+        if row_titles:
+            sub.suptitle(row_titles[k], fontsize=9, x=0.01, ha="left")
     return fig
 
 

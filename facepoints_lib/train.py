@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -658,7 +658,8 @@ def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callabl
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                    config: TrainConfig | None = None, model_path: str | Path | None = None,
                    progress: Callable[..., object] = TextProgress,
-                   log: Callable[[str], None] = print, track: FaceSet | None = None) -> KeypointNet:
+                   log: Callable[[str], None] = print, track: FaceSet | None = None,
+                   exclude: Sequence[str] = ()) -> KeypointNet:
     """Train a keypoint detector on the course's data and return it (in eval mode).
 
     ``train_gt`` is ``{filename: 28 coordinates}`` (as the course's run.py reads it) or
@@ -668,7 +669,8 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
     Rows for files missing from the folder are dropped with a warning; a malformed table
     raises ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``track``: see
-    ``fit`` (benchmarks only).
+    ``fit`` (benchmarks only). ``exclude``: file names to leave out (faces whose labels
+    look wrong, see notebook 01's label audit); the model file records them.
     """
     if not isinstance(fast_train, bool):
         raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
@@ -693,6 +695,13 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                       f"and are left out: {', '.join(missing[:5])}", stacklevel=2)
         left_out = set(missing)                                   # one set: linear in the rows
         gt = {name: coords for name, coords in gt.items() if name not in left_out}
+    if isinstance(exclude, (str, os.PathLike)):
+        raise TypeError("exclude must be a list of file names, not a single name")
+    left_out = sorted(set(exclude) & set(gt))
+    if left_out:
+        log(f"leaving out {len(left_out)} faces named in the exclusion list")
+        drop = set(left_out)
+        gt = {name: coords for name, coords in gt.items() if name not in drop}
     if len(gt) < 2:
         raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
     names = sorted(gt)
@@ -710,6 +719,7 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     if path is not None:
         _save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
-                                      "val_images": len(val_set), "val_names": list(val_set.filenames)},
+                                      "val_images": len(val_set), "val_names": list(val_set.filenames),
+                                      "excluded": left_out},
                         log)
     return model

@@ -14,6 +14,8 @@ so it imports ``facepoints_lib``; it runs in the notebooks' CI mode on synthetic
   the mouse and tick ``flip``; the transformed face must change on screen after each
   (pixel difference of screenshots of the figure), and no cell may show an error.
 * ``04_error_analysis.ipynb``: run all cells; the CED plot must render as an image.
+* ``01_data_exploration.ipynb`` and ``03_architecture_experiments.ipynb``: run all cells;
+  no cell may show an error or a warning box, and every figure cell shows a drawn image.
 
 Screenshots are saved to ``$FACEPOINTS_BROWSER_ARTIFACTS`` (default ``artifacts/browser/``,
 git-ignored). Run only these tests with ``python -m pytest -m browser``; they are
@@ -473,6 +475,42 @@ def test_error_analysis_draws_the_ced_plot(browser, lab):
         assert drawn > 0.02, f"the CED figure looks blank ({drawn:.2%} drawn); see {figure}"
         assert blue >= 10 and orange >= 10, (
             f"the CED panel does not show its two curves ({blue} blue, {orange} orange pixels); see {figure}")
+    except BaseException:
+        notebook.shot_quietly("failure")
+        raise
+    finally:
+        notebook.close()
+
+
+def assert_figures_drawn(notebook: Notebook, minimum: int) -> None:
+    """At least ``minimum`` output images, none blank, and no stderr box (a warning shows
+    as a pink box in JupyterLab: a student reads it as something gone wrong)."""
+    from PIL import Image
+
+    page = notebook.page
+    images = page.locator(".jp-OutputArea-output img")
+    count = images.count()
+    assert count >= minimum, f"{notebook.name}: {count} figures on screen, expected at least {minimum}"
+    for index in range(count):
+        image = images.nth(index)
+        image.scroll_into_view_if_needed()
+        shot = notebook.shot(f"figure_{index}", image)
+        drawn = float((np.asarray(Image.open(shot).convert("L")) < 200).mean())
+        assert drawn > 0.01, f"{notebook.name}: figure {index} looks blank ({drawn:.2%} drawn); see {shot}"
+    pink = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    texts = [pink.nth(i).inner_text()[:300] for i in range(pink.count())]
+    assert not texts, f"{notebook.name}: {len(texts)} stderr box(es) on screen: {texts}"
+
+
+@pytest.mark.parametrize("name, figures", [("01_data_exploration.ipynb", 8), ("03_architecture_experiments.ipynb", 4)])
+def test_notebook_runs_clean_in_the_browser(browser, lab, name, figures):
+    """01 and 03: run all; every figure renders, no error and no warning box on screen."""
+    notebook = Notebook(browser, lab, name)
+    try:
+        notebook.run_all()
+        notebook.assert_no_errors("after Run All")
+        notebook.shot("0_after_run_all")
+        assert_figures_drawn(notebook, figures)
     except BaseException:
         notebook.shot_quietly("failure")
         raise

@@ -440,3 +440,29 @@ def test_augmentation_explorer_reacts(faces):
     explorer.draw_batch()
     explorer.batch_button.click()
     assert explorer.batches_drawn == 2
+
+
+def test_shape_outliers_find_swapped_and_misplaced_labels():
+    """The label audit: turned, scaled and shifted copies of the mean face are not
+    outliers; a face with left and right swapped, or one point on the image edge, is."""
+    from facepoints_lib.align import apply_transform
+    from facepoints_lib.schema import FLIP_PERMUTATION
+
+    rng = np.random.default_rng(0)
+    mean = torch.tensor([[0.3, 0.3], [0.42, 0.3], [0.58, 0.3], [0.7, 0.3], [0.3, 0.4], [0.36, 0.4], [0.42, 0.4],
+                         [0.58, 0.4], [0.64, 0.4], [0.7, 0.4], [0.5, 0.55], [0.38, 0.7], [0.5, 0.72], [0.62, 0.7]],
+                        dtype=torch.float64)
+    faces = []
+    for k in range(20):
+        angle, zoom = rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 1.2)
+        m = torch.tensor([[[zoom * np.cos(angle), -zoom * np.sin(angle), rng.uniform(-0.2, 0.2)],
+                           [zoom * np.sin(angle), zoom * np.cos(angle), rng.uniform(-0.2, 0.2)]]])
+        faces.append(apply_transform(m, mean[None])[0] + torch.from_numpy(rng.normal(0, 0.003, (14, 2))))
+    swapped = mean[list(FLIP_PERMUTATION)].clone()                  # left and right labels exchanged
+    edge = mean.clone()
+    edge[13] = torch.tensor([0.99, 0.99])                           # a mouth corner at the image edge
+    points = torch.stack(faces + [swapped, edge]).numpy()
+    rms, worst = analysis.shape_outliers(points, mean.numpy())
+    assert set(np.argsort(-rms)[:2]) == {20, 21}
+    assert rms[:20].max() < 1.0 < rms[20:].min()
+    assert worst[21] == 13

@@ -350,3 +350,22 @@ def test_shipped_model_is_the_documented_recipe():
         "retrain the shipped model with the current recipe (see README)"
     assert metadata["train_images"] + metadata["val_images"] == 5000
     assert metadata["history"][-1]["epoch"] == expected["epochs"]
+
+
+def test_exclusion_list_leaves_faces_out_and_is_recorded(synth_train, tmp_path):
+    gt = read_gt(synth_train / "gt.csv")
+    names = sorted(gt)
+    dropped = names[:5] + ["not-in-the-table.jpg"]
+    lines = []
+    path = tmp_path / "excluded.pt"
+    train_detector(synth_train / "gt.csv", synth_train / "images", fast_train=False,
+                   config=tiny_train_config(max_images=None, max_steps=1), model_path=path,
+                   progress=quiet_progress, log=lines.append, exclude=dropped)
+    meta = load_checkpoint(path)["metadata"]
+    assert meta["excluded"] == names[:5]
+    assert meta["train_images"] + meta["val_images"] == len(names) - 5
+    assert not set(meta["val_names"]) & set(names[:5])
+    assert any("leaving out 5 faces" in line for line in lines)
+    with pytest.raises(TypeError, match="list of file names"):
+        train_detector(synth_train / "gt.csv", synth_train / "images", config=tiny_train_config(max_steps=1),
+                       progress=quiet_progress, log=lines.append, exclude="00001.jpg")
