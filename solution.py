@@ -899,6 +899,8 @@ HEADS = ("heatmap", "offsets", "regression")
 # project trains (96 px, widths <= 256, depths <= 3), far below what exhausts a machine.
 MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN, MAX_STACKS = 256, 1024, 16, 4096, 8
 MAX_PARAMETERS = 50_000_000        # 200 MB of float32 weights; the recipe has 2.3 M
+MAX_ACTIVATIONS = 16_000_000       # feature-map values of one image's forward pass (64 MB of
+                                   # float32); the recipe has about 0.8 M
 
 
 @dataclass
@@ -961,6 +963,24 @@ class ModelConfig:
         if self.estimated_parameters() > MAX_PARAMETERS:
             raise ValueError(f"the network would have about {self.estimated_parameters() / 1e6:.0f} M "
                              f"parameters, more than {MAX_PARAMETERS / 1e6:.0f} M")
+        if self.estimated_activations() > MAX_ACTIVATIONS:
+            raise ValueError(f"one image's forward pass would hold about {self.estimated_activations() / 1e6:.0f} M "
+                             f"feature values, more than {MAX_ACTIVATIONS / 1e6:.0f} M")
+
+    def estimated_activations(self) -> int:
+        """Feature-map values one image's forward pass writes (each convolution's output and
+        its batch norm's), counted from the config alone: an upper bound on what inference
+        holds at once, and about what training keeps per image for the backward pass."""
+        s = self.image_size
+        count = 2 * (s // 2) ** 2 * self.stem_width
+        sides = [max(s // (4 * 2 ** i), 1) for i in range(4)]
+        for side, width, depth in zip(sides, self.widths, self.depths):
+            count += (6 + 4 * (depth - 1)) * side * side * width
+        if self.head == "regression":
+            return count + self.hidden + 2 * NUM_POINTS
+        d, fine = self.decoder_width, sides[0] ** 2
+        count += 2 * d * sum(side * side for side in sides) + 2 * d * fine + 3 * NUM_POINTS * fine
+        return count + (self.stacks - 1) * (40 * d * fine + 2 * NUM_POINTS * fine)
 
     def estimated_parameters(self) -> int:
         """Convolution and linear weights of the network, counted from the config alone
@@ -1529,7 +1549,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -1538,6 +1558,8 @@ import torch.nn.functional as F
 
 
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
+PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most (the recipe: 64
+                                       # images with flip TTA take about 400 kB each, 26 MB in all)
 
 
 @dataclass
@@ -1854,6 +1876,8 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
     device = next(model.parameters()).device
     layout = memory_format_for(model)
     again = model.config.second_look if second_look is None else second_look
+    per_image = 4 * model.config.estimated_activations() * (2 if flip_tta else 1)
+    batch_size = max(1, min(batch_size, PREDICT_MEMORY_BYTES // per_image))   # bounded by any model file
 
     def look(x: torch.Tensor) -> torch.Tensor:
         if flip_tta:
@@ -2160,7 +2184,8 @@ def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callabl
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                    config: TrainConfig | None = None, model_path: str | Path | None = None,
                    progress: Callable[..., object] = TextProgress,
-                   log: Callable[[str], None] = print, track: FaceSet | None = None) -> KeypointNet:
+                   log: Callable[[str], None] = print, track: FaceSet | None = None,
+                   exclude: Sequence[str] = ()) -> KeypointNet:
     """Train a keypoint detector on the course's data and return it (in eval mode).
 
     ``train_gt`` is ``{filename: 28 coordinates}`` (as the course's run.py reads it) or
@@ -2170,7 +2195,8 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
     Rows for files missing from the folder are dropped with a warning; a malformed table
     raises ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``track``: see
-    ``fit`` (benchmarks only).
+    ``fit`` (benchmarks only). ``exclude``: file names to leave out (faces whose labels
+    look wrong, see notebook 01's label audit); the model file records them.
     """
     if not isinstance(fast_train, bool):
         raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
@@ -2195,13 +2221,25 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                       f"and are left out: {', '.join(missing[:5])}", stacklevel=2)
         left_out = set(missing)                                   # one set: linear in the rows
         gt = {name: coords for name, coords in gt.items() if name not in left_out}
+    if isinstance(exclude, (str, os.PathLike)):
+        raise TypeError("exclude must be a list of file names, not a single name")
+    left_out = sorted(set(exclude) & set(gt))
+    if left_out:
+        log(f"leaving out {len(left_out)} faces named in the exclusion list")
+        drop = set(left_out)
+        gt = {name: coords for name, coords in gt.items() if name not in drop}
     if len(gt) < 2:
         raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
     names = sorted(gt)
     if cfg.max_images and len(names) > cfg.max_images:
         keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))
         names = sorted(names[i] for i in keep[:cfg.max_images].tolist())
-    train_names, val_names = split_names(names, cfg.val_size, cfg.seed)
+    val_size = cfg.val_size
+    if len(names) < 5 * val_size:        # few faces: a fifth validates, the rest trains
+        val_size = min(val_size, max(len(names) // 5, 1))
+        log(f"only {len(names)} faces: validating on {val_size} of them (val_size={cfg.val_size} would leave "
+            f"{max(len(names) - cfg.val_size, 1)} to train on)")
+    train_names, val_names = split_names(names, val_size, cfg.seed)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -2212,7 +2250,8 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     if path is not None:
         _save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
-                                      "val_images": len(val_set), "val_names": list(val_set.filenames)},
+                                      "val_images": len(val_set), "val_names": list(val_set.filenames),
+                                      "excluded": left_out},
                         log)
     return model
 

@@ -36,6 +36,8 @@ HEADS = ("heatmap", "offsets", "regression")
 # project trains (96 px, widths <= 256, depths <= 3), far below what exhausts a machine.
 MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN, MAX_STACKS = 256, 1024, 16, 4096, 8
 MAX_PARAMETERS = 50_000_000        # 200 MB of float32 weights; the recipe has 2.3 M
+MAX_ACTIVATIONS = 16_000_000       # feature-map values of one image's forward pass (64 MB of
+                                   # float32); the recipe has about 0.8 M
 
 
 @dataclass
@@ -98,6 +100,24 @@ class ModelConfig:
         if self.estimated_parameters() > MAX_PARAMETERS:
             raise ValueError(f"the network would have about {self.estimated_parameters() / 1e6:.0f} M "
                              f"parameters, more than {MAX_PARAMETERS / 1e6:.0f} M")
+        if self.estimated_activations() > MAX_ACTIVATIONS:
+            raise ValueError(f"one image's forward pass would hold about {self.estimated_activations() / 1e6:.0f} M "
+                             f"feature values, more than {MAX_ACTIVATIONS / 1e6:.0f} M")
+
+    def estimated_activations(self) -> int:
+        """Feature-map values one image's forward pass writes (each convolution's output and
+        its batch norm's), counted from the config alone: an upper bound on what inference
+        holds at once, and about what training keeps per image for the backward pass."""
+        s = self.image_size
+        count = 2 * (s // 2) ** 2 * self.stem_width
+        sides = [max(s // (4 * 2 ** i), 1) for i in range(4)]
+        for side, width, depth in zip(sides, self.widths, self.depths):
+            count += (6 + 4 * (depth - 1)) * side * side * width
+        if self.head == "regression":
+            return count + self.hidden + 2 * NUM_POINTS
+        d, fine = self.decoder_width, sides[0] ** 2
+        count += 2 * d * sum(side * side for side in sides) + 2 * d * fine + 3 * NUM_POINTS * fine
+        return count + (self.stacks - 1) * (40 * d * fine + 2 * NUM_POINTS * fine)
 
     def estimated_parameters(self) -> int:
         """Convolution and linear weights of the network, counted from the config alone

@@ -36,6 +36,8 @@ from .progress import TextProgress, format_seconds
 
 
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
+PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most (the recipe: 64
+                                       # images with flip TTA take about 400 kB each, 26 MB in all)
 
 
 @dataclass
@@ -352,6 +354,8 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
     device = next(model.parameters()).device
     layout = memory_format_for(model)
     again = model.config.second_look if second_look is None else second_look
+    per_image = 4 * model.config.estimated_activations() * (2 if flip_tta else 1)
+    batch_size = max(1, min(batch_size, PREDICT_MEMORY_BYTES // per_image))   # bounded by any model file
 
     def look(x: torch.Tensor) -> torch.Tensor:
         if flip_tta:
@@ -708,7 +712,12 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     if cfg.max_images and len(names) > cfg.max_images:
         keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))
         names = sorted(names[i] for i in keep[:cfg.max_images].tolist())
-    train_names, val_names = split_names(names, cfg.val_size, cfg.seed)
+    val_size = cfg.val_size
+    if len(names) < 5 * val_size:        # few faces: a fifth validates, the rest trains
+        val_size = min(val_size, max(len(names) // 5, 1))
+        log(f"only {len(names)} faces: validating on {val_size} of them (val_size={cfg.val_size} would leave "
+            f"{max(len(names) - cfg.val_size, 1)} to train on)")
+    train_names, val_names = split_names(names, val_size, cfg.seed)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -170,3 +170,16 @@ def test_folding_batch_norm_keeps_the_function_and_leaves_the_model_alone():
     with torch.no_grad():
         torch.testing.assert_close(folded(images), model(images), atol=1e-5, rtol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_feature_map_bound_refuses_huge_inputs_before_building():
+    """A config whose one-image forward pass would hold more than MAX_ACTIVATIONS values is
+    refused from its numbers alone (a model file is untrusted input)."""
+    from facepoints_lib.model import MAX_ACTIVATIONS, ModelConfig
+
+    recipe = ModelConfig()
+    assert recipe.estimated_activations() < MAX_ACTIVATIONS / 10
+    wide_stem = ModelConfig(image_size=256, stem_width=512)
+    assert wide_stem.estimated_parameters() < 50_000_000          # the parameter bound lets it through
+    with pytest.raises(ValueError, match="feature values"):
+        wide_stem.validate()

@@ -369,3 +369,34 @@ def test_exclusion_list_leaves_faces_out_and_is_recorded(synth_train, tmp_path):
     with pytest.raises(TypeError, match="list of file names"):
         train_detector(synth_train / "gt.csv", synth_train / "images", config=tiny_train_config(max_steps=1),
                        progress=quiet_progress, log=lines.append, exclude="00001.jpg")
+
+
+def test_few_faces_validate_on_a_fifth(synth_train, tmp_path):
+    """With fewer than 5 x val_size faces, a fifth validates (it was all but one face)."""
+    gt = read_gt(synth_train / "gt.csv")
+    few = {name: gt[name] for name in sorted(gt)[:30]}
+    lines = []
+    path = tmp_path / "few.pt"
+    train_detector(few, synth_train / "images", fast_train=False, config=tiny_train_config(max_steps=1, val_size=16),
+                   model_path=path, progress=quiet_progress, log=lines.append)
+    meta = load_checkpoint(path)["metadata"]
+    assert (meta["train_images"], meta["val_images"]) == (24, 6)
+    assert any("only 30 faces: validating on 6" in line for line in lines)
+
+
+def test_predict_batches_are_bounded_by_the_models_feature_maps(monkeypatch):
+    """A model whose feature maps are large is run in smaller batches: same answers."""
+    import facepoints_lib.train as train_module
+    from facepoints_lib.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config()).eval()
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    whole = train_module.predict(model, images, batch_size=64)
+    calls = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or original(x))
+    per_image = 4 * model.config.estimated_activations() * 2
+    monkeypatch.setattr(train_module, "PREDICT_MEMORY_BYTES", 3 * per_image)
+    np.testing.assert_allclose(train_module.predict(model, images, batch_size=64), whole, atol=1e-5)
+    assert max(calls) == 2 * 3                       # 3 images and their mirrors per forward pass
