@@ -7,12 +7,14 @@ Sub-commands: ``demo`` (the main job on synthetic faces), ``train``, ``detect``,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 DEFAULT_DATA = Path("data") / "train"
+DEBUG_ENV = "FACEPOINTS_DEBUG"         # set: an unexpected error shows its traceback
 DEMO_DIR = Path("data") / "synthetic"
 
 
@@ -276,8 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"facepoints {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (ArithmeticError, MemoryError, RuntimeError) as exc:   # diverged training, no memory, a torch error
+        print(f"facepoints {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"facepoints {args.command}: interrupted. train, detect and bench write their output "
               f"only when they finish, so none of it was written or replaced (an interrupted "
               f"train loses its training).", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a message, not a traceback; the variable gives the traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"facepoints {args.command}: unexpected error: {type(exc).__name__}: {exc} "
+              f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1

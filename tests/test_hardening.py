@@ -909,3 +909,39 @@ def test_decoding_a_large_16bit_image_takes_little_more_than_its_pixels(tmp_path
                           capture_output=True, text=True, timeout=120, check=True)
     grew_mb = float(proc.stdout.strip().splitlines()[-1])
     assert grew_mb < 300, grew_mb
+
+
+@pytest.mark.parametrize("error, status, text", [
+    (FloatingPointError("training diverged at step 3"), 2, "FloatingPointError: training diverged"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127]"), 2, "RuntimeError: [enforce fail"),
+    (MemoryError(), 2, "MemoryError"),
+    (TypeError("something unforeseen"), 1, "unexpected error: TypeError: something unforeseen"),
+])
+def test_no_cli_path_ends_in_a_traceback(monkeypatch, capsys, error, status, text):
+    """Whatever a command raises, the user reads one line and an exit status; the
+    traceback only with FACEPOINTS_DEBUG=1."""
+    from facepoints_lib import cli
+
+    def fails(args):
+        raise error
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=fails)
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    assert cli.main(["detect", "somewhere"]) == status
+    err = capsys.readouterr().err
+    assert text in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    if status == 1:
+        monkeypatch.setenv(cli.DEBUG_ENV, "1")
+        with pytest.raises(type(error)):
+            cli.main(["detect", "somewhere"])
+
+
+def test_train_with_a_missing_exclusion_file_exits_2(tmp_path, capsys):
+    from facepoints_lib import cli
+
+    assert cli.main(["train", str(tmp_path), "--exclude", str(tmp_path / "missing.txt"), "--out",
+                     str(tmp_path / "m.pt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
