@@ -28,7 +28,7 @@ from .dataset import FaceSet, pixels_to_normalized
 from .images import read_image
 from .model import build_model
 from .schema import FLIP_PERMUTATION
-from .train import predict
+from .inference import predict
 
 LEFT_EYE_CENTRE, RIGHT_EYE_CENTRE = 5, 8
 

@@ -36,7 +36,8 @@ from .dataset import load_faces
 from .gt_csv import read_gt
 from .images import read_image_size
 from .metrics import ced_auc, course_mark, per_image_err, per_image_nme
-from .train import TrainConfig, cpu_flags, cpu_has_bf16, full_config, split_names, train_detector
+from .inference import cpu_flags, cpu_has_bf16
+from .train import TrainConfig, full_config, split_names, train_detector
 
 RESULTS_DIR = Path("bench") / "results"
 
@@ -297,7 +298,8 @@ def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8
     (see docs/cpu-notes.md).
     """
     from .model import build_model, fold_batch_norm
-    from .train import make_optimizer, train_step, use_bf16
+    from .inference import use_bf16
+    from .train import make_optimizer, train_step
 
     cfg = full_config()
     size, batch = cfg.model.image_size, 64
@@ -352,7 +354,8 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     from .augment import augment_batch
     from .model import build_model, memory_format_for
     from .synth import synthetic_faces_in_memory
-    from .train import make_optimizer, stack_loss, use_bf16
+    from .inference import use_bf16
+    from .train import make_optimizer, stack_loss
 
     cfg = apply_overrides(full_config(), overrides)
     torch.set_num_threads(threads)

@@ -193,14 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("detect", help="detect keypoints in a folder, write a gt.csv-format file")
+    p = sub.add_parser("detect", help="detect keypoints in a folder (or one image), write a gt.csv-format file")
     p.add_argument("img_dir", help="folder of images, or one image file")
     p.add_argument("--model", default="facepoints_model.pt", help="model file")
     p.add_argument("--out", default="output.csv", help="output csv (default output.csv)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_cmd_detect)
 
-    p = sub.add_parser("grade", help="grade locally as the course's run.py does")
+    p = sub.add_parser("grade", help="grade locally as the course's run.py does (on a train folder it says how "
+                                      "many holdout faces the model trained on)")
     p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA),
                    help="course tests folder or train folder")
     p.add_argument("--model", default=None, help="model file (default: facepoints_model.pt at the root)")

@@ -21,7 +21,7 @@ from .checkpoint import load_model
 from .dataset import iter_image_chunks, normalized_to_pixels
 from .model import fold_batch_norm
 from .images import list_images
-from .train import MAX_THREADS, predict, use_bf16
+from .inference import MAX_THREADS, predict, use_bf16
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
 
@@ -40,7 +40,7 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     "off") runs the backbone in bfloat16 where the CPU computes it natively (the
     logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001).
     ``second_look`` (default: the model's setting) looks again at each face aligned
-    upright (see ``train.predict``); False halves the work. ``progress`` is an
+    upright (see ``inference.predict``); False halves the work. ``progress`` is an
     optional progress-bar factory (``TextProgress`` or ``tqdm``).
     """
     if not isinstance(chunk, int) or chunk < 1:

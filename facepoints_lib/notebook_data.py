@@ -291,7 +291,8 @@ def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
 
     from .bench import describe_cpu
     from .model import build_model, memory_format_for
-    from .train import fit, measure_step_seconds, resolve_device, use_bf16
+    from .inference import resolve_device, use_bf16
+    from .train import fit, measure_step_seconds
 
     device = resolve_device(cfg.device)
     if cfg.threads:

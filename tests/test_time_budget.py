@@ -12,8 +12,9 @@ from facepoints_lib.bench import machine_info, time_to_err
 from facepoints_lib.dataset import load_faces
 from facepoints_lib.gt_csv import read_gt
 from facepoints_lib.model import ModelConfig
-from facepoints_lib.train import (RECIPE_CURVE, TrainConfig, cpu_flags, cpu_has_bf16,
-                                  epochs_for_budget, fit, full_config, predicted_err_note)
+from facepoints_lib.inference import cpu_flags, cpu_has_bf16
+from facepoints_lib.train import (RECIPE_CURVE, TrainConfig, epochs_for_budget, fit, full_config,
+                                  predicted_err_note)
 
 from conftest import REPO_ROOT, quiet_progress, tiny_model_config, tiny_train_config
 

@@ -386,7 +386,7 @@ def test_few_faces_validate_on_a_fifth(synth_train, tmp_path):
 
 def test_predict_batches_are_bounded_by_the_models_feature_maps(monkeypatch):
     """A model whose feature maps are large is run in smaller batches: same answers."""
-    import facepoints_lib.train as train_module
+    import facepoints_lib.inference as train_module
     from facepoints_lib.model import build_model
 
     torch.manual_seed(0)
