@@ -2,8 +2,7 @@
 
 * Data: grayscale faces, points outside the frame, head roll from the eye centres,
   duplicate images and whether their labels agree.
-* Errors: the course err split per point (``per_point_err`` averages to ``per_image_err``),
-  statistics in bins, flip consistency of a model, faces turned by any angle
+* Errors: statistics in bins, flip consistency of a model, faces turned by any angle
   (``turned_faces``) to measure error by roll with enough faces in every bin.
 * Benchmarks: ``bench/results/*.json`` files (written by ``facepoints_lib.bench``) read,
   tabulated and grouped by what their ``--set`` overrides change.
@@ -159,17 +158,6 @@ def label_spread(keypoints: np.ndarray, group: list[int]) -> float:
 
 
 # ---- errors -----------------------------------------------------------------------------
-
-def per_point_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
-    """(N, 14): each point's share of the course err; ``.mean(1)`` is ``metrics.per_image_err``.
-
-    With ``sizes`` (N, 2) of (width, height) the points are pixels; without, normalised.
-    """
-    diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
-    if sizes is not None:
-        diff = diff / np.asarray(sizes, dtype=np.float64)[:, None, :]
-    return ((100 * diff) ** 2).mean(axis=-1)
-
 
 def binned(x: np.ndarray, y: np.ndarray, edges) -> list[dict]:
     """Mean, standard error and count of ``y`` in each bin of ``x`` (empty bins left out)."""

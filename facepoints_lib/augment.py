@@ -131,17 +131,27 @@ def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int) -> 
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def photometric(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random grayscale, contrast, brightness and low resolution on float images in [0, 1]."""
+def adjust_colours(images: torch.Tensor, to_gray: torch.Tensor, contrast: torch.Tensor,
+                   brightness: torch.Tensor) -> torch.Tensor:
+    """The photometric formula, with chosen values per image (N,): drop colour where
+    ``to_gray``, scale the contrast about the image's mean gray level, add ``brightness``.
+    Float images in [0, 1]; the result is not clamped. Training draws the values at random
+    (``photometric``); notebook 02's sliders set them."""
     n = images.shape[0]
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
     gray = (images * weights).sum(1, keepdim=True)
-    to_gray = (torch.rand(n, generator=generator) < cfg.grayscale_prob).view(n, 1, 1, 1)
-    images = torch.where(to_gray, gray.expand_as(images), images)
+    images = torch.where(to_gray.view(n, 1, 1, 1), gray.expand_as(images), images)
     mean = gray.mean(dim=(2, 3), keepdim=True)
-    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).view(n, 1, 1, 1)
-    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator).view(n, 1, 1, 1)
-    images = (images - mean) * contrast + mean + brightness
+    return (images - mean) * contrast.view(n, 1, 1, 1) + mean + brightness.view(n, 1, 1, 1)
+
+
+def photometric(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random grayscale, contrast, brightness and low resolution on float images in [0, 1]."""
+    n = images.shape[0]
+    to_gray = torch.rand(n, generator=generator) < cfg.grayscale_prob
+    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator)
+    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator)
+    images = adjust_colours(images, to_gray, contrast, brightness)
     lowres = torch.rand(n, generator=generator) < cfg.lowres_prob
     if bool(lowres.any()):
         size = images.shape[-1]

@@ -14,15 +14,24 @@ from .schema import OUTER_EYE_CORNERS
 MARK_TABLE = ((5, 10), (6, 9), (8, 8), (10, 7), (12, 6), (14, 5), (16, 4), (18, 3), (20, 2))
 
 
-def per_image_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
-    """The course's per-image error: mean over the 28 coordinates of (100 * error / side)^2.
+def per_point_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+    """(N, 14): each point's share of the course err, the mean of its two squared
+    coordinate errors in percent of the side; their mean over the points is ``per_image_err``.
 
     With ``sizes`` (N, 2) of (width, height) the points are pixels; without, normalised.
     """
     diff = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
     if sizes is not None:
         diff = diff / np.asarray(sizes, dtype=np.float64)[:, None, :]
-    return ((100.0 * diff) ** 2).reshape(len(diff), -1).mean(axis=1)
+    return ((100.0 * diff) ** 2).reshape(len(diff), -1, 2).mean(axis=-1)
+
+
+def per_image_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+    """The course's per-image error: mean over the 28 coordinates of (100 * error / side)^2.
+
+    With ``sizes`` (N, 2) of (width, height) the points are pixels; without, normalised.
+    """
+    return per_point_err(pred, true, sizes).mean(axis=1)
 
 
 def course_err(pred: np.ndarray, true: np.ndarray, sizes: np.ndarray | None = None) -> float:

@@ -22,20 +22,20 @@ import torch
 from IPython.display import display
 
 from .align import align_faces, rotation_degrees, similarity_to
-from .augment import AffineParams, AugmentConfig, affine_matrices, augment_batch, transform_keypoints, warp_images
+from .augment import (AffineParams, AugmentConfig, adjust_colours, affine_matrices, augment_batch,
+                      transform_keypoints, warp_images)
 from .dataset import FaceSet
 from .plotting import face_grid, show_face
 
 
 def adjust_photometric(images: torch.Tensor, brightness: float = 0.0, contrast: float = 1.0,
                        grayscale: bool = False) -> torch.Tensor:
-    """Float images (N, 3, H, W) in [0, 1] with chosen values of ``augment.photometric``'s steps."""
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
-    gray = (images * weights).sum(1, keepdim=True)
-    if grayscale:
-        images = gray.expand_as(images)
-    mean = gray.mean(dim=(2, 3), keepdim=True)
-    return ((images - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+    """Float images (N, 3, H, W) in [0, 1] with chosen values of training's photometric
+    formula (``augment.adjust_colours``, the function ``augment.photometric`` uses)."""
+    n = images.shape[0]
+    full = torch.ones(n, dtype=images.dtype)
+    return adjust_colours(images, torch.full((n,), bool(grayscale)), full * contrast,
+                          full * brightness).clamp(0.0, 1.0)
 
 
 def transform_face(image: torch.Tensor, keypoints: torch.Tensor, *, rotation: float = 0.0,

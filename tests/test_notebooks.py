@@ -35,7 +35,7 @@ from facepoints_lib import analysis, notebook_data, plotting
 from facepoints_lib.augment import AugmentConfig, flip_images, flip_keypoints, photometric
 from facepoints_lib.dataset import load_faces
 from facepoints_lib.images import read_image_size
-from facepoints_lib.metrics import per_image_err
+from facepoints_lib.metrics import per_image_err, per_point_err
 from facepoints_lib.schema import FLIP_PERMUTATION, NUM_POINTS
 from facepoints_lib.synth import make_synthetic_faces
 
@@ -226,7 +226,7 @@ def _points(n=6, seed=0):
 def test_per_point_err_averages_to_the_course_err():
     true, pred = _points(5, 0), _points(5, 1)
     sizes = np.array([[100, 100], [100, 120], [90, 100], [100, 100], [150, 100]], float)
-    share = analysis.per_point_err(pred, true, sizes)
+    share = per_point_err(pred, true, sizes)
     assert share.shape == (5, NUM_POINTS)
     assert np.allclose(share.mean(axis=1), per_image_err(pred, true, sizes))
 
