@@ -112,8 +112,9 @@ import torch
 from facepoints_lib.detect import detect
 torch.set_num_threads(1)
 names = json.loads(open(sys.argv[3]).read())
+look = False if "--single-look" in sys.argv else None
 start = time.perf_counter()
-out = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1)
+out = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1, second_look=look)
 seconds = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 plain = {} if "--tta-only" in sys.argv else detect(sys.argv[1], sys.argv[2], filenames=names, threads=1, flip_tta=False)
@@ -239,11 +240,13 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
 
 def run_detect_bench(model_path: str | os.PathLike, *, img_dir: str | os.PathLike | None = None,
                      synthetic: int = 10_000, name: str | None = None,
-                     results_dir: str | os.PathLike = RESULTS_DIR, command: str | None = None) -> dict:
+                     results_dir: str | os.PathLike = RESULTS_DIR, command: str | None = None,
+                     single_look: bool = False) -> dict:
     """Time ``detect`` with one thread in a fresh process and record its peak memory.
 
     Runs on ``img_dir`` when given, else on ``synthetic`` generated faces (sizes as varied
-    as the course's), and writes ``bench/results/<name>.json``.
+    as the course's), and writes ``bench/results/<name>.json``. ``single_look`` turns the
+    model's second look off (to compare the cost of the two passes).
     """
     from .images import list_images
     from .synth import make_synthetic_faces
@@ -257,13 +260,13 @@ def run_detect_bench(model_path: str | os.PathLike, *, img_dir: str | os.PathLik
         names_file = Path(tmp) / "names.json"
         names_file.write_text(json.dumps(names))
         timing = _bench_subprocess(_DETECT_SCRIPT, str(model_path), str(img_dir), str(names_file),
-                                   "--tta-only")
+                                   "--tta-only", *(["--single-look"] if single_look else []))
     result = {
         "name": name or f"detect-{len(names)}",
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "images": len(names), "source": "synthetic faces" if synthetic_used else "folder",
         "seconds": timing["seconds"], "images_per_second": len(names) / timing["seconds"],
-        "peak_rss_mb": timing["peak_rss_mb"], "threads": 1, "flip_tta": True,
+        "peak_rss_mb": timing["peak_rss_mb"], "threads": 1, "flip_tta": True, "second_look": not single_look,
         "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     results_dir = Path(results_dir)

@@ -94,7 +94,8 @@ def _cmd_bench_detect(args: argparse.Namespace) -> int:
     from .bench import run_detect_bench
 
     run_detect_bench(args.model, img_dir=args.img_dir, synthetic=args.synthetic, name=args.name,
-                     results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]))
+                     results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]),
+                     single_look=args.single_look)
     return 0
 
 
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="facepoints_model.pt", help="model file")
     p.add_argument("--img-dir", default=None, help="folder of images (default: synthetic faces)")
     p.add_argument("--synthetic", type=int, default=10_000, help="synthetic faces to generate")
+    p.add_argument("--single-look", action="store_true", help="without the second look (its cost)")
     p.add_argument("--name", default=None, help="results file name (default detect-<images>)")
     p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     p.set_defaults(func=_cmd_bench_detect)

@@ -157,3 +157,16 @@ def test_help_texts_explain_every_option_without_markup(capsys):
                 assert action.help, f"facepoints {name} {action.option_strings[0]} has no help"
     train_help = subcommands["train"].format_help()
     assert "overwrites" in train_help and "--minutes" in train_help and "min" in train_help
+
+
+def test_detect_bench_records_both_looks(tmp_path, small_faces, tiny_model_path):
+    """``facepoints bench-detect`` times detect in a fresh one-thread process, with the
+    second look or (``--single-look``) without it, and records which."""
+    import json
+
+    for flag, second in (([], True), (["--single-look"], False)):
+        assert main(["bench-detect", "--model", str(tiny_model_path), "--img-dir", str(small_faces / "images"),
+                     "--name", f"d{int(second)}", "--results-dir", str(tmp_path), *flag]) == 0
+        result = json.loads((tmp_path / f"d{int(second)}.json").read_text())
+        assert result["images"] == 12 and result["second_look"] is second and result["images_per_second"] > 0
+        assert result["machine"]["cpu_flags"].keys() >= {"avx2", "avx512_bf16"}
