@@ -509,11 +509,6 @@ class FaceSet:
             filenames=[self.filenames[i] for i in index.tolist()],
         )
 
-    def pixel_keypoints(self) -> np.ndarray:
-        """Keypoints in the original images' pixels, (N, 14, 2) float64."""
-        if self.keypoints is None:
-            raise ValueError("this FaceSet has no keypoints")
-        return normalized_to_pixels(self.keypoints.double(), self.sizes).numpy()
 
 
 def decode_images(paths: Sequence[str | os.PathLike], image_size: int,
@@ -1106,11 +1101,6 @@ def expected_coordinates(probs: torch.Tensor) -> torch.Tensor:
     return torch.stack([u, v], dim=-1)
 
 
-def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2)."""
-    return expected_coordinates(spatial_softmax(logits))
-
-
 def offsets_at(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     """The offsets head's (x, y) offsets of each point read at one cell per point.
 
@@ -1554,11 +1544,6 @@ def ced_auc(errors: np.ndarray, threshold: float = 0.08, steps: int = 1000) -> f
     """Area under the CED curve up to ``threshold``, divided by ``threshold`` (1 is perfect)."""
     xs, ys = ced_curve(errors, threshold, steps)
     return float(np.trapezoid(ys, xs) / threshold)
-
-
-def failure_rate(errors: np.ndarray, threshold: float = 0.08) -> float:
-    """Fraction of images whose error is above ``threshold``."""
-    return float(np.mean(np.asarray(errors) > threshold))
 
 
 # ---- facepoints_lib/checkpoint.py ----

@@ -60,11 +60,6 @@ class FaceSet:
             filenames=[self.filenames[i] for i in index.tolist()],
         )
 
-    def pixel_keypoints(self) -> np.ndarray:
-        """Keypoints in the original images' pixels, (N, 14, 2) float64."""
-        if self.keypoints is None:
-            raise ValueError("this FaceSet has no keypoints")
-        return normalized_to_pixels(self.keypoints.double(), self.sizes).numpy()
 
 
 def decode_images(paths: Sequence[str | os.PathLike], image_size: int,

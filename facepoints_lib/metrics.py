@@ -70,8 +70,3 @@ def ced_auc(errors: np.ndarray, threshold: float = 0.08, steps: int = 1000) -> f
     """Area under the CED curve up to ``threshold``, divided by ``threshold`` (1 is perfect)."""
     xs, ys = ced_curve(errors, threshold, steps)
     return float(np.trapezoid(ys, xs) / threshold)
-
-
-def failure_rate(errors: np.ndarray, threshold: float = 0.08) -> float:
-    """Fraction of images whose error is above ``threshold``."""
-    return float(np.mean(np.asarray(errors) > threshold))

@@ -233,11 +233,6 @@ def expected_coordinates(probs: torch.Tensor) -> torch.Tensor:
     return torch.stack([u, v], dim=-1)
 
 
-def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Expected (u, v) of each heatmap's spatial softmax: (N, K, H, W) -> (N, K, 2)."""
-    return expected_coordinates(spatial_softmax(logits))
-
-
 def offsets_at(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     """The offsets head's (x, y) offsets of each point read at one cell per point.
 

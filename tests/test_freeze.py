@@ -1,7 +1,7 @@
 """Tests of the freezer that turns the package into the single-file ``solution.py``.
 
-Most tests build a tiny fake package (named ``fakepoints``) in ``tmp_path``; the last two
-check the real package and are skipped until ``FROZEN_MODULES`` and ``solution.py`` exist.
+Most tests build a tiny fake package (named ``fakepoints``) in ``tmp_path``; the last ones
+check the real package and its generated ``solution.py`` (missing, they fail).
 """
 
 from __future__ import annotations
@@ -279,15 +279,18 @@ def test_write_check_and_cli(tmp_path, capsys):
     assert exc.value.code == 0 and "--check" in capsys.readouterr().out
 
 
-# ---- the real package (skipped until the lead has written FROZEN_MODULES and solution.py) ----
+# ---- the real package ---------------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_PACKAGE = REPO_ROOT / "facepoints_lib"
 SOLUTION = REPO_ROOT / "solution.py"
-needs_solution = pytest.mark.skipif(
-    freeze.read_package_constant(REAL_PACKAGE) is None or not SOLUTION.exists(),
-    reason="facepoints_lib.FROZEN_MODULES or the generated solution.py does not exist yet",
-)
+
+
+def test_the_real_package_has_a_frozen_list_and_a_solution():
+    """Without these the checks below could not run: a missing file is a failure, not a skip."""
+    assert freeze.read_package_constant(REAL_PACKAGE), "facepoints_lib/__init__.py has no FROZEN_MODULES"
+    assert SOLUTION.is_file(), "solution.py is missing: run python -m facepoints_lib freeze"
+
 
 BLOCKED_IMPORT_SCRIPT = """
 import importlib.util, sys
@@ -307,12 +310,10 @@ print("OK")
 """
 
 
-@needs_solution
 def test_committed_solution_is_up_to_date():
     assert check_solution_up_to_date(), "solution.py is stale: run `python -m facepoints_lib freeze`"
 
 
-@needs_solution
 def test_solution_imports_without_package_or_extras():
     run = subprocess.run([sys.executable, "-I", "-c", BLOCKED_IMPORT_SCRIPT, str(SOLUTION)],
                          cwd=REPO_ROOT.parent, capture_output=True, text=True, timeout=300)

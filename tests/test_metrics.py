@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from facepoints_lib.metrics import (MARK_TABLE, ced_auc, ced_curve, course_err, course_mark,
-                                    failure_rate, per_image_err, per_image_nme)
+                                    per_image_err, per_image_nme)
 from facepoints_lib.schema import NUM_POINTS
 
 
@@ -95,7 +95,3 @@ def test_ced_curve_and_auc():
     assert auc == pytest.approx(0.5, abs=0.01)
     assert ced_auc(errors * 0.5) > auc
 
-
-def test_failure_rate():
-    assert failure_rate(np.array([0.01, 0.09, 0.2, 0.08])) == 0.5
-    assert failure_rate(np.zeros(3)) == 0.0

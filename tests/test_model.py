@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from facepoints_lib.model import (KeypointNet, ModelConfig, build_model, count_parameters,
-                                  decode_offsets, soft_argmax)
+                                  decode_offsets, expected_coordinates, spatial_softmax)
 from facepoints_lib.schema import NUM_POINTS
 
 from conftest import tiny_model_config
@@ -66,7 +66,7 @@ def test_soft_argmax_of_one_hot_is_the_pixel_centre(h, w):
     for i in range(n):
         for c, (row, col) in enumerate(spots[i]):
             logits[i, c, row, col] = 0.0
-    out = soft_argmax(logits)
+    out = expected_coordinates(spatial_softmax(logits))
     assert out.shape == (n, k, 2)
     for i in range(n):
         for c, (row, col) in enumerate(spots[i]):
@@ -75,7 +75,7 @@ def test_soft_argmax_of_one_hot_is_the_pixel_centre(h, w):
 
 def test_soft_argmax_uniform_map_gives_centre_and_is_differentiable():
     logits = torch.zeros(1, 1, 5, 7, requires_grad=True)
-    out = soft_argmax(logits)
+    out = expected_coordinates(spatial_softmax(logits))
     torch.testing.assert_close(out, torch.tensor([[[0.5, 0.5]]]))
     out[..., 0].sum().backward()
     assert float(logits.grad.abs().sum()) > 0
