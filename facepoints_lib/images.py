@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 # 16/32-bit and float images larger than this many times the network's input are shrunk
 # in their own mode (antialiased) before the float64 conversion of ``to_rgb``: that copy
@@ -34,8 +34,9 @@ SHRINK_FIRST = 4
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-# Pillow refuses images above ~179 Mpx as a decompression-bomb guard; faces are far smaller.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own guards stay as they are (no global setting is changed here): images above
+# ~179 Mpx raise DecompressionBombError, and truncated files raise an error rather than
+# being padded with grey (ImageFile.LOAD_TRUNCATED_IMAGES is False by default).
 
 
 class ImageReadError(ValueError):
