@@ -1285,6 +1285,8 @@ import torch
 
 
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
+TURNED_DEGREES = 10.0                # the second look: for faces the first finds turned more than this
+EXTRA_LOOKS = 2                      # ... looks on the aligned face (a third look helped turned faces)
 PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most (the recipe: 64
                                        # images with flip TTA take about 400 kB each, 26 MB in all)
 
@@ -1348,9 +1350,13 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
 
     ``flip_tta`` averages with the (re-labelled) prediction on the mirrored image;
     ``bf16`` runs the backbone under bfloat16 autocast (the heatmap logits and the
-    soft-argmax stay fp32). ``second_look`` (default: the model config's) predicts once,
-    aligns each face onto the model's mean shape (``align.align_faces``: upright, centred,
-    canonical size), predicts again on that crop and maps the answer back.
+    soft-argmax stay fp32). ``second_look`` (default: the model config's): a face whose
+    first answer lies turned by more than ``TURNED_DEGREES`` from the mean face is
+    aligned upright onto the model's mean shape (``align.align_faces``) and predicted
+    again, ``EXTRA_LOOKS`` times, each look aligning by the last answer; the answer is
+    mapped back exactly. Faces found upright keep their first answer: on the recipe's
+    holdout, looking again at every face made the upright ones slightly worse (err 3.50
+    against 3.43), while turned faces gain most from the second look and a third.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -1375,8 +1381,13 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
         x = images[start:start + batch_size].to(device).float().div_(255.0)
         pred = look(x)
         if again:
-            crops, matrices = align_faces(x, pred, model.mean_shape)
-            pred = apply_transform(invert_transform(matrices), look(crops))
+            turned = rotation_degrees(similarity_to(pred, model.mean_shape)).abs() > TURNED_DEGREES
+            if bool(turned.any()):
+                faces, answer = x[turned], pred[turned]
+                for _ in range(EXTRA_LOOKS):
+                    crops, matrices = align_faces(faces, answer, model.mean_shape)
+                    answer = apply_transform(invert_transform(matrices), look(crops))
+                pred[turned] = answer
         out.append(pred.double().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
 

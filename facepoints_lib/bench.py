@@ -195,13 +195,8 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
             names_file.write_text(json.dumps(rest))
             fast = _bench_subprocess(_FAST_SCRIPT, str(data_dir / "gt.csv"), str(img_dir), str(names_file))
 
-    pred = np.stack([np.asarray(detected["detections"][n]).reshape(-1, 2) for n in held])
-    pred_no_tta = np.stack([np.asarray(detected["detections_no_tta"][n]).reshape(-1, 2) for n in held])
-    true = np.stack([gt[n].reshape(-1, 2) for n in held])
-    sizes = np.array([read_image_size(img_dir / n) for n in held], dtype=np.float64)
-    err_per_image = per_image_err(pred, true, sizes)
-    err = float(err_per_image.mean())
-    nme = per_image_nme(pred, true)
+    holdout_figures = _score_holdout(detected, held, gt, img_dir)
+    err = holdout_figures["err"]
     result = {
         "name": name,
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -212,10 +207,7 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
         "excluded": sorted(set(exclude) & set(rest)),
         "parameters": sum(p.numel() for p in model.parameters()),   # the EMA copy has requires_grad off
         "model_mb": model_path.stat().st_size / 2**20,
-        "holdout": {"err": err, "mark": course_mark(err), "nme": float(nme.mean()),
-                    "auc08": ced_auc(nme, 0.08), "median_err": float(np.median(err_per_image)),
-                    "worst_err": float(err_per_image.max()),
-                    "err_without_flip_tta": float(per_image_err(pred_no_tta, true, sizes).mean())},
+        "holdout": holdout_figures,
         "train": {"wall_seconds": train_seconds, "fit_seconds": fit_seconds, "steps": steps,
                   "epochs": history[-1]["epoch"] if history else 0,
                   "images_per_second": steps * min(cfg.batch_size, len(rest)) / fit_seconds,
@@ -235,6 +227,56 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
           f"({result['train']['images_per_second']:.0f} img/s); detect {result['detect_1thread']['images_per_second']:.0f} "
           f"img/s, peak RSS {detected['peak_rss_mb']:.0f} MB"
           + (f"; fast_train {fast['seconds']:.1f} s" if fast else "") + f" -> {out}")
+    return result
+
+
+def _score_holdout(detected: dict, held: list[str], gt: dict, img_dir: Path) -> dict:
+    """Holdout figures from ``_DETECT_SCRIPT``'s output: err, mark, NME, AUC, median, worst."""
+    pred = np.stack([np.asarray(detected["detections"][n]).reshape(-1, 2) for n in held])
+    pred_no_tta = np.stack([np.asarray(detected["detections_no_tta"][n]).reshape(-1, 2) for n in held])
+    true = np.stack([gt[n].reshape(-1, 2) for n in held])
+    sizes = np.array([read_image_size(img_dir / n) for n in held], dtype=np.float64)
+    err_per_image = per_image_err(pred, true, sizes)
+    err = float(err_per_image.mean())
+    nme = per_image_nme(pred, true)
+    return {"err": err, "mark": course_mark(err), "nme": float(nme.mean()), "auc08": ced_auc(nme, 0.08),
+            "median_err": float(np.median(err_per_image)), "worst_err": float(err_per_image.max()),
+            "err_without_flip_tta": float(per_image_err(pred_no_tta, true, sizes).mean())}
+
+
+def rescore_bench(name: str, data_dir: str | os.PathLike, *, model_path: str | os.PathLike | None = None,
+                  results_dir: str | os.PathLike = RESULTS_DIR, command: str | None = None) -> dict:
+    """Detect and score a finished benchmark's holdout again with today's code (after a
+    change of detection only), keeping its training figures.
+
+    The weights are the ones the run saved (``artifacts/bench-NAME.pt``); the file's
+    ``holdout`` and ``detect_1thread`` are replaced, the former figures kept under
+    ``rescored.before`` with the commit and date of the rescoring.
+    """
+    path = Path(results_dir) / f"{name}.json"
+    result = json.loads(path.read_text())
+    data_dir = Path(data_dir)
+    img_dir = data_dir / "images"
+    gt = read_gt(data_dir / "gt.csv")
+    _, held = split_names(sorted(gt), result["data"]["holdout"], result["data"]["split_seed"])
+    model_path = Path(model_path) if model_path else Path("artifacts") / f"bench-{name}.pt"
+    with tempfile.TemporaryDirectory() as tmp:
+        names_file = Path(tmp) / "names.json"
+        names_file.write_text(json.dumps(held))
+        detected = _bench_subprocess(_DETECT_SCRIPT, str(model_path), str(img_dir), str(names_file))
+    before = {"holdout": result["holdout"], "detect_1thread": result["detect_1thread"],
+              "commit": result["machine"].get("commit")}
+    result["holdout"] = _score_holdout(detected, held, gt, img_dir)
+    result["detect_1thread"] = {"images": len(held), "seconds": detected["seconds"],
+                                "images_per_second": len(held) / detected["seconds"],
+                                "peak_rss_mb": detected["peak_rss_mb"]}
+    result["rescored"] = {"command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                          "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), "before": before}
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    h = result["holdout"]
+    print(f"{name} rescored: holdout err {h['err']:.3f} (was {before['holdout']['err']:.3f}), median "
+          f"{h['median_err']:.2f}, worst {h['worst_err']:.1f}; detect "
+          f"{result['detect_1thread']['images_per_second']:.0f} img/s -> {path}")
     return result
 
 

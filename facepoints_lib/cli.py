@@ -81,6 +81,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_rescore(args: argparse.Namespace) -> int:
+    from .bench import rescore_bench
+
+    rescore_bench(args.name, args.data_dir, model_path=args.model, results_dir=args.results_dir,
+                  command=" ".join(["facepoints", *sys.argv[1:]]))
+    return 0
+
+
 def _cmd_bench_rotation(args: argparse.Namespace) -> int:
     from .rotation_bench import run_rotation_bench
 
@@ -224,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     add_set(p)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-rescore", help="detect and score a finished benchmark's holdout again with "
+                                             "today's detection code, keeping its training figures")
+    p.add_argument("name", help="the result to rescore (bench/results/NAME.json)")
+    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA), help=f"train folder (default {DEFAULT_DATA})")
+    p.add_argument("--model", default=None, help="model file (default artifacts/bench-NAME.pt)")
+    p.add_argument("--results-dir", default="bench/results", help="where the JSON is (default bench/results)")
+    p.set_defaults(func=_cmd_bench_rescore)
 
     p = sub.add_parser("bench-rotation", help="err on the holdout turned by quarter turns and by any "
                                               "angle, with and without the second look, saved as JSON")

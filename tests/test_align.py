@@ -100,3 +100,33 @@ def test_align_folder_returns_crops_that_map_back(small_faces, tiny_model_path):
     assert torch.allclose(apply_transform(invert_transform(torch.from_numpy(transforms)), there), norm, atol=1e-6)
     with pytest.raises(NotADirectoryError):
         align_folder(tiny_model_path, small_faces / "missing")
+
+
+def test_predict_looks_again_only_at_faces_found_turned(monkeypatch):
+    """Faces whose first answer is upright keep it; one found turned is aligned and looked
+    at EXTRA_LOOKS more times. An untrained regression head answers its mean shape plus its
+    last layer's bias, which sets the first answer here."""
+    import facepoints_lib.inference as inference
+    from facepoints_lib.model import build_model
+    from conftest import tiny_model_config
+
+    shape = torch.tensor([[0.3, 0.3], [0.42, 0.3], [0.58, 0.3], [0.7, 0.3], [0.3, 0.4], [0.36, 0.4], [0.42, 0.4],
+                          [0.58, 0.4], [0.64, 0.4], [0.7, 0.4], [0.5, 0.55], [0.38, 0.7], [0.5, 0.72], [0.62, 0.7]])
+    model = build_model(tiny_model_config(head="regression")).eval()
+    model.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.25), shape)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    calls = []
+    original = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or original(x))
+    upright = inference.predict(model, images, flip_tta=False, second_look=True)
+    assert calls == [3]                                    # one look: every answer is the upright mean face
+    np.testing.assert_allclose(upright, shape[None].expand(3, -1, -1).numpy(), atol=1e-6)
+
+    turned = torch.stack([1 - shape[:, 1], shape[:, 0]], -1)          # the mean face turned by a quarter
+    with torch.no_grad():
+        model.regressor[-1].bias.copy_((turned - shape).reshape(-1))
+    calls.clear()
+    first = inference.predict(model, images, flip_tta=False, second_look=False)
+    again = inference.predict(model, images, flip_tta=False, second_look=True)
+    assert calls == [3, 3] + [3] * inference.EXTRA_LOOKS
+    assert np.abs(again - first).max() > 0.05
