@@ -399,7 +399,7 @@ def epochs_for_budget(budget_seconds: float, steps_per_epoch: int, step_seconds:
 # Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 faces,
 # the 500-face holdout of split seed 0), as measured in bench/results/<file>.json. A test
 # checks these numbers against those files.
-RECIPE_CURVE = ((30, 3.51, "epochs-30"), (60, 3.30, "recipe-sgd-seed0"), (90, 3.22, "budget-90-epochs"))
+RECIPE_CURVE = ((90, 3.41, "turn-seed0"),)
 _CURVE_FREE_KEYS = {"epochs", "minutes", "seed", "threads", "device", "bf16", "max_steps",
                     "eval_every", "val_size", "max_images"}
 

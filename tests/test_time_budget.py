@@ -48,13 +48,15 @@ def test_epochs_for_budget_counts_steps_and_validations():
     assert epochs_for_budget(3, 10, 1.0, TrainConfig()) == 1               # never below one epoch
 
 
-def test_predicted_err_follows_the_measured_curve():
-    (e0, err0, _), (e1, err1, _) = RECIPE_CURVE[0], RECIPE_CURVE[1]
-    middle = predicted_err_note((e0 + e1) // 2, full_config())
-    value = float(middle.split("about ")[1].split()[0])
-    assert min(err0, err1) <= value <= max(err0, err1)
-    assert f"{err1:.2f} at {e1} epochs" in predicted_err_note(e1, full_config(seed=3, threads=1))
+def test_predicted_err_follows_the_measured_curve(monkeypatch):
+    last_epochs, last_err, _ = RECIPE_CURVE[-1]
+    assert f"{last_err:.2f} at {last_epochs} epochs" in predicted_err_note(last_epochs, full_config(seed=3, threads=1))
     assert "fewer epochs do worse" in predicted_err_note(1, full_config())
+    # between two measured budgets: log-linear interpolation
+    monkeypatch.setattr(train_module, "RECIPE_CURVE", ((30, 3.5, "a"), (90, 3.2, "b")))
+    middle = predicted_err_note(60, full_config())
+    value = float(middle.split("about ")[1].split()[0])
+    assert 3.2 <= value <= 3.5
     other = full_config(model=ModelConfig(head="regression"))
     assert predicted_err_note(45, other).startswith("no measured")
     assert predicted_err_note(45, full_config(lr=0.1)).startswith("no measured")
