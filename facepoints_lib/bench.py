@@ -73,6 +73,23 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
     return cfg
 
 
+def shown_command(argv: Sequence[str] | None = None, program: str = "facepoints") -> str:
+    """The command line as a results file records it: an absolute path becomes relative to
+    the working directory when it lies inside it, else its last two parts (a results file
+    names no machine's folders)."""
+    here = Path.cwd().resolve()
+    shown = [program]
+    for arg in (sys.argv[1:] if argv is None else argv):
+        if arg.startswith(os.sep):
+            path = Path(arg)
+            try:
+                arg = str(path.resolve().relative_to(here))
+            except ValueError:
+                arg = str(Path(*path.parts[-2:]))
+        shown.append(arg)
+    return " ".join(shown)
+
+
 def machine_info() -> dict:
     """Cores, CPU model and flags, the kernels torch picked (and any variable that capped
     them, see docs/cpu-notes.md), torch version and the git commit, for the results file."""
@@ -199,7 +216,7 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
     err = holdout_figures["err"]
     result = {
         "name": name,
-        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command or shown_command(),
         "data": {"dir": data_dir.name, "faces": len(gt), "train": len(rest), "holdout": len(held),
                  "split_seed": split_seed},
         "config": cfg.to_dict(),
@@ -270,7 +287,7 @@ def rescore_bench(name: str, data_dir: str | os.PathLike, *, model_path: str | o
     result["detect_1thread"] = {"images": len(held), "seconds": detected["seconds"],
                                 "images_per_second": len(held) / detected["seconds"],
                                 "peak_rss_mb": detected["peak_rss_mb"]}
-    result["rescored"] = {"command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    result["rescored"] = {"command": command or shown_command(),
                           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), "before": before}
     path.write_text(json.dumps(result, indent=1) + "\n")
     h = result["holdout"]
@@ -305,7 +322,7 @@ def run_detect_bench(model_path: str | os.PathLike, *, img_dir: str | os.PathLik
                                    "--tta-only", *(["--single-look"] if single_look else []))
     result = {
         "name": name or f"detect-{len(names)}",
-        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command or shown_command(),
         "images": len(names), "source": "synthetic faces" if synthetic_used else "folder",
         "seconds": timing["seconds"], "images_per_second": len(names) / timing["seconds"],
         "peak_rss_mb": timing["peak_rss_mb"], "threads": 1, "flip_tta": True, "second_look": not single_look,
@@ -374,7 +391,7 @@ def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8
         print(f"{label}: train {train_rates[label]:.0f} img/s ({threads} threads); detect network with flip TTA "
               f"{detect_rates[label]['as_trained']:.0f} faces/s, "
               f"{detect_rates[label]['batch_norm_folded']:.0f} with batch norm folded (1 thread)")
-    result = {"name": name, "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    result = {"name": name, "command": command or shown_command(),
               "bf16": bf16, "batch": batch, "train_threads": threads,
               "train_images_per_second": train_rates, "detect_network_faces_per_second": detect_rates,
               "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}

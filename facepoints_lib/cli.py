@@ -72,46 +72,47 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, shown_command
 
     run_bench(args.data_dir, name=args.name, overrides=args.set, holdout=args.holdout,
               exclude=_read_names(args.exclude),
               seed=args.seed, split_seed=args.split_seed, time_fast_train=not args.no_fast_train,
-              results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]))
+              results_dir=args.results_dir, command=shown_command())
     return 0
 
 
 def _cmd_bench_rescore(args: argparse.Namespace) -> int:
-    from .bench import rescore_bench
+    from .bench import rescore_bench, shown_command
 
     rescore_bench(args.name, args.data_dir, model_path=args.model, results_dir=args.results_dir,
-                  command=" ".join(["facepoints", *sys.argv[1:]]))
+                  command=shown_command())
     return 0
 
 
 def _cmd_bench_rotation(args: argparse.Namespace) -> int:
+    from .bench import shown_command
     from .rotation_bench import run_rotation_bench
 
     run_rotation_bench(args.model, args.data_dir, name=args.name, holdout=args.holdout,
                        split_seed=args.split_seed, results_dir=args.results_dir,
-                       command=" ".join(["facepoints", *sys.argv[1:]]))
+                       command=shown_command())
     return 0
 
 
 def _cmd_bench_detect(args: argparse.Namespace) -> int:
-    from .bench import run_detect_bench
+    from .bench import run_detect_bench, shown_command
 
     run_detect_bench(args.model, img_dir=args.img_dir, synthetic=args.synthetic, name=args.name,
-                     results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]),
+                     results_dir=args.results_dir, command=shown_command(),
                      single_look=args.single_look)
     return 0
 
 
 def _cmd_bench_speed(args: argparse.Namespace) -> int:
-    from .bench import run_speed_bench
+    from .bench import run_speed_bench, shown_command
 
     run_speed_bench(name=args.name, threads=args.threads, seconds=args.seconds,
-                    results_dir=args.results_dir, command=" ".join(["facepoints", *sys.argv[1:]]))
+                    results_dir=args.results_dir, command=shown_command())
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bench import RESULTS_DIR, _bench_subprocess, machine_info
+from .bench import RESULTS_DIR, _bench_subprocess, machine_info, shown_command
 from .gt_csv import read_gt
 from .images import read_image
 from .metrics import course_mark, per_image_err
@@ -164,7 +164,7 @@ def run_rotation_bench(model_path: str | Path, data_dir: str | Path, *, name: st
     roll_any = face_roll_degrees(np.stack([truth["any"][n] for n in held]))
     upright = errors["upright/second"]
     median = float(np.median(upright))
-    result: dict = {"name": name, "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    result: dict = {"name": name, "command": command or shown_command(),
                     "model": Path(model_path).name,
                     "data": {"dir": data_dir.name, "holdout": len(held), "split_seed": split_seed, "seed": seed},
                     "sets": {}}
