@@ -421,21 +421,18 @@ def recipe_summary(results_dir: str | Path) -> str:
     """A few lines with the shipped recipe's holdout, turned-face and speed figures, read
     from ``RECIPE_RESULTS`` / ``ROTATION_RESULTS`` in ``results_dir``."""
     results_dir = Path(results_dir)
+
+    def present(names: tuple[str, ...]) -> list[tuple[str, dict]]:
+        return [(name, json.loads((results_dir / f"{name}.json").read_text())) for name in names
+                if (results_dir / f"{name}.json").is_file()]
+
     lines = []
-    for name in RECIPE_RESULTS:
-        path = results_dir / f"{name}.json"
-        if not path.is_file():
-            continue
-        r = json.loads(path.read_text())
+    for name, r in present(RECIPE_RESULTS):
         h, t = r["holdout"], r["train"]
         lines.append(f"{name}: holdout err {h['err']:.3f} (mark {h['mark']}), median {h['median_err']:.2f}, "
                      f"worst {h['worst_err']:.1f} on {r['data']['holdout']} faces never trained on; "
                      f"trained in {t['fit_seconds'] / 60:.1f} min on {t['threads']} threads ({_flags(r)})")
-    for name in ROTATION_RESULTS:
-        path = results_dir / f"{name}.json"
-        if not path.is_file():
-            continue
-        r = json.loads(path.read_text())
+    for name, r in present(ROTATION_RESULTS):
         s, rolled = r["sets"], r["rolled_over_45_vs_2x_upright_median"]
         speed = r["detect_1thread_images_per_second"]
         lines.append(f"{name}: upright err {s['upright/second']['err']:.3f}; quarter turns "

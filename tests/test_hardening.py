@@ -846,16 +846,22 @@ def test_jfif_and_jpe_files_are_images(tmp_path):
     assert list_images(tmp_path) == ["a.jfif", "b.JPE"]
 
 
-def test_ctrl_c_says_what_was_kept(monkeypatch, capsys):
+def _every_command_raises(monkeypatch, error: BaseException):
+    """Make every ``facepoints`` sub-command raise ``error``; return the cli module."""
     from facepoints_lib import cli
 
-    def interrupted(args):
-        raise KeyboardInterrupt
+    def fails(args):
+        raise error
 
     parser = cli.build_parser()
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     for action in parser._subparsers._group_actions[0].choices.values():
-        action.set_defaults(func=interrupted)
+        action.set_defaults(func=fails)
+    return cli
+
+
+def test_ctrl_c_says_what_was_kept(monkeypatch, capsys):
+    cli = _every_command_raises(monkeypatch, KeyboardInterrupt())
     assert cli.main(["train", "somewhere"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
@@ -920,15 +926,7 @@ def test_decoding_a_large_16bit_image_takes_little_more_than_its_pixels(tmp_path
 def test_no_cli_path_ends_in_a_traceback(monkeypatch, capsys, error, status, text):
     """Whatever a command raises, the user reads one line and an exit status; the
     traceback only with FACEPOINTS_DEBUG=1."""
-    from facepoints_lib import cli
-
-    def fails(args):
-        raise error
-
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    for action in parser._subparsers._group_actions[0].choices.values():
-        action.set_defaults(func=fails)
+    cli = _every_command_raises(monkeypatch, error)
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     assert cli.main(["detect", "somewhere"]) == status
     err = capsys.readouterr().err
