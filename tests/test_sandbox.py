@@ -212,7 +212,8 @@ def test_fast_train_in_a_read_only_sandbox(sandbox_source):
     history = result["history"]                            # validation after each of the 2 epochs
     assert [h["epoch"] for h in history] == [1, 2], where
     assert all(0 < h["val_err"] < float("inf") for h in history), where
-    assert "(100 for validation)" in box["stdout"] and "val err" in box["stdout"], where
+    # 160 faces, fewer than 5 x the grader's val_size of 100: a fifth of them validates
+    assert "(32 for validation)" in box["stdout"] and "val err" in box["stdout"], where
 
     torch_scratch = [p for p in box["empty_dirs"]
                      if os.path.dirname(p) == "/tmp" and os.path.basename(p).startswith("torchinductor_")]
