@@ -238,6 +238,15 @@ def plot_binned(ax, rows: list[dict], *, xlabel: str, ylabel: str, label: str | 
     ax.set_ylabel(ylabel)
 
 
+def plain_log_y(ax) -> None:
+    """A log y axis with ticks at 1, 2, 5 x 10^k written as plain numbers, and no crowded
+    minor labels (matplotlib's default writes 4 x 10^0)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_binned_series(ax, series: dict[str, list[dict]], *, xlabel: str, ylabel: str,
                        log_y: bool = False) -> None:
     """Several ``analysis.binned`` results over the same bins as grouped bars with
@@ -260,7 +269,7 @@ def plot_binned_series(ax, series: dict[str, list[dict]], *, xlabel: str, ylabel
     ax.set_xticks(range(len(bins)))
     ax.set_xticklabels([f"{lo:g}-{hi:g}\nn={counts.get((lo, hi), 0)}" for lo, hi in bins], fontsize=8)
     if log_y:
-        ax.set_yscale("log")
+        plain_log_y(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
@@ -304,11 +313,8 @@ def plot_histories(ax, results: list[dict], key: str = "val_err", x: str = "epoc
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, "o-" if len(points) < 15 else "-", ms=3, label=r["name"])
-    if log_y:                      # ticks at 1, 2, 5 x 10^k, plain numbers, no crowded minor labels
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
+    if log_y:
+        plain_log_y(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x)
     ax.set_ylabel(key.replace("_", " "))
