@@ -1287,8 +1287,8 @@ import torch
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
 TURNED_DEGREES = 10.0                # the second look: for faces the first finds turned more than this
 EXTRA_LOOKS = 2                      # ... looks on the aligned face (a third look helped turned faces)
-PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most (the recipe: 64
-                                       # images with flip TTA take about 400 kB each, 26 MB in all)
+PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most, as estimated (the
+                                       # recipe: 3.0 MB a face, 6.0 MB with its mirror, so 42 a batch)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -357,21 +357,23 @@ def budget_epochs(label: str) -> float:
     return float(head) if head.replace(".", "", 1).isdigit() else 0.0
 
 
+def _by_budget(items: list[dict], label) -> dict[str, list[dict]]:
+    """``items`` split by ``label(item)``, a training budget, largest budget first."""
+    budgets: dict[str, list[dict]] = {}
+    for item in items:
+        budgets.setdefault(label(item), []).append(item)
+    return {b: budgets[b] for b in sorted(budgets, key=lambda b: (-budget_epochs(b), b))}
+
+
 def rows_by_budget(rows: list[dict]) -> dict[str, list[dict]]:
     """``bench_rows`` split by training budget, largest budget first, each sorted by err."""
-    budgets: dict[str, list[dict]] = {}
-    for row in rows:
-        budgets.setdefault(row["budget"], []).append(row)
-    order = sorted(budgets, key=lambda b: (-budget_epochs(b), b))
-    return {b: sorted(budgets[b], key=lambda r: r["err"]) for b in order}
+    return {b: sorted(members, key=lambda r: r["err"])
+            for b, members in _by_budget(rows, lambda r: r["budget"]).items()}
 
 
 def results_by_budget(results: list[dict]) -> dict[str, list[dict]]:
     """Benchmark results split by training budget, largest budget first."""
-    budgets: dict[str, list[dict]] = {}
-    for r in results:
-        budgets.setdefault(budget_label(r), []).append(r)
-    return {b: budgets[b] for b in sorted(budgets, key=lambda b: (-budget_epochs(b), b))}
+    return _by_budget(results, budget_label)
 
 
 def shorten(text: str, width: int = 44) -> str:
