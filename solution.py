@@ -1,16 +1,16 @@
-"""GENERATED FILE - DO NOT EDIT. Frozen from the package facepoints_lib by
-`python -m facepoints_lib freeze` (equivalently `python -m facepoints_lib.freeze`).
+"""GENERATED FILE - DO NOT EDIT. Frozen from the package facepoints_lib/core by
+`python -m facepoints_lib freeze`.
 
 Edit the package and rerun that command to regenerate this file; add `--check` to
 test whether it is up to date.  Modules, in order:
 
-    schema, files, images, gt_csv, dataset, augment, align, model, inference, progress,
-    metrics, checkpoint, train, detect, grader
+    schema, files, images, gt_csv, dataset, augment, align, model, losses, inference,
+    progress, metrics, checkpoint, config, budget, train, detect, grader
 """
 from __future__ import annotations
 
 
-# ---- facepoints_lib/schema.py ----
+# ---- facepoints_lib/core/schema.py ----
 # The 14-point face schema: names, horizontal-flip permutation, drawing skeleton.
 #
 # This module is the single place where the keypoint layout is defined. "Left" means
@@ -72,7 +72,7 @@ SKELETON = (
 OUTER_EYE_CORNERS = (4, 9)
 
 
-# ---- facepoints_lib/files.py ----
+# ---- facepoints_lib/core/files.py ----
 # Writing output files safely: check the target before the work, write it whole or not at all.
 #
 # ``check_writable`` refuses a target that cannot be written (a folder, a missing or
@@ -122,7 +122,7 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-# ---- facepoints_lib/images.py ----
+# ---- facepoints_lib/core/images.py ----
 # Finding and decoding face images: any PIL mode in, RGB out, resized once.
 #
 # Decisions this module makes for the whole package:
@@ -275,7 +275,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
-# ---- facepoints_lib/gt_csv.py ----
+# ---- facepoints_lib/core/gt_csv.py ----
 # Reading and writing keypoint tables in the course's ``gt.csv`` format.
 #
 # Format: a header ``filename,x1,y1,x2,y2,...,x14,y14`` and one row per image with 28
@@ -401,8 +401,9 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
     return checked
 
 
-def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name.
+def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike, decimals: int = 2) -> Path:
+    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name,
+    each coordinate with ``decimals`` digits after the point (the project's one gt.csv writer).
 
     The file is written whole or not at all (a temporary file beside it, then renamed), so
     a failure leaves any earlier file as it was. File names that are not valid UTF-8 (the
@@ -414,7 +415,7 @@ def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
         coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
         if coords.shape != (NUM_COORDS,):
             raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
-        rows.append([name] + [f"{v:.2f}" for v in coords])
+        rows.append([name] + [f"{v:.{decimals}f}" for v in coords])
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
@@ -442,7 +443,7 @@ def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
 
 
 def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike) -> Path:
-    """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format."""
+    """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format, rows sorted by name."""
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -452,7 +453,7 @@ def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike
     return path
 
 
-# ---- facepoints_lib/dataset.py ----
+# ---- facepoints_lib/core/dataset.py ----
 # The in-memory dataset: every image decoded and resized once, kept as uint8 tensors.
 #
 # A ``FaceSet`` holds ``images`` (N, 3, S, S) uint8, ``keypoints`` (N, 14, 2) float32 in
@@ -585,7 +586,14 @@ def iter_image_chunks(img_dir: str | os.PathLike, image_size: int, chunk: int,
                    torch.tensor(sizes, dtype=torch.float64))
 
 
-# ---- facepoints_lib/augment.py ----
+def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of file names into (train, validation); at least one face trains."""
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(max(val_size, 0), len(names) - 1)
+    return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
+
+
+# ---- facepoints_lib/core/augment.py ----
 # Augmentation of whole batches with tensor ops: flip, rotation, scale, shift, photometric.
 #
 # Geometry works in the ``[-1, 1]`` grid coordinates of ``torch.nn.functional.grid_sample``
@@ -773,7 +781,7 @@ def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
     return mirrored
 
 
-# ---- facepoints_lib/align.py ----
+# ---- facepoints_lib/core/align.py ----
 # Face alignment: the similarity transform that puts a face on a canonical frame, and back.
 #
 # Once a face's 14 points are roughly known, the rotation, scale and shift that best map
@@ -869,26 +877,21 @@ def align_faces(images: torch.Tensor, keypoints: torch.Tensor, canonical: torch.
     return crops, matrices
 
 
-# ---- facepoints_lib/model.py ----
+# ---- facepoints_lib/core/model.py ----
 # The keypoint networks, written from scratch: a small residual backbone and two heads.
 #
-# * ``head="heatmap"``: a light feature pyramid brings the backbone back to stride 4 and
-#   predicts one heatmap per point; a spatial softmax turns each map into a distribution
-#   whose mean is the point (integral regression / soft-argmax), so the output is still
-#   coordinates and the whole net trains end to end on a coordinate loss. With
-#   ``stacks > 1`` that first guess is refined by further hourglass modules at stride 4
-#   (Newell et al., 2016): each takes the last one's features and heatmaps, and training
-#   supervises every stack's output.
-# * ``head="offsets"``: the same pyramid predicts, per point, a heatmap with a peak of 1 at
-#   the point's cell plus a map of sub-cell offsets; the point is the highest cell plus its
-#   offset (heatmap + offsets, as in CenterNet or PIPNet). Training regresses the maps
-#   themselves (see ``train.offsets_head_loss``), not the decoded coordinates.
+# * ``head="heatmap"`` (the recipe): a light feature pyramid brings the backbone back to
+#   stride 4 and predicts one heatmap per point; a spatial softmax turns each map into a
+#   distribution whose mean is the point (integral regression / soft-argmax), so the
+#   output is still coordinates and the whole net trains end to end on a coordinate loss.
 # * ``head="regression"``: the last feature map is flattened into a small MLP that predicts
-#   offsets from the mean face shape.
+#   offsets from the mean face shape (notebook 03's baseline).
 #
 # Every network takes float images in [0, 1], (N, 3, S, S), normalises them with its own
 # buffers, and returns normalised keypoints (N, 14, 2) (see ``schema``). ``ModelConfig``
 # is plain data: it is stored in checkpoints and is all that is needed to rebuild the net.
+# Variants that lost to these in notebook 03 (a heatmap + offsets head, stacked hourglass
+# refinement) are described in bench/README.md, with the commit that can still run them.
 
 
 import copy
@@ -900,10 +903,10 @@ import torch.nn.functional as F
 
 
 
-HEADS = ("heatmap", "offsets", "regression")
+HEADS = ("heatmap", "regression")
 # Upper bounds of a config's sizes (ModelConfig.validate): far above any network this
 # project trains (96 px, widths <= 256, depths <= 3), far below what exhausts a machine.
-MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN, MAX_STACKS = 256, 1024, 16, 4096, 8
+MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN = 256, 1024, 16, 4096
 MAX_PARAMETERS = 50_000_000        # 200 MB of float32 weights; the recipe has 2.3 M
 MAX_ACTIVATIONS = 16_000_000       # feature-map values of one image's forward pass (64 MB of
                                    # float32); the recipe has about 0.8 M
@@ -914,14 +917,13 @@ class ModelConfig:
     """Hyper-parameters of a keypoint network (stored in checkpoints as a dict)."""
 
     image_size: int = 96                         # network input side, pixels
-    head: str = "heatmap"                        # "heatmap" (soft-argmax), "offsets" or "regression"
+    head: str = "heatmap"                        # "heatmap" (soft-argmax) or "regression"
     stem_width: int = 24                         # channels after the stride-2 stem
     widths: tuple = (48, 96, 160, 256)           # stage widths at strides 4, 8, 16, 32
     depths: tuple = (2, 2, 2, 1)                 # residual blocks per stage
     decoder_width: int = 64                      # feature-pyramid channels (heatmap head)
     hidden: int = 256                            # MLP width (regression head)
     dropout: float = 0.1                         # before the regression MLP
-    stacks: int = 1                              # heatmap head: 1 + refining hourglass modules
     second_look: bool = True                     # predict again on the face aligned upright (align.py)
 
     def to_dict(self) -> dict:
@@ -930,7 +932,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        """Rebuild from ``to_dict`` output; unknown keys are refused."""
+        """Rebuild from ``to_dict`` output; unknown keys are refused.
+
+        Model files written before the refining stacks were retired carry ``stacks: 1``,
+        which is what every network now is: that key is accepted at 1 and dropped.
+        """
+        data = dict(data)
+        if "stacks" in data:
+            if data["stacks"] != 1:
+                raise ValueError(f"refining stacks (stacks={data['stacks']!r}) are no longer supported; "
+                                 "see bench/README.md for the commit that can still load such a model")
+            del data["stacks"]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -952,15 +964,13 @@ class ModelConfig:
         for name, value, top in (("image_size", self.image_size, MAX_IMAGE_SIZE),
                                  ("stem_width", self.stem_width, MAX_WIDTH),
                                  ("decoder_width", self.decoder_width, MAX_WIDTH),
-                                 ("hidden", self.hidden, MAX_HIDDEN), ("stacks", self.stacks, MAX_STACKS),
+                                 ("hidden", self.hidden, MAX_HIDDEN),
                                  *((f"widths[{i}]", w, MAX_WIDTH) for i, w in enumerate(self.widths)),
                                  *((f"depths[{i}]", d, MAX_DEPTH) for i, d in enumerate(self.depths))):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
         if not isinstance(self.second_look, bool):
             raise ValueError(f"second_look must be True or False, got {self.second_look!r}")
-        if self.stacks > 1 and self.head != "heatmap":
-            raise ValueError(f"stacks must be >= 1, and > 1 only with the heatmap head; got {self.stacks}")
         if self.image_size % 32 or self.image_size < 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
@@ -985,8 +995,7 @@ class ModelConfig:
         if self.head == "regression":
             return count + self.hidden + 2 * NUM_POINTS
         d, fine = self.decoder_width, sides[0] ** 2
-        count += 2 * d * sum(side * side for side in sides) + 2 * d * fine + 3 * NUM_POINTS * fine
-        return count + (self.stacks - 1) * (40 * d * fine + 2 * NUM_POINTS * fine)
+        return count + 2 * d * sum(side * side for side in sides) + 2 * d * fine + 3 * NUM_POINTS * fine
 
     def estimated_parameters(self) -> int:
         """Convolution and linear weights of the network, counted from the config alone
@@ -1000,8 +1009,7 @@ class ModelConfig:
         if self.head == "regression":
             side = self.image_size // 32
             return count + self.widths[-1] * side * side * self.hidden + self.hidden * 2 * NUM_POINTS
-        count += sum(self.widths) * d + 9 * d * d + d * NUM_POINTS * 3
-        return count + (self.stacks - 1) * (10 * 18 * d * d + 2 * NUM_POINTS * d)
+        return count + sum(self.widths) * d + 9 * d * d + d * NUM_POINTS
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, relu: bool = True) -> nn.Sequential:
@@ -1049,40 +1057,6 @@ class Backbone(nn.Module):
         return features
 
 
-class Hourglass(nn.Module):
-    """Encoder-decoder of residual blocks at one width: down ``levels`` times, back up with skips.
-
-    At stride 4 with three levels it sees the whole 96 px face (stride 32) and returns a map
-    of the input's size, so stacked copies can refine each other's heatmaps.
-    """
-
-    def __init__(self, width: int, levels: int = 3):
-        super().__init__()
-        self.skip = ResidualBlock(width, width)
-        self.down = ResidualBlock(width, width, stride=2)
-        self.inner = Hourglass(width, levels - 1) if levels > 1 else ResidualBlock(width, width)
-        self.up = ResidualBlock(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        low = self.up(self.inner(self.down(x)))
-        return self.skip(x) + F.interpolate(low, size=x.shape[-2:], mode="nearest")
-
-
-class RefineStack(nn.Module):
-    """One refining stack: the last features plus its remapped heatmaps through an hourglass."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.from_heatmaps = nn.Conv2d(NUM_POINTS, width, 1)
-        self.hourglass = Hourglass(width)
-        self.heatmaps = nn.Conv2d(width, NUM_POINTS, 1)
-
-    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.hourglass(features + self.from_heatmaps(logits.to(features.dtype)))
-        with torch.autocast(x.device.type, enabled=False):
-            return x, self.heatmaps(x.float())
-
-
 def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Each (N, K, H, W) logit map as a probability distribution over its cells (fp32)."""
     n, k, h, w = logits.shape
@@ -1102,32 +1076,8 @@ def expected_coordinates(probs: torch.Tensor) -> torch.Tensor:
     return torch.stack([u, v], dim=-1)
 
 
-def offsets_at(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """The offsets head's (x, y) offsets of each point read at one cell per point.
-
-    ``maps`` (N, 3K, H, W): K heatmaps, then K x-offsets, then K y-offsets, in cells from
-    the cell centre; ``cells`` (N, K) flat cell indices (row * W + column). -> (N, K, 2).
-    """
-    n, c, h, w = maps.shape
-    k = c // 3
-    picked = maps[:, k:].reshape(n, 2, k, h * w).gather(3, cells[:, None, :, None].expand(n, 2, k, 1))
-    return picked[..., 0].permute(0, 2, 1)
-
-
-def decode_offsets(maps: torch.Tensor) -> torch.Tensor:
-    """Points from the offsets head's (N, 3K, H, W) maps: the highest cell plus its offset.
-
-    Returns normalised (u, v): (N, K, 2) (channel layout: see ``offsets_at``).
-    """
-    h, w = maps.shape[-2:]
-    best = maps[:, :maps.shape[1] // 3].flatten(2).argmax(-1)             # (N, K)
-    cells = torch.stack([best % w, best // w], dim=-1).to(maps.dtype)      # (N, K, 2): column, row
-    size = torch.tensor([w, h], dtype=maps.dtype, device=maps.device)
-    return (cells + 0.5 + offsets_at(maps, best)) / size
-
-
 class KeypointNet(nn.Module):
-    """Backbone + heatmap, offsets or regression head; images in [0, 1] -> normalised keypoints."""
+    """Backbone + heatmap or regression head; images in [0, 1] -> normalised keypoints."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -1137,15 +1087,11 @@ class KeypointNet(nn.Module):
         self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 0.25))
         self.register_buffer("mean_shape", torch.full((NUM_POINTS, 2), 0.5))
         self.backbone = Backbone(cfg)
-        if cfg.head in ("heatmap", "offsets"):
+        if cfg.head == "heatmap":
             d = cfg.decoder_width
             self.lateral = nn.ModuleList(conv_bn(w, d, kernel=1, relu=False) for w in cfg.widths)
             self.smooth = conv_bn(d, d)
-            self.heatmaps = nn.Conv2d(d, NUM_POINTS * (3 if cfg.head == "offsets" else 1), 1)
-            if cfg.head == "offsets":       # start with empty heatmaps and centred offsets
-                nn.init.constant_(self.heatmaps.bias[:NUM_POINTS], -4.0)
-                nn.init.zeros_(self.heatmaps.bias[NUM_POINTS:])
-            self.refine = nn.ModuleList(RefineStack(d) for _ in range(cfg.stacks - 1))
+            self.heatmaps = nn.Conv2d(d, NUM_POINTS, 1)
         else:
             side = cfg.image_size // 32
             self.regressor = nn.Sequential(
@@ -1162,51 +1108,30 @@ class KeypointNet(nn.Module):
         self.pixel_std.copy_(pixel_std.view(1, 3, 1, 1))
         self.mean_shape.copy_(mean_shape.view(NUM_POINTS, 2))
 
-    def heatmap_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Top-down pyramid from stride 32 to stride 4, one logit map per point, then the
-        refining stacks: a list with one (N, 14, H, W) fp32 logit tensor per stack (the
-        offsets head: one (N, 42, H, W) tensor of heatmap logits and offsets)."""
+    def heatmap_logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Top-down pyramid from stride 32 to stride 4: one (N, 14, H, W) fp32 logit map per point."""
         x = self.lateral[-1](features[-1])
         for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
             x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
         x = self.smooth(x)
         with torch.autocast(x.device.type, enabled=False):   # bf16 logits would blur the softmax
-            logits = [self.heatmaps(x.float())]
-        for stack in self.refine:
-            x, more = stack(x, logits[-1])
-            logits.append(more)
-        return logits
+            return self.heatmaps(x.float())
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_heatmaps(images)[0]
+    def forward(self, images: torch.Tensor, with_heatmaps: bool = False):
+        """(N, 3, S, S) images in [0, 1] -> (N, 14, 2) normalised keypoints (fp32 for the heatmap head).
 
-    def forward_with_heatmaps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Keypoints and, for the heatmap head, the (N, 14, H, W) distributions behind them.
-
-        Training uses the distributions to shape the heatmaps (see ``train.heatmap_js_loss``);
-        the offsets head returns its raw (N, 42, H, W) maps instead (heatmap logits, x and y
-        offsets), and the regression head ``None``.
+        With ``with_heatmaps``: ``(keypoints, heatmaps)``, the heatmaps being the (N, 14, H, W)
+        distributions whose means are the points (None for the regression head), for the
+        training loss's heatmap-shape term (``losses.heatmap_js_loss``).
         """
-        return self.forward_stacks(images)[-1]
-
-    def forward_stacks(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """``forward_with_heatmaps`` for every stack, first to last (one entry unless ``stacks > 1``).
-
-        Training puts a loss on each (intermediate supervision); inference uses the last.
-        """
-        x = (images - self.pixel_mean) / self.pixel_std
-        features = self.backbone(x)
-        if self.config.head == "offsets":
-            maps = self.heatmap_logits(features)[0]
-            return [(decode_offsets(maps), maps)]
+        features = self.backbone((images - self.pixel_mean) / self.pixel_std)
         if self.config.head == "heatmap":
-            outputs = []
-            for logits in self.heatmap_logits(features):
-                probs = spatial_softmax(logits)
-                outputs.append((expected_coordinates(probs), probs))
-            return outputs
-        offsets = self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
-        return [(self.mean_shape + offsets, None)]
+            probs = spatial_softmax(self.heatmap_logits(features))
+            points = expected_coordinates(probs)
+        else:
+            probs = None
+            points = self.mean_shape + self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
+        return (points, probs) if with_heatmaps else points
 
 
 def memory_format_for(model: nn.Module) -> torch.memory_format:
@@ -1269,7 +1194,74 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# ---- facepoints_lib/inference.py ----
+# ---- facepoints_lib/core/losses.py ----
+# The training loss: L1 distance between predicted and true keypoints, in percent of the
+# side, plus (optionally) a term that shapes the heatmaps behind them.
+#
+# Both point sets are normalised coordinates (see ``schema``), so ``100 * |pred - true|`` is
+# the error in per cent of the picture's width or height, the unit of the course's err
+# (which squares it). L1 beat the squared error, smooth L1 and the Wing loss in notebook
+# 03's ablations (bench/results/exp-loss-*.json); those are retired (bench/README.md).
+#
+# ``heatmap_js_loss`` is DSNT's regulariser (Nibali et al. 2018): the coordinate loss alone
+# only fixes each heatmap's mean; this term also asks for one compact peak there. The
+# recipe leaves it off (``TrainConfig.heatmap_js = 0``); at 90 epochs a weight of 30 gave
+# holdout err 3.20 / 3.19 on two seeds against 3.22 / 3.24 without it (cand-90-js30*.json,
+# before turned faces joined the recipe).
+
+
+import torch
+
+
+def keypoint_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between (N, 14, 2) normalised keypoints, in percent of the side."""
+    return ((pred.float() - target) * 100.0).abs().mean()
+
+
+def cell_distance_squared(keypoints: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Squared distance, in heatmap cells, from every cell centre to each normalised keypoint.
+
+    ``keypoints`` (N, K, 2) -> (N, K, H, W).
+    """
+    xs = (torch.arange(width, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / width
+    ys = (torch.arange(height, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / height
+    dx = (xs.view(1, 1, 1, width) - keypoints[..., 0, None, None]) * width
+    dy = (ys.view(1, 1, height, 1) - keypoints[..., 1, None, None]) * height
+    return dx ** 2 + dy ** 2
+
+
+def gaussian_log_targets(keypoints: torch.Tensor, height: int, width: int,
+                         sigma: float) -> torch.Tensor:
+    """Log of a normalised Gaussian on the heatmap grid around each keypoint.
+
+    ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) log-probabilities
+    (computed in log space, so points far outside the image still give a valid map).
+    """
+    logits = -cell_distance_squared(keypoints, height, width) / (2 * sigma ** 2)
+    n, k = keypoints.shape[:2]
+    return torch.log_softmax(logits.reshape(n, k, -1), dim=-1).view(n, k, height, width)
+
+
+def heatmap_js_loss(probs: torch.Tensor, keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence (nats) between heatmaps and Gaussians at the keypoints."""
+    target = gaussian_log_targets(keypoints, probs.shape[-2], probs.shape[-1], sigma).exp()
+    mixture = 0.5 * (probs + target)
+    kl_p = torch.special.xlogy(probs, probs) - torch.special.xlogy(probs, mixture)
+    kl_q = torch.special.xlogy(target, target) - torch.special.xlogy(target, mixture)
+    return 0.5 * (kl_p + kl_q).flatten(2).sum(-1).mean()
+
+
+def training_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch.Tensor,
+                  heatmap_js: float = 0.0, sigma: float = 1.0) -> torch.Tensor:
+    """The loss ``train_step`` minimises: the keypoint loss, plus ``heatmap_js`` times the
+    heatmap-shape term when that weight is above 0 (``probs``: the heatmap head's maps)."""
+    loss = keypoint_loss(pred, targets)
+    if heatmap_js:
+        loss = loss + heatmap_js * heatmap_js_loss(probs, targets, sigma)
+    return loss
+
+
+# ---- facepoints_lib/core/inference.py ----
 # Inference: device and precision choice, and ``predict``, shared by training and detection.
 #
 # ``predict`` runs a network on uint8 faces as ``detect`` does (flip test-time augmentation,
@@ -1392,7 +1384,7 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
     return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
 
 
-# ---- facepoints_lib/progress.py ----
+# ---- facepoints_lib/core/progress.py ----
 # A dependency-free progress bar for long loops (training, decoding, detection).
 #
 # In a terminal it redraws one line (``\r``); anywhere else (CI logs, captured output,
@@ -1486,7 +1478,7 @@ class TextProgress:
         self.disable = True
 
 
-# ---- facepoints_lib/metrics.py ----
+# ---- facepoints_lib/core/metrics.py ----
 # Error measures: the course's err and marks, NME, and cumulative error curves.
 #
 # All functions take keypoints as arrays (N, 14, 2) in the same coordinates. The course's
@@ -1558,7 +1550,7 @@ def ced_auc(errors: np.ndarray, threshold: float = 0.08, steps: int = 1000) -> f
     return float(np.trapezoid(ys, xs) / threshold)
 
 
-# ---- facepoints_lib/checkpoint.py ----
+# ---- facepoints_lib/core/checkpoint.py ----
 # Saving and loading trained networks as plain data (``torch.load(weights_only=True)``).
 #
 # A checkpoint is a dict of tensors and plain Python values only:
@@ -1582,6 +1574,13 @@ MODEL_FILENAME = "facepoints_model.pt"
 
 class CheckpointError(ValueError):
     """A model file is missing, damaged or not a facepoints checkpoint."""
+
+
+def default_model_path() -> Path:
+    """``facepoints_model.pt`` in the repository root (two folders above this module), or
+    beside solution.py when this code runs frozen into it."""
+    here = Path(__file__).resolve().parent
+    return (here.parents[1] if (here / "__init__.py").exists() else here) / MODEL_FILENAME
 
 
 def library_versions() -> dict:
@@ -1659,30 +1658,22 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
     return model.to(device).eval()
 
 
-# ---- facepoints_lib/train.py ----
-# Training: the recipe (``TrainConfig``), the loop (``fit``) and ``train_detector``.
+# ---- facepoints_lib/core/config.py ----
+# The training recipe as plain data: ``TrainConfig``, the two presets and ``key=value`` overrides.
 #
-# ``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
-# Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
-# (``fast_config``: a subset of the faces, few steps, one thread, CPU) and writes nothing;
-# ``fast_train=False`` trains ``full_config`` and saves ``facepoints_model.pt``.
+# ``full_config()`` is the recipe of the shipped model (README's model card); ``fast_config()``
+# the grader's ``fast_train`` (the same loop, smaller). ``apply_overrides`` sets dotted
+# ``key=value`` strings (``model.head=regression``, ``augment.max_rotation=20``) on a config,
+# for the command line, the benchmarks and notebook 03. A config is stored in every model
+# file and result file as ``to_dict()``.
 
 
-import copy
+import ast
 import math
-import os
-import sys
-import tempfile
-import time
-import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-
-
 
 
 
@@ -1698,11 +1689,8 @@ class TrainConfig:
     lr: float = 0.05                 # peak learning rate (AdamW: 2e-3 worked best)
     weight_decay: float = 1e-4       # on convolution and linear weights only
     warmup_epochs: float = 2.0       # linear warm-up, then cosine decay to zero
-    schedule: str = "cosine"         # "cosine" (warm-up + cosine) or "onecycle" (30 % ramp from lr/25)
-    loss: str = "l1"                 # "l1", "smooth_l1", "mse" or "wing" (in percent of the side)
     heatmap_js: float = 0.0          # weight of the heatmap-shape loss (DSNT's Jensen-Shannon term)
     heatmap_sigma: float = 1.0       # its Gaussian target's spread, in heatmap cells
-    heatmap_loss: str = "awing"      # offsets head: "awing" (Adaptive Wing) or "mse" on its heatmaps
     ema_decay: float = 0.998         # exponential moving average of the weights (0: off)
     val_size: int = 250              # faces held out for validation
     max_images: int | None = None    # use at most this many faces (seeded subset)
@@ -1754,12 +1742,12 @@ class TrainConfig:
         number("threads", 1, MAX_THREADS, integer=True, optional=True)
         number("seed", 0, integer=True)
         number("minutes", 0, optional=True, low_open=True)
-        for name, allowed in (("optimizer", ("sgd", "adamw")), ("schedule", ("cosine", "onecycle")),
-                              ("loss", ("l1", "smooth_l1", "mse", "wing")), ("heatmap_loss", HEATMAP_LOSSES),
-                              ("bf16", ("auto", "on", "off"))):
+        for name, allowed in (("optimizer", ("sgd", "adamw")), ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
                                  f"got {getattr(self, name)!r}")
+        if self.heatmap_js and self.model.head != "heatmap":
+            raise ValueError("heatmap_js needs the heatmap head")
         if not isinstance(self.flip_tta, bool):
             raise ValueError(f"flip_tta must be True or False, got {self.flip_tta!r}")
         try:
@@ -1784,152 +1772,129 @@ def fast_config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Loss between normalised keypoints, measured in percent of the image side."""
-    diff = (pred - target) * 100.0
-    if kind == "l1":
-        return diff.abs().mean()
-    if kind == "mse":
-        return diff.pow(2).mean()
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(diff, torch.zeros_like(diff), beta=1.0)
-    if kind == "wing":                      # Feng et al. 2018, w = 5 %, eps = 1 %
-        w, eps = 5.0, 1.0
-        c = w - w * math.log(1 + w / eps)
-        a = diff.abs()
-        return torch.where(a < w, w * torch.log1p(a / eps), a - c).mean()
-    raise ValueError(f"unknown loss {kind!r}")
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``"model.head=regression"`` -> ``(["model", "head"], "regression")``; values are Python literals."""
+    if "=" not in text:
+        raise ValueError(f"override must look like key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip().split("."), value
 
 
-def cell_distance_squared(keypoints: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Squared distance, in heatmap cells, from every cell centre to each normalised keypoint.
-
-    ``keypoints`` (N, K, 2) -> (N, K, H, W).
-    """
-    xs = (torch.arange(width, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / width
-    ys = (torch.arange(height, dtype=keypoints.dtype, device=keypoints.device) + 0.5) / height
-    dx = (xs.view(1, 1, 1, width) - keypoints[..., 0, None, None]) * width
-    dy = (ys.view(1, 1, height, 1) - keypoints[..., 1, None, None]) * height
-    return dx ** 2 + dy ** 2
-
-
-def gaussian_log_targets(keypoints: torch.Tensor, height: int, width: int,
-                         sigma: float) -> torch.Tensor:
-    """Log of a normalised Gaussian on the heatmap grid around each keypoint.
-
-    ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) log-probabilities
-    (computed in log space, so points far outside the image still give a valid map).
-    """
-    logits = -cell_distance_squared(keypoints, height, width) / (2 * sigma ** 2)
-    n, k = keypoints.shape[:2]
-    return torch.log_softmax(logits.reshape(n, k, -1), dim=-1).view(n, k, height, width)
+def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """Set ``key=value`` overrides (dotted for ``model.`` / ``augment.``) on ``cfg`` in place."""
+    for text in overrides:
+        path, value = parse_override(text)
+        target = cfg
+        for part in path[:-1]:
+            target = getattr(target, part, None)
+            if not is_dataclass(target):
+                raise ValueError(f"unknown config section in {text!r}")
+        names = {f.name for f in fields(target)}
+        if path[-1] not in names:
+            raise ValueError(f"unknown config key in {text!r}; known: {', '.join(sorted(names))}")
+        if isinstance(value, list):
+            value = tuple(value)
+        setattr(target, path[-1], value)
+    cfg.validate()
+    return cfg
 
 
-def heatmap_js_loss(probs: torch.Tensor, keypoints: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Mean Jensen-Shannon divergence (nats) between heatmaps and Gaussians at the keypoints.
-
-    The regulariser of DSNT (Nibali et al. 2018): the coordinate loss alone only fixes
-    each heatmap's mean, this term also asks for one compact peak there.
-    """
-    target = gaussian_log_targets(keypoints, probs.shape[-2], probs.shape[-1], sigma).exp()
-    mixture = 0.5 * (probs + target)
-    kl_p = torch.special.xlogy(probs, probs) - torch.special.xlogy(probs, mixture)
-    kl_q = torch.special.xlogy(target, target) - torch.special.xlogy(target, mixture)
-    return 0.5 * (kl_p + kl_q).flatten(2).sum(-1).mean()
+# ---- facepoints_lib/core/budget.py ----
+# Training to a time budget (``TrainConfig.minutes``): how many epochs fit, and what the
+# recipe's measured curve says of that many.
+#
+# ``fit`` times a few steps (``train.measure_step_seconds``) and one validation, then
+# ``epochs_for_budget`` gives the most epochs that fit; ``predicted_err_note`` tells the
+# user what holdout err the recipe reached at that many epochs in the benchmarks.
 
 
-def stack_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch.Tensor,
-               cfg: TrainConfig) -> torch.Tensor:
-    """The training loss of one output: coordinate loss plus the weighted heatmap term
-    (the offsets head: its map loss, see ``offsets_head_loss``)."""
-    if cfg.model.head == "offsets":
-        return offsets_head_loss(probs, targets, cfg)
-    loss = keypoint_loss(pred.float(), targets, cfg.loss)
-    if cfg.heatmap_js:
-        loss = loss + cfg.heatmap_js * heatmap_js_loss(probs, targets, cfg.heatmap_sigma)
-    return loss
+import math
+import time
 
 
-HEATMAP_LOSSES = ("awing", "mse")     # the offsets head's heatmap losses (``heatmap_loss``)
+
+def measure_eval_seconds(model: KeypointNet, faces: FaceSet, cfg: TrainConfig, sample: int = 64) -> float:
+    """Seconds one validation on ``faces`` takes, scaled from a timed sample."""
+    images = faces.images[:sample]
+    predict(model, images[:8], flip_tta=cfg.flip_tta)                  # warm-up
+    started = time.perf_counter()
+    predict(model, images, flip_tta=cfg.flip_tta)
+    return (time.perf_counter() - started) * len(faces) / len(images)
 
 
-def _check_heatmap_loss(name: str) -> None:
-    if name not in HEATMAP_LOSSES:
-        raise ValueError(f"heatmap_loss must be 'awing' or 'mse', got {name!r}")
+def epochs_for_budget(budget_seconds: float, steps_per_epoch: int, step_seconds: float,
+                      cfg: TrainConfig, eval_seconds: float = 0.0) -> int:
+    """The most epochs whose steps and validations fit in ``budget_seconds`` (at least 1)."""
+    per_epoch = steps_per_epoch * step_seconds + eval_seconds / cfg.eval_every
+    return max(int((budget_seconds - eval_seconds) / per_epoch), 1)   # the last validation always runs
 
 
-def gaussian_peaks(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
-    """Heatmap targets of the offsets head: a Gaussian of height 1 centred on each keypoint.
-
-    ``keypoints`` are normalised (N, K, 2); the result is (N, K, H, W) in [0, 1] (a point
-    far outside the picture gives an empty map).
-    """
-    return torch.exp(-cell_distance_squared(keypoints, height, width) / (2 * sigma ** 2))
-
-
-def adaptive_wing(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.1, omega: float = 14.0,
-                  epsilon: float = 1.0, theta: float = 0.5) -> torch.Tensor:
-    """Adaptive Wing loss (Wang et al., ICCV 2019) between heatmaps in [0, 1], per cell.
-
-    Its exponent ``alpha - target`` makes errors on the peak (target near 1) count like an
-    L1 loss that stays steep near zero, and errors on the background (target 0) like a
-    gentle MSE; beyond ``theta`` it continues linearly.
-    """
-    diff = (pred - target).abs()
-    power = alpha - target
-    ratio = theta / epsilon
-    slope = omega / (1 + ratio ** power) * power * ratio ** (power - 1) / epsilon
-    offset = theta * slope - omega * torch.log1p(ratio ** power)
-    near = omega * torch.log1p((diff / epsilon) ** power)
-    return torch.where(diff < theta, near, slope * diff - offset)
+# Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 faces,
+# the 500-face holdout of split seed 0), as measured in bench/results/<file>.json. A test
+# checks these numbers against those files.
+RECIPE_CURVE = ((90, 3.41, "turn-seed0"),)
+_CURVE_FREE_KEYS = {"epochs", "minutes", "seed", "threads", "device", "bf16", "max_steps",
+                    "eval_every", "val_size", "max_images"}
 
 
-def offsets_head_loss(maps: torch.Tensor, keypoints: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Loss of the offsets head: its heatmaps against Gaussian peaks (``cfg.heatmap_loss``,
-    summed over each map's cells, so that the few cells of the peak are not drowned by the
-    background) plus the L1 error of the offsets read at each point's own cell, in percent
-    of the side; both averaged over points and faces.
-
-    Points outside the picture are clamped to the border cells; their offsets then reach out.
-    """
-    h, w = maps.shape[-2:]
-    k = maps.shape[1] // 3
-    peaks = gaussian_peaks(keypoints, h, w, cfg.heatmap_sigma)
-    heat = torch.sigmoid(maps[:, :k])
-    _check_heatmap_loss(cfg.heatmap_loss)
-    per_cell = adaptive_wing(heat, peaks) if cfg.heatmap_loss == "awing" else (heat - peaks).pow(2)
-    heat_loss = per_cell.flatten(2).sum(-1).mean()
-    size = torch.tensor([w, h], dtype=keypoints.dtype, device=keypoints.device)
-    grid = keypoints * size - 0.5                                  # (N, K, 2) in cell units
-    cell = torch.minimum(grid.round().clamp_min(0), size - 1)
-    index = (cell[..., 1] * w + cell[..., 0]).long()               # (N, K)
-    offset_error = (offsets_at(maps, index) - (grid - cell)) / size * 100.0
-    return heat_loss + offset_error.abs().mean()
+def predicted_err_note(epochs: int, cfg: TrainConfig) -> str:
+    """What the recipe's measured err-vs-epochs curve says of ``epochs`` (log-linear in between)."""
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in _CURVE_FREE_KEYS}
+    recipe = {k: v for k, v in full_config().to_dict().items() if k not in _CURVE_FREE_KEYS}
+    if mine != recipe:
+        return "no measured err-vs-epochs curve for this recipe, so no prediction"
+    points = [(e, err) for e, err, _ in RECIPE_CURVE]
+    if epochs <= points[0][0]:
+        return f"the recipe's measured holdout err is {points[0][1]:.2f} at {points[0][0]} epochs; fewer epochs do worse"
+    if epochs >= points[-1][0]:
+        return f"the recipe's measured holdout err is {points[-1][1]:.2f} at {points[-1][0]} epochs"
+    for (e0, err0), (e1, err1) in zip(points, points[1:]):
+        if e0 <= epochs <= e1:
+            t = (math.log(epochs) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return (f"the recipe's measured err-vs-epochs curve predicts holdout err about "
+                    f"{err0 + t * (err1 - err0):.2f} (measured: {err0:.2f} at {e0}, {err1:.2f} at {e1} epochs)")
+    raise AssertionError("unreachable")
 
 
-def lr_schedule(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor per step (multiplies the peak ``lr``).
+# ---- facepoints_lib/core/train.py ----
+# Training: the loop (``fit``), one run from a gt table (``train_model``) and the
+# course's ``train_detector``.
+#
+# ``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
+# Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
+# (``config.fast_config``: a subset of the faces, few steps, one thread, CPU) and writes
+# nothing; ``fast_train=False`` trains ``config.full_config`` and saves ``facepoints_model.pt``.
+# The recipe is in ``config``, the loss in ``losses``, prediction in ``inference`` and the
+# time budget in ``budget``.
 
-    ``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to zero.
-    ``onecycle``: the learning-rate shape of Smith's one-cycle policy, a cosine ramp from
-    1/25 of the peak over the first 30 % of the steps, then cosine decay to 1/10^4.
-    """
-    if schedule == "cosine":
-        def factor(step: int) -> float:
-            if step < warmup_steps:
-                return (step + 1) / warmup_steps
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
-    elif schedule == "onecycle":
-        ramp = max(int(0.3 * total_steps), 1)
-        start, end = 1 / 25, 1e-4
 
-        def factor(step: int) -> float:
-            if step < ramp:
-                return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / ramp))
-            t = (step - ramp) / max(total_steps - ramp, 1)
-            return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    else:
-        raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {schedule!r}")
+import copy
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.profiler import record_function
+
+
+
+def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor per step (multiplies the peak ``lr``): linear warm-up over
+    ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
     return factor
 
 
@@ -1994,18 +1959,26 @@ def _import_dynamo_without_tmp() -> None:
 
 
 def train_step(model: KeypointNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               keypoints: torch.Tensor, size: int, cfg: TrainConfig, generator: torch.Generator,
+               keypoints: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
                device: torch.device, layout: torch.memory_format, bf16: bool) -> torch.Tensor:
-    """One optimiser step on a uint8 batch, augmented to ``size`` px; returns the loss."""
-    images, targets = augment_batch(images, keypoints, cfg.augment, size, generator)
-    images = images.to(device).contiguous(memory_format=layout)
-    targets = targets.to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        outputs = model.forward_stacks(images)
-    loss = sum(stack_loss(pred, probs, targets, cfg) for pred, probs in outputs)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    """One optimiser step on a uint8 batch, augmented to the model's input side; returns the loss.
+
+    Its phases are labelled for ``torch.profiler`` (``facepoints profile``), which times
+    this very function.
+    """
+    with record_function("augment"):
+        images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator)
+        images = images.to(device).contiguous(memory_format=layout)
+        targets = targets.to(device)
+    with record_function("forward"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred, probs = model(images, with_heatmaps=True)        # (N, 14, 2), (N, 14, H, W)
+        loss = training_loss(pred, probs, targets, cfg.heatmap_js, cfg.heatmap_sigma)
+    with record_function("backward"):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with record_function("optimizer"):
+        optimizer.step()
     return loss.detach()
 
 
@@ -2026,51 +1999,8 @@ def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, b
             if i == warmup:
                 started = time.perf_counter()
             train_step(probe, optimizer, train.images[index], train.keypoints[index],
-                       cfg.model.image_size, cfg, generator, device, layout, bf16)
+                       cfg, generator, device, layout, bf16)
     return (time.perf_counter() - started) / timed
-
-
-def measure_eval_seconds(model: KeypointNet, faces: FaceSet, cfg: TrainConfig, sample: int = 64) -> float:
-    """Seconds one validation on ``faces`` takes, scaled from a timed sample."""
-    images = faces.images[:sample]
-    predict(model, images[:8], flip_tta=cfg.flip_tta)                  # warm-up
-    started = time.perf_counter()
-    predict(model, images, flip_tta=cfg.flip_tta)
-    return (time.perf_counter() - started) * len(faces) / len(images)
-
-
-def epochs_for_budget(budget_seconds: float, steps_per_epoch: int, step_seconds: float,
-                      cfg: TrainConfig, eval_seconds: float = 0.0) -> int:
-    """The most epochs whose steps and validations fit in ``budget_seconds`` (at least 1)."""
-    per_epoch = steps_per_epoch * step_seconds + eval_seconds / cfg.eval_every
-    return max(int((budget_seconds - eval_seconds) / per_epoch), 1)   # the last validation always runs
-
-
-# Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 faces,
-# the 500-face holdout of split seed 0), as measured in bench/results/<file>.json. A test
-# checks these numbers against those files.
-RECIPE_CURVE = ((90, 3.41, "turn-seed0"),)
-_CURVE_FREE_KEYS = {"epochs", "minutes", "seed", "threads", "device", "bf16", "max_steps",
-                    "eval_every", "val_size", "max_images"}
-
-
-def predicted_err_note(epochs: int, cfg: TrainConfig) -> str:
-    """What the recipe's measured err-vs-epochs curve says of ``epochs`` (log-linear in between)."""
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in _CURVE_FREE_KEYS}
-    recipe = {k: v for k, v in full_config().to_dict().items() if k not in _CURVE_FREE_KEYS}
-    if mine != recipe:
-        return "no measured err-vs-epochs curve for this recipe, so no prediction"
-    points = [(e, err) for e, err, _ in RECIPE_CURVE]
-    if epochs <= points[0][0]:
-        return f"the recipe's measured holdout err is {points[0][1]:.2f} at {points[0][0]} epochs; fewer epochs do worse"
-    if epochs >= points[-1][0]:
-        return f"the recipe's measured holdout err is {points[-1][1]:.2f} at {points[-1][0]} epochs"
-    for (e0, err0), (e1, err1) in zip(points, points[1:]):
-        if e0 <= epochs <= e1:
-            t = (math.log(epochs) - math.log(e0)) / (math.log(e1) - math.log(e0))
-            return (f"the recipe's measured err-vs-epochs curve predicts holdout err about "
-                    f"{err0 + t * (err1 - err0):.2f} (measured: {err0:.2f} at {e0}, {err1:.2f} at {e1} epochs)")
-    raise AssertionError("unreachable")
 
 
 def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
@@ -2080,8 +2010,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     """Train a network on ``train``, validating on ``val``; return (model, history).
 
     The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode.
-    ``history`` has one dict per validation: epoch, step, train loss (the coordinate loss
-    plus the weighted heatmap term, if any), val figures, time (``seconds``, and
+    ``history`` has one dict per validation: epoch, step, train loss, val figures, time (``seconds``, and
     ``train_seconds`` without the evaluations). ``track`` (optional) is scored at each
     validation too, as ``track_err``: benchmarks use it for time-to-accuracy on a holdout;
     it never steers training.
@@ -2096,8 +2025,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         raise ValueError("training needs at least one labelled face")
     if train.image_size != cfg.model.image_size:
         raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
-    if cfg.heatmap_js and cfg.model.head != "heatmap":
-        raise ValueError("heatmap_js needs the heatmap head")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -2133,7 +2060,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         total_steps = min(total_steps, cfg.max_steps)
     warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.schedule, total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, warmup))
     log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
         f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
         f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
@@ -2151,7 +2078,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
                 break
             index = order[b * batch_size:(b + 1) * batch_size]
             loss = train_step(model, optimizer, train.images[index], train.keypoints[index],
-                              cfg.model.image_size, cfg, generator, device, layout, bf16)
+                              cfg, generator, device, layout, bf16)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
             scheduler.step()
@@ -2180,21 +2107,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
                 f"{format_seconds(elapsed / step * (total_steps - step))} left")
     bar.close()
     ema.eval()
-    ema.train_history = history
     return ema, history
-
-
-def default_model_path() -> Path:
-    """``facepoints_model.pt`` beside the code: the repository root, or solution.py's folder."""
-    here = Path(__file__).resolve().parent
-    return (here.parent if (here / "__init__.py").exists() else here) / MODEL_FILENAME
-
-
-def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split of file names into (train, validation); at least one face trains."""
-    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = min(max(val_size, 0), len(names) - 1)
-    return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
 
 
 def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
@@ -2213,39 +2126,49 @@ def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callabl
     log(f"saved {path}")
 
 
-def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
-                   config: TrainConfig | None = None, model_path: str | Path | None = None,
-                   progress: Callable[..., object] = TextProgress,
-                   log: Callable[[str], None] = print, track: FaceSet | None = None,
-                   exclude: Sequence[str] = ()) -> KeypointNet:
-    """Train a keypoint detector on the course's data and return it (in eval mode).
+@dataclass
+class TrainingRun:
+    """What ``train_model`` did: the model (EMA weights, eval mode), one record per
+    validation (see ``fit``), the faces it trained and validated on, those left out, and
+    the model file it wrote (None when it wrote none)."""
 
-    ``train_gt`` is ``{filename: 28 coordinates}`` (as the course's run.py reads it) or
-    the path of a gt.csv; ``train_img_dir`` the folder of the images. With
-    ``fast_train=True`` a short run on one CPU thread checks that training works and
-    writes nothing; with ``fast_train=False`` the full recipe runs and the model is
-    saved to ``model_path`` (default: ``facepoints_model.pt`` beside the code).
-    Rows for files missing from the folder are dropped with a warning; a malformed table
-    raises ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``track``: see
-    ``fit`` (benchmarks only). ``exclude``: file names to leave out (faces whose labels
-    look wrong, see notebook 01's label audit); the model file records them.
-    """
-    if not isinstance(fast_train, bool):
-        raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
+    model: KeypointNet
+    history: list[dict]
+    train_names: list[str]
+    val_names: list[str]
+    excluded: list[str] = field(default_factory=list)
+    model_path: Path | None = None
+
+
+def _check_inputs(train_gt, train_img_dir) -> tuple[dict, Path]:
+    """The gt table as a dict and the image folder, with clear errors for the wrong kinds."""
     if not isinstance(train_gt, (dict, str, os.PathLike)):
         raise TypeError(f"train_gt must be a dict {{filename: 28 coordinates}} or the path of a "
                         f"gt.csv, got {type(train_gt).__name__}")
     if not isinstance(train_img_dir, (str, os.PathLike)):
         raise TypeError(f"train_img_dir must be a folder path, got {type(train_img_dir).__name__}")
-    cfg = config if config is not None else (fast_config() if fast_train else full_config())
-    cfg.validate()                                                # before any image is decoded
     gt = check_gt_table(train_gt, "train_gt") if isinstance(train_gt, dict) else read_gt(train_gt)
     img_dir = Path(train_img_dir)
     if not img_dir.is_dir():
         raise NotADirectoryError(f"training image folder not found: {img_dir}")
-    path = None
-    if not fast_train:
-        path = Path(model_path) if model_path is not None else default_model_path()
+    return gt, img_dir
+
+
+def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | Path | None = None,
+                progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
+                track: FaceSet | None = None, exclude: Sequence[str] = ()) -> TrainingRun:
+    """Train ``cfg`` on the labelled faces of a folder; save the model to ``model_path`` if given.
+
+    ``train_gt`` is ``{filename: 28 coordinates}`` or the path of a gt.csv. Rows for files
+    missing from the folder are dropped with a warning; a malformed table raises
+    ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``exclude``: file names
+    to leave out (faces whose labels look wrong, see notebook 01's label audit); the model
+    file records them. ``track``: see ``fit`` (benchmarks only).
+    """
+    cfg.validate()                                                # before any image is decoded
+    gt, img_dir = _check_inputs(train_gt, train_img_dir)
+    path = Path(model_path) if model_path is not None else None
+    if path is not None:
         check_writable(path, "model file")                      # before any training is spent on it
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
@@ -2285,10 +2208,31 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
                                       "val_images": len(val_set), "val_names": list(val_set.filenames),
                                       "excluded": left_out},
                         log)
-    return model
+    return TrainingRun(model, history, train_names, val_names, left_out, path)
 
 
-# ---- facepoints_lib/detect.py ----
+def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
+                   config: TrainConfig | None = None, model_path: str | Path | None = None,
+                   progress: Callable[..., object] = TextProgress,
+                   log: Callable[[str], None] = print, exclude: Sequence[str] = ()) -> KeypointNet:
+    """Train a keypoint detector on the course's data and return it (in eval mode).
+
+    The course's interface: ``train_gt`` is ``{filename: 28 coordinates}`` (as the course's
+    run.py reads it) or the path of a gt.csv; ``train_img_dir`` the folder of the images.
+    With ``fast_train=True`` a short run on one CPU thread checks that training works and
+    writes nothing; with ``fast_train=False`` the full recipe runs and the model is saved
+    to ``model_path`` (default: ``facepoints_model.pt`` beside the code). ``config``
+    replaces the recipe; the rest as in ``train_model``, which returns the history too.
+    """
+    if not isinstance(fast_train, bool):
+        raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
+    cfg = config if config is not None else (fast_config() if fast_train else full_config())
+    path = None if fast_train else (model_path if model_path is not None else default_model_path())
+    return train_model(train_gt, train_img_dir, cfg, model_path=path, progress=progress, log=log,
+                       exclude=exclude).model
+
+
+# ---- facepoints_lib/core/detect.py ----
 # Detection: ``detect(model_filename, test_img_dir)``, the course's second entry point.
 #
 # Images are decoded and resized a chunk at a time, so memory stays bounded however many
@@ -2408,7 +2352,7 @@ def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, 
     return names, np.concatenate(crops), np.concatenate(transforms), np.concatenate(points)
 
 
-# ---- facepoints_lib/grader.py ----
+# ---- facepoints_lib/core/grader.py ----
 # A local grader that does what the course's ``run.py`` does, and a bit more.
 #
 # Two folder layouts are understood:
@@ -2471,9 +2415,9 @@ def find_course_tests(tests_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
 def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None],
                        progress: Callable[..., object]) -> dict:
     started = time.monotonic()
-    model = train_detector(gt, img_dir, fast_train=True, log=log, progress=progress)
+    # what train_detector(gt, img_dir, fast_train=True) runs, with the history kept
+    history = train_model(gt, img_dir, fast_config(), log=log, progress=progress).history
     seconds = time.monotonic() - started
-    history = getattr(model, "train_history", [])
     val_err = history[-1]["val_err"] if history else float("nan")
     log(f"fast_train (the grader's check that training runs; it trains a small model of its own, "
         f"not the one scored here): {format_seconds(seconds)} ({seconds:.1f} s), its validation err {val_err:.3f}")

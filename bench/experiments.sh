@@ -3,7 +3,9 @@
 # with the same seed and a reduced budget of EPOCHS epochs on ONE thread, and writes
 # bench/results/exp-<name>.json. Two runs go at a time (one per core). The baseline is
 # the first recipe (AdamW, lr 2e-3), so every row changes one thing against exp-base;
-# exp-sgd-nesterov is the optimiser the shipped recipe adopted.
+# exp-sgd-nesterov is the optimiser the shipped recipe adopted. The retired variants'
+# rows (offsets head, hourglass stacks, other losses, one-cycle) need the commit named in
+# bench/README.md ("Retired variants").
 #   usage: bench/experiments.sh [DATA_DIR]        (default data/train)
 #   ONLY="base wide" bench/experiments.sh DATA    runs only the named experiments
 set -euo pipefail
@@ -26,8 +28,6 @@ experiments=(   # in order of how much each tells us
     "base"
     "head-regression model.head=regression"
     "res-64 model.image_size=64"
-    "loss-mse loss=mse"
-    "loss-wing loss=wing"
     "no-flip augment.flip_prob=0"
     "no-rotation augment.rotation_deg=0"
     "no-photometric augment.brightness=0 augment.contrast=0 augment.grayscale_prob=0 augment.lowres_prob=0"
@@ -39,13 +39,8 @@ experiments=(   # in order of how much each tells us
     "deep model.depths=(2,3,3,2)"
     "light-augment augment.rotation_deg=10 augment.scale=0.05 augment.shift=0.03 augment.lowres_prob=0 augment.grayscale_prob=0.1"
     "no-augment augment.flip_prob=0 augment.rotation_deg=0 augment.scale=0 augment.shift=0 augment.brightness=0 augment.contrast=0 augment.grayscale_prob=0 augment.lowres_prob=0"
-    "loss-smooth-l1 loss=smooth_l1"
     "batch-32 batch_size=32 lr=0.0014"
-    "onecycle schedule=onecycle"
     "heatmap-js heatmap_js=10"
-    "hourglass model.stacks=2"
-    "offsets-awing model.head=offsets"
-    "offsets-mse model.head=offsets heatmap_loss=mse"
 )
 
 for line in "${experiments[@]}"; do

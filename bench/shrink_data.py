@@ -11,10 +11,12 @@ width and height, so errors measured on the copy are comparable with the origina
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+
+from facepoints_lib.core.gt_csv import read_gt, write_gt, write_img_shapes
 
 
 def shrink_folder(src: Path, dst: Path, side: int = 160, quality: int = 93) -> int:
@@ -22,13 +24,10 @@ def shrink_folder(src: Path, dst: Path, side: int = 160, quality: int = 93) -> i
 
     A point keeps its place on the picture: pixel centres map as (x + 0.5) * scale - 0.5.
     """
-    with open(src / "gt.csv", newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or rows[0][0] != "filename":
-        raise ValueError(f"{src / 'gt.csv'} does not start with the course's header")
+    table = read_gt(src / "gt.csv")
     (dst / "images").mkdir(parents=True, exist_ok=True)
-    points_out, shapes_out = [rows[0]], [["img_filename", "n_rows", "n_cols"]]
-    for name, *values in rows[1:]:
+    points_out, shapes_out = {}, {}
+    for name, values in table.items():
         with Image.open(src / "images" / name) as image:
             image.load()
             width, height = image.size
@@ -37,14 +36,12 @@ def shrink_folder(src: Path, dst: Path, side: int = 160, quality: int = 93) -> i
             if factor < 1:
                 image = image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0)
             image.save(dst / "images" / name, quality=quality)
-        scales = (new_w / width, new_h / height)
-        points_out.append([name] + [f"{(float(v) + 0.5) * scales[i % 2] - 0.5:.3f}"
-                                    for i, v in enumerate(values)])
-        shapes_out.append([name, new_h, new_w])
-    for filename, table in (("gt.csv", points_out), ("img_shapes.csv", shapes_out)):
-        with open(dst / filename, "w", newline="") as handle:
-            csv.writer(handle).writerows(table)
-    return len(rows) - 1
+        scales = np.tile([new_w / width, new_h / height], len(values) // 2)
+        points_out[name] = (values + 0.5) * scales - 0.5
+        shapes_out[name] = (new_h, new_w)
+    write_gt(points_out, dst / "gt.csv", decimals=3)
+    write_img_shapes(shapes_out, dst / "img_shapes.csv")
+    return len(table)
 
 
 def main() -> None:

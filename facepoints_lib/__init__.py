@@ -6,22 +6,28 @@ The two functions the course grader calls::
     model = train_detector(train_gt, "train/images", fast_train=False)   # writes facepoints_model.pt
     points = detect("facepoints_model.pt", "test/images")               # {filename: 28 floats}
 
-Modules, one idea each: ``schema`` (the 14 points), ``files`` (writing output files
-whole or not at all), ``images`` and ``gt_csv`` (reading data), ``dataset`` (faces in memory), ``augment``, ``align`` (aligned face crops), ``model``, ``inference`` (predict, device and precision), ``train``, ``detect``,
-``metrics``, ``checkpoint``, ``grader`` (the course's run.py, locally), ``freeze``
-(builds solution.py), ``synth`` (synthetic faces), ``plotting`` and ``cli``.
+The package has three parts, one folder each:
+
+* ``core/``: what is submitted. Every module in it is frozen into ``solution.py``
+  (``core.FROZEN_MODULES``), and it imports only torch, numpy, Pillow and the standard library.
+* ``notebook/``: what the notebooks use besides the core: data choice, statistics,
+  figures and sliders (matplotlib, ipywidgets).
+* ``tools/``: the ``facepoints`` command, benchmarks, the freezer that writes
+  ``solution.py``, and synthetic faces for tests and a fresh clone.
+
+``train_detector`` and ``detect`` are loaded on first use, so that importing one part
+(for example ``facepoints_lib.core.detect``) does not import the others.
 """
 
 __version__ = "0.1.0"
-
-# Modules frozen into solution.py, in dependency order (read by ``freeze`` with ast).
-FROZEN_MODULES = (
-    "schema", "files", "images", "gt_csv", "dataset", "augment", "align", "model", "inference", "progress", "metrics",
-    "checkpoint", "train", "detect", "grader",
-)
-FROZEN_ENTRY_POINT = 'if __name__ == "__main__":\n    raise SystemExit(grader_main())\n'
-
-from .detect import detect  # noqa: E402
-from .train import train_detector  # noqa: E402
-
 __all__ = ["detect", "train_detector", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "detect":
+        from .core.detect import detect
+        return detect
+    if name == "train_detector":
+        from .core.train import train_detector
+        return train_detector
+    raise AttributeError(f"module 'facepoints_lib' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from facepoints_lib.align import (MAX_ZOOM, align_faces, apply_transform, invert_transform,
+from facepoints_lib.core.align import (MAX_ZOOM, align_faces, apply_transform, invert_transform,
                                   rotation_degrees, similarity_to)
 
 
@@ -84,9 +84,9 @@ def test_uint8_images_become_float_crops_of_the_asked_size():
 def test_align_folder_returns_crops_that_map_back(small_faces, tiny_model_path):
     """The tool: crops, transforms and points of a folder; the transform takes the detected
     points onto the crop's frame and its inverse brings them back."""
-    from facepoints_lib.dataset import pixels_to_normalized
-    from facepoints_lib.detect import align_folder, detect
-    from facepoints_lib.images import read_image_size
+    from facepoints_lib.core.dataset import pixels_to_normalized
+    from facepoints_lib.core.detect import align_folder, detect
+    from facepoints_lib.core.images import read_image_size
 
     names, crops, transforms, points = align_folder(tiny_model_path, small_faces / "images", size=48)
     assert len(names) == 12 and crops.shape == (12, 48, 48, 3) and crops.dtype == np.uint8
@@ -106,8 +106,8 @@ def test_predict_looks_again_only_at_faces_found_turned(monkeypatch):
     """Faces whose first answer is upright keep it; one found turned is aligned and looked
     at EXTRA_LOOKS more times. An untrained regression head answers its mean shape plus its
     last layer's bias, which sets the first answer here."""
-    import facepoints_lib.inference as inference
-    from facepoints_lib.model import build_model
+    import facepoints_lib.core.inference as inference
+    from facepoints_lib.core.model import build_model
     from conftest import tiny_model_config
 
     shape = torch.tensor([[0.3, 0.3], [0.42, 0.3], [0.58, 0.3], [0.7, 0.3], [0.3, 0.4], [0.36, 0.4], [0.42, 0.4],

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from facepoints_lib.augment import (AffineParams, AugmentConfig, affine_matrices, augment_batch,
+from facepoints_lib.core.augment import (AffineParams, AugmentConfig, affine_matrices, augment_batch,
                                     flip_images, flip_keypoints, keep_points_inside, photometric,
                                     sample_affine, transform_keypoints, warp_images)
-from facepoints_lib.schema import FLIP_PERMUTATION, NUM_POINTS
+from facepoints_lib.core.schema import FLIP_PERMUTATION, NUM_POINTS
 
 from conftest import random_keypoints
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepoints_lib.gt_csv import read_gt, read_img_shapes
+from facepoints_lib.core.gt_csv import read_gt, read_img_shapes
 
 from conftest import REPO_ROOT
 
@@ -41,9 +41,9 @@ def test_shrink_data_keeps_points_on_the_same_spot(synth_train, tmp_path):
     assert shrunk == larger > count // 2          # only the larger pictures change
 
 
-def test_shrink_data_refuses_a_folder_without_the_course_header(tmp_path):
+def test_shrink_data_refuses_a_table_not_in_the_course_format(tmp_path):
     (tmp_path / "gt.csv").write_text("name,x,y\n")
-    with pytest.raises(ValueError, match="header"):
+    with pytest.raises(ValueError, match="expected 29 values"):
         _load_shrink().shrink_folder(tmp_path, tmp_path / "out")
 
 

@@ -5,10 +5,10 @@ import pickle
 import pytest
 import torch
 
-from facepoints_lib.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, library_versions,
+from facepoints_lib.core.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, library_versions,
                                        load_checkpoint, load_model, save_checkpoint)
-from facepoints_lib.model import build_model
-from facepoints_lib.schema import NUM_POINTS
+from facepoints_lib.core.model import build_model
+from facepoints_lib.core.schema import NUM_POINTS
 
 from conftest import tiny_model_config
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import facepoints_lib.train
-from facepoints_lib.checkpoint import load_model
-from facepoints_lib.cli import build_parser, main
-from facepoints_lib.detect import detect
-from facepoints_lib.gt_csv import GT_HEADER, read_gt
+import facepoints_lib.core.train
+from facepoints_lib.core.checkpoint import load_model
+from facepoints_lib.tools.cli import build_parser, main
+from facepoints_lib.core.detect import detect
+from facepoints_lib.core.gt_csv import GT_HEADER, read_gt
 
 from conftest import REPO_ROOT, tiny_train_config
 
@@ -114,7 +114,7 @@ def test_train_with_overrides_saves_a_model(tmp_path, synth_train, capsys):
 
 
 def test_train_fast_writes_nothing(tmp_path, synth_train, monkeypatch, capsys):
-    monkeypatch.setattr(facepoints_lib.train, "fast_config", tiny_train_config)
+    monkeypatch.setattr(facepoints_lib.core.train, "fast_config", tiny_train_config)
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(synth_train), "--fast", "--out", str(tmp_path / "m.pt")]) == 0
     assert list(tmp_path.iterdir()) == []
@@ -146,7 +146,7 @@ def test_freeze_subcommand(tmp_path, capsys):
 
 
 def test_help_texts_explain_every_option_without_markup(capsys):
-    from facepoints_lib.cli import build_parser
+    from facepoints_lib.tools.cli import build_parser
 
     parser = build_parser()
     assert "``" not in parser.format_help()

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from facepoints_lib.model import ModelConfig, build_model, memory_format_for
+from facepoints_lib.core.model import ModelConfig, build_model, memory_format_for
 
 from conftest import tiny_model_config
 
@@ -51,7 +51,7 @@ def test_memory_format_of_the_recipe_and_the_test_networks():
 
 _GRADIENTS = """
 import json, sys, torch
-from facepoints_lib.model import ModelConfig, build_model, memory_format_for
+from facepoints_lib.core.model import ModelConfig, build_model, memory_format_for
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
 cfg = ModelConfig(**json.loads(sys.argv[2]))

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from facepoints_lib.dataset import (FaceSet, decode_images, iter_image_chunks, load_faces,
+from facepoints_lib.core.dataset import (FaceSet, decode_images, iter_image_chunks, load_faces,
                                     normalized_to_pixels, pixels_to_normalized)
-from facepoints_lib.gt_csv import read_gt, read_img_shapes, write_gt
+from facepoints_lib.core.gt_csv import read_gt, read_img_shapes, write_gt
 
 from conftest import as_points
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepoints_lib.checkpoint import CheckpointError
-from facepoints_lib.detect import detect
-from facepoints_lib.gt_csv import read_img_shapes
+from facepoints_lib.core.checkpoint import CheckpointError
+from facepoints_lib.core.detect import detect
+from facepoints_lib.core.gt_csv import read_img_shapes
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from facepoints_lib import freeze
-from facepoints_lib.freeze import FreezeError, check_solution_up_to_date, freeze_package, write_solution
+from facepoints_lib.tools import freeze
+from facepoints_lib.tools.freeze import FreezeError, check_solution_up_to_date, freeze_package, write_solution
 
 PKG = "fakepoints"
 
@@ -124,6 +124,28 @@ def test_header_and_entry_point(tmp_path):
     assert custom.endswith("raise SystemExit(h(1))\n") and "SystemExit(main())" not in custom
     assert "SystemExit" not in freeze_package(pkg, entry_point="")
     assert "SystemExit" not in freeze_package(pkg, modules=["a"])  # last module has no main()
+
+
+def test_the_folder_holds_exactly_the_frozen_modules(tmp_path):
+    """What is submitted is what the folder shows: a module in the folder but not in
+    FROZEN_MODULES, or one listed but absent, stops the freeze; an explicit list may pick."""
+    pkg = make_package(tmp_path, {"a": MOD_A, "b": MOD_B}, init='FROZEN_MODULES = ("a",)\n')
+    with pytest.raises(FreezeError, match=r"disagree: in the folder only: \['b'\], listed only: \[\]"):
+        freeze_package(pkg)
+    assert "# ---- fakepoints/b.py ----" not in freeze_package(pkg, modules=["a"])
+    (pkg / "__init__.py").write_text('FROZEN_MODULES = ("a", "b", "c")\n')
+    with pytest.raises(FreezeError, match=r"listed only: \['c'\]"):
+        freeze_package(pkg)
+
+
+def test_a_nested_package_is_named_from_its_top_package(tmp_path):
+    top = tmp_path / "toppkg"
+    top.mkdir()
+    (top / "__init__.py").write_text("")
+    pkg = make_package(top, {"a": MOD_A})
+    text = freeze_package(pkg)
+    assert "# ---- toppkg/fakepoints/a.py ----" in text
+    assert "python -m toppkg freeze" in ast.get_docstring(ast.parse(text))
 
 
 def test_frozen_modules_read_without_importing_package(tmp_path):
@@ -282,13 +304,13 @@ def test_write_check_and_cli(tmp_path, capsys):
 # ---- the real package ---------------------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_PACKAGE = REPO_ROOT / "facepoints_lib"
+REAL_PACKAGE = REPO_ROOT / "facepoints_lib" / "core"
 SOLUTION = REPO_ROOT / "solution.py"
 
 
 def test_the_real_package_has_a_frozen_list_and_a_solution():
     """Without these the checks below could not run: a missing file is a failure, not a skip."""
-    assert freeze.read_package_constant(REAL_PACKAGE), "facepoints_lib/__init__.py has no FROZEN_MODULES"
+    assert freeze.read_package_constant(REAL_PACKAGE), "facepoints_lib/core/__init__.py has no FROZEN_MODULES"
     assert SOLUTION.is_file(), "solution.py is missing: run python -m facepoints_lib freeze"
 
 

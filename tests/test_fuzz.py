@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from facepoints_lib.augment import (AffineParams, affine_matrices, flip_keypoints, transform_keypoints,
+from facepoints_lib.core.augment import (AffineParams, affine_matrices, flip_keypoints, transform_keypoints,
                                     warp_images)
-from facepoints_lib.gt_csv import GT_HEADER, GtFormatError, read_gt, write_gt
-from facepoints_lib.images import ImageReadError, read_image_resized
-from facepoints_lib.schema import FLIP_PERMUTATION, NUM_POINTS
+from facepoints_lib.core.gt_csv import GT_HEADER, GtFormatError, read_gt, write_gt
+from facepoints_lib.core.images import ImageReadError, read_image_resized
+from facepoints_lib.core.schema import FLIP_PERMUTATION, NUM_POINTS
 
 
 def fuzz_settings(max_examples: int):

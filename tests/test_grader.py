@@ -5,13 +5,13 @@ import shutil
 import numpy as np
 import pytest
 
-import facepoints_lib.train
-from facepoints_lib.detect import detect
-from facepoints_lib.grader import (compute_err, find_course_tests, grade, grade_course_tests,
+import facepoints_lib.core.grader
+from facepoints_lib.core.detect import detect
+from facepoints_lib.core.grader import (compute_err, find_course_tests, grade, grade_course_tests,
                                    grade_train_folder, grader_main)
-from facepoints_lib.gt_csv import read_gt, read_img_shapes
-from facepoints_lib.metrics import course_err, course_mark
-from facepoints_lib.synth import make_synthetic_faces
+from facepoints_lib.core.gt_csv import read_gt, read_img_shapes
+from facepoints_lib.core.metrics import course_err, course_mark
+from facepoints_lib.tools.synth import make_synthetic_faces
 
 from conftest import as_points, quiet_progress, tiny_train_config
 
@@ -25,7 +25,7 @@ def tiny_fast_train(monkeypatch):
         calls.append(overrides)
         return tiny_train_config(**overrides)
 
-    monkeypatch.setattr(facepoints_lib.train, "fast_config", fake_fast_config)
+    monkeypatch.setattr(facepoints_lib.core.grader, "fast_config", fake_fast_config)
     return calls
 
 
@@ -109,7 +109,7 @@ def test_grade_plain_train_folder(synth_train, tiny_model_path, tiny_fast_train)
     assert len(tiny_fast_train) == 1 and len(results) == 1
     result = results[0]
     assert result["holdout"] == 20 and result["images"] == 20
-    held = facepoints_lib.train.split_names(sorted(read_gt(synth_train / "gt.csv")), 20, 5)[1]
+    held = facepoints_lib.core.train.split_names(sorted(read_gt(synth_train / "gt.csv")), 20, 5)[1]
     detected = detect(tiny_model_path, synth_train / "images", filenames=held)
     gt = read_gt(synth_train / "gt.csv")
     expected = compute_err(detected, {n: gt[n] for n in held},
@@ -121,10 +121,10 @@ def test_grade_plain_train_folder(synth_train, tiny_model_path, tiny_fast_train)
 def test_grade_says_when_the_model_trained_on_the_holdout(tmp_path, synth_train, tiny_model_path):
     """A model trained on the faces it is graded on gets a note: exactly how many, from the
     validation names the file records, else at least the excess over the other faces."""
-    from facepoints_lib.checkpoint import load_model, save_checkpoint
+    from facepoints_lib.core.checkpoint import load_model, save_checkpoint
 
     gt = read_gt(synth_train / "gt.csv")
-    held = facepoints_lib.train.split_names(sorted(gt), 20, 0)[1]
+    held = facepoints_lib.core.train.split_names(sorted(gt), 20, 0)[1]
     model = load_model(tiny_model_path)
     honest = save_checkpoint(model, tmp_path / "honest.pt", {"train_images": len(gt) - 20})
     recorded = save_checkpoint(model, tmp_path / "recorded.pt",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facepoints_lib.gt_csv import (GT_HEADER, GtFormatError, read_gt, read_img_shapes, write_gt,
+from facepoints_lib.core.gt_csv import (GT_HEADER, GtFormatError, read_gt, read_img_shapes, write_gt,
                                    write_img_shapes)
 
 

@@ -18,16 +18,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from facepoints_lib.checkpoint import (CheckpointError, load_checkpoint, load_model,
+from facepoints_lib.core.checkpoint import (CheckpointError, load_checkpoint, load_model,
                                        save_checkpoint)
-from facepoints_lib.dataset import load_faces
-from facepoints_lib.detect import detect
-from facepoints_lib.gt_csv import GT_HEADER, GtFormatError, read_gt, write_gt
-from facepoints_lib.images import ImageReadError, list_images, read_image_resized
-from facepoints_lib.model import ModelConfig, build_model
-from facepoints_lib.progress import TextProgress
-from facepoints_lib.synth import render_face
-from facepoints_lib.train import full_config, train_detector
+from facepoints_lib.core.dataset import load_faces
+from facepoints_lib.core.detect import detect
+from facepoints_lib.core.gt_csv import GT_HEADER, GtFormatError, read_gt, write_gt
+from facepoints_lib.core.images import ImageReadError, list_images, read_image_resized
+from facepoints_lib.core.model import ModelConfig, build_model
+from facepoints_lib.core.progress import TextProgress
+from facepoints_lib.tools.synth import render_face
+from facepoints_lib.core.config import full_config
+from facepoints_lib.core.train import train_detector, train_model
 
 HARD_MODEL = ModelConfig(image_size=32, stem_width=4, widths=(4, 8, 8, 8), depths=(1, 1, 1, 1),
                          decoder_width=4, hidden=8, dropout=0.0)
@@ -319,18 +320,17 @@ def test_train_detector_drops_rows_without_images_and_ignores_images_without_row
     logs: list[str] = []
     with pytest.warns(UserWarning, match=r"2 files listed in the keypoint table are not in .* "
                                          r"left out: ghost 1.png, ghost 2.png"):
-        model = train_detector(gt, folder, fast_train=True, config=_tiny_recipe(),
-                               progress=_quiet, log=logs.append)
+        run = train_model(gt, folder, _tiny_recipe(), progress=_quiet, log=logs.append)
     assert any("on 7 faces (1 for validation)" in line for line in logs), logs   # 8 labelled faces: a fifth validates
-    assert model.train_history and np.isfinite(model.train_history[-1]["val_err"])
+    assert run.history and np.isfinite(run.history[-1]["val_err"])
+    assert "ghost 1.png" not in run.train_names + run.val_names
 
 
 def test_train_detector_reads_a_gt_csv_path(labelled_folder, tmp_path):
     folder, table = labelled_folder
     path = write_gt(table, tmp_path / "gt.csv")
-    model = train_detector(str(path), folder, fast_train=True, config=_tiny_recipe(),
-                           progress=_quiet, log=lambda line: None)
-    assert np.isfinite(model.train_history[-1]["train_loss"])
+    run = train_model(str(path), folder, _tiny_recipe(), progress=_quiet, log=lambda line: None)
+    assert np.isfinite(run.history[-1]["train_loss"])
 
 
 @pytest.mark.parametrize("case, message", [
@@ -534,7 +534,7 @@ def test_detect_wrong_types_and_missing_folder(hard_model, messy_folder, tmp_pat
 def test_many_missing_rows_are_dropped(labelled_folder, monkeypatch):
     """20000 rows for absent files are left out in one pass (the filter once rebuilt a set
     of them per row: 25 s for 16000 rows)."""
-    import facepoints_lib.train as train_module
+    import facepoints_lib.core.train as train_module
 
     folder, table = labelled_folder
     gt = dict(table)
@@ -555,7 +555,7 @@ def test_many_missing_rows_are_dropped(labelled_folder, monkeypatch):
 def test_concurrent_saves_use_their_own_temporary_files(hard_model, tmp_path, monkeypatch):
     import os
 
-    from facepoints_lib import checkpoint
+    from facepoints_lib.core import checkpoint
 
     model = load_model(hard_model)
     sources = []
@@ -576,7 +576,7 @@ def test_concurrent_saves_use_their_own_temporary_files(hard_model, tmp_path, mo
 
 
 def test_a_failed_save_leaves_no_temporary_file(hard_model, tmp_path, monkeypatch):
-    from facepoints_lib import checkpoint
+    from facepoints_lib.core import checkpoint
 
     def full_disk(obj, path):
         Path(path).write_bytes(b"partial")
@@ -595,7 +595,7 @@ def test_detect_refuses_thread_counts_it_cannot_use(hard_model, messy_folder, th
 
 
 def test_cli_detect_reports_a_bad_thread_count(hard_model, messy_folder, tmp_path, capsys):
-    from facepoints_lib.cli import main
+    from facepoints_lib.tools.cli import main
 
     assert main(["detect", str(messy_folder[0]), "--model", str(hard_model), "--threads", "-1",
                  "--out", str(tmp_path / "out.csv")]) == 2
@@ -604,7 +604,7 @@ def test_cli_detect_reports_a_bad_thread_count(hard_model, messy_folder, tmp_pat
 
 @pytest.mark.parametrize("case", ["missing folder", "a folder", "empty string"])
 def test_an_unwritable_model_path_is_refused_before_training(labelled_folder, tmp_path, monkeypatch, case):
-    import facepoints_lib.train as train_module
+    import facepoints_lib.core.train as train_module
 
     monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("trained before checking --out"))
     out = {"missing folder": tmp_path / "nope" / "m.pt", "a folder": tmp_path, "empty string": ""}[case]
@@ -619,7 +619,7 @@ def test_an_unwritable_model_path_is_refused_before_training(labelled_folder, tm
 def test_a_failed_save_keeps_the_trained_model_and_says_where(labelled_folder, tmp_path, monkeypatch):
     import tempfile
 
-    import facepoints_lib.train as train_module
+    import facepoints_lib.core.train as train_module
 
     real_save = train_module.save_checkpoint
 
@@ -642,8 +642,8 @@ def test_a_failed_save_keeps_the_trained_model_and_says_where(labelled_folder, t
 
 
 def test_cli_train_reports_an_unwritable_out_at_once(labelled_folder, tmp_path, capsys):
-    from facepoints_lib.cli import main
-    from facepoints_lib.gt_csv import write_gt
+    from facepoints_lib.tools.cli import main
+    from facepoints_lib.core.gt_csv import write_gt
 
     folder, table = labelled_folder
     data = tmp_path / "data"
@@ -661,7 +661,8 @@ def test_cli_train_reports_an_unwritable_out_at_once(labelled_folder, tmp_path, 
     ("epochs=2.5", "epochs must be an integer from 1, got 2.5"),
     ("ema_decay=1", "ema_decay must be a number from 0 to 0.999999, got 1"),
     ("threads=-1", "threads must be an integer from 1 to 256, got -1"),
-    ("loss='huber'", "loss must be one of 'l1', 'smooth_l1', 'mse', 'wing', got 'huber'"),
+    ("optimizer='adam'", "optimizer must be one of 'sgd', 'adamw', got 'adam'"),
+    ("loss='l1'", r"unknown config key in \"loss='l1'\""),
     ("flip_tta=1", "flip_tta must be True or False, got 1"),
     ("device='gpu'", "device must be 'auto', 'cpu' or 'cuda'"),
     ("model.image_size=96.0", r"image_size must be an integer from 1 to 256, got 96.0"),
@@ -672,7 +673,7 @@ def test_cli_train_reports_an_unwritable_out_at_once(labelled_folder, tmp_path, 
     ("model.widths=[1024,1024,1024,1024]", r"the network would have about \d+ M parameters, more than 50 M"),
 ])
 def test_recipe_settings_are_checked_before_any_work(setting, message):
-    from facepoints_lib.bench import apply_overrides
+    from facepoints_lib.core.config import apply_overrides
 
     with pytest.raises(ValueError, match=message):
         apply_overrides(full_config(), [setting])
@@ -684,7 +685,7 @@ def test_a_non_finite_number_is_refused_as_well():
 
 
 def test_a_model_file_asking_for_a_huge_network_is_refused_before_building(hard_model, tmp_path, monkeypatch):
-    import facepoints_lib.model as model_module
+    import facepoints_lib.core.model as model_module
 
     payload = load_checkpoint(hard_model)
     huge = {**payload, "model_config": {**payload["model_config"], "widths": [48, 96, 160, 10000]}}
@@ -740,7 +741,7 @@ def test_a_fifo_named_in_filenames_is_reported_not_waited_on(trap_folder, hard_m
 def test_a_file_name_that_is_not_utf8_is_detected_and_written(hard_model, tmp_path):
     import os
 
-    from facepoints_lib.cli import main
+    from facepoints_lib.tools.cli import main
 
     folder = tmp_path / "latin1"
     folder.mkdir()
@@ -754,7 +755,7 @@ def test_a_file_name_that_is_not_utf8_is_detected_and_written(hard_model, tmp_pa
 
 
 def test_write_gt_is_all_or_nothing(tmp_path, monkeypatch):
-    from facepoints_lib import gt_csv
+    from facepoints_lib.core import gt_csv
 
     path = tmp_path / "out.csv"
     path.write_text("old content\n")
@@ -775,9 +776,9 @@ def test_write_gt_is_all_or_nothing(tmp_path, monkeypatch):
 def test_cli_detect_checks_out_before_detecting(hard_model, messy_folder, tmp_path, monkeypatch, capsys, case):
     import sys
 
-    from facepoints_lib.cli import main
+    from facepoints_lib.tools.cli import main
 
-    detect_module = sys.modules["facepoints_lib.detect"]    # the package exports a function of that name
+    detect_module = sys.modules["facepoints_lib.core.detect"]    # the package exports a function of that name
     monkeypatch.setattr(detect_module, "detect", lambda *a, **k: pytest.fail("detected before checking --out"))
     model = tmp_path / "m.pt"
     model.write_bytes(Path(hard_model).read_bytes())
@@ -794,7 +795,7 @@ def test_a_model_file_that_unpacks_to_more_than_a_model_needs_is_refused(hard_mo
     zipped to 11 MB loaded as 3.1 GB); the archive's unpacked size is checked first."""
     import zipfile
 
-    from facepoints_lib import checkpoint
+    from facepoints_lib.core import checkpoint
 
     payload = load_checkpoint(hard_model)
     payload["metadata"]["padding"] = torch.zeros(2_000_000)           # 8 MB unpacked
@@ -811,8 +812,8 @@ def test_a_model_file_that_unpacks_to_more_than_a_model_needs_is_refused(hard_mo
 
 
 def test_the_unpacked_size_bound_admits_the_largest_allowed_network():
-    from facepoints_lib import checkpoint
-    from facepoints_lib.model import MAX_PARAMETERS
+    from facepoints_lib.core import checkpoint
+    from facepoints_lib.core.model import MAX_PARAMETERS
 
     assert checkpoint.MAX_CHECKPOINT_BYTES >= 4 * MAX_PARAMETERS
     shipped = Path(__file__).resolve().parents[1] / "facepoints_model.pt"
@@ -848,7 +849,7 @@ def test_jfif_and_jpe_files_are_images(tmp_path):
 
 def _every_command_raises(monkeypatch, error: BaseException):
     """Make every ``facepoints`` sub-command raise ``error``; return the cli module."""
-    from facepoints_lib import cli
+    from facepoints_lib.tools import cli
 
     def fails(args):
         raise error
@@ -869,7 +870,7 @@ def test_ctrl_c_says_what_was_kept(monkeypatch, capsys):
 def test_a_large_16bit_image_is_shrunk_in_its_own_mode_and_keeps_its_geometry(tmp_path):
     """A white square at a known spot of a 2000 x 1500 16-bit PNG lands at the same
     normalised spot as in an 8-bit copy of the same picture."""
-    from facepoints_lib.images import SHRINK_FIRST
+    from facepoints_lib.core.images import SHRINK_FIRST
 
     picture = np.zeros((1500, 2000), dtype=np.uint16)
     picture[300:600, 1200:1500] = 65535                       # x 1200-1500, y 300-600
@@ -898,7 +899,7 @@ import numpy as np
 from PIL import Image
 Image.MAX_IMAGE_PIXELS = None
 Image.fromarray(np.full((6000, 6000), 40000, dtype=np.uint16)).save(sys.argv[1])
-from facepoints_lib.images import read_image_resized
+from facepoints_lib.core.images import read_image_resized
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 read_image_resized(sys.argv[1], 96)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
@@ -938,7 +939,7 @@ def test_no_cli_path_ends_in_a_traceback(monkeypatch, capsys, error, status, tex
 
 
 def test_train_with_a_missing_exclusion_file_exits_2(tmp_path, capsys):
-    from facepoints_lib import cli
+    from facepoints_lib.tools import cli
 
     assert cli.main(["train", str(tmp_path), "--exclude", str(tmp_path / "missing.txt"), "--out",
                      str(tmp_path / "m.pt")]) == 2

@@ -41,11 +41,11 @@ from pathlib import Path
 
 import pytest
 
-from facepoints_lib.checkpoint import save_checkpoint
-from facepoints_lib.model import ModelConfig, build_model
-from facepoints_lib.synth import make_synthetic_faces
+from facepoints_lib.core.checkpoint import save_checkpoint
+from facepoints_lib.core.model import ModelConfig, build_model
+from facepoints_lib.tools.synth import make_synthetic_faces
+from sandbox_harness import CHILD_PRELUDE, FAST_TRAIN, REPO_ROOT, child_report, validations
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_UID = 65534                 # "nobody"
 MEMORY_CAP = 2 * 1024**3            # bytes of address space (RLIMIT_AS); see the module docstring
 TOO_SMALL_CAP = 256 * 1024**2       # below what importing torch needs
@@ -63,35 +63,26 @@ spec = json.loads(sys.argv[1])
 if spec["cap"]:
     resource.setrlimit(resource.RLIMIT_AS, (spec["cap"], spec["cap"]))
 start = time.monotonic()
-probes = {}
-for folder in spec["read_only"]:                 # each must refuse a new file
-    try:
-        with open(os.path.join(folder, "write-probe"), "w"):
-            pass
-        probes[folder] = "written"
-    except OSError as exc:
-        probes[folder] = type(exc).__name__
-sys.path.insert(0, spec["code"])
-import solution
-import torch
-report = {"uid": os.getuid(), "probes": probes, "cuda": torch.cuda.is_available()}
+code_dir, read_only = spec["code"], spec["read_only"]
+''' + CHILD_PRELUDE + r'''
+fields = {}
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     if spec["mode"] == "train":
-        gt = solution.read_gt(os.path.join(spec["data"], "gt.csv"))
-        model = solution.train_detector(gt, os.path.join(spec["data"], "images"), fast_train=True)
-        report["history"] = model.train_history
+        train_gt = solution.read_gt(os.path.join(spec["data"], "gt.csv"))
+        img_dir = os.path.join(spec["data"], "images")
+''' + "\n".join("        " + line for line in FAST_TRAIN.strip().splitlines()) + r'''
+        fields["log"] = log_lines
     else:
         result = solution.detect(spec["model"], spec["images"])
-        report["detected"] = len(result)
-        report["all_finite"] = all(v.shape == (28,) and bool((abs(v) < 1e9).all()) for v in result.values())
-report["warnings"] = [str(w.message) for w in caught]
-report["threads"] = torch.get_num_threads()
-report["seconds"] = time.monotonic() - start
+        fields["detected"] = len(result)
+        fields["all_finite"] = all(v.shape == (28,) and bool((abs(v) < 1e9).all()) for v in result.values())
+fields["warnings"] = [str(w.message) for w in caught]
+fields["seconds"] = time.monotonic() - start
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-report["vmpeak_kb"] = int(status["VmPeak"].split()[0])
-report["vmhwm_kb"] = int(status["VmHWM"].split()[0])
-print("SANDBOX-REPORT " + json.dumps(report))
+fields["vmpeak_kb"] = int(status["VmPeak"].split()[0])
+fields["vmhwm_kb"] = int(status["VmHWM"].split()[0])
+report(**fields)
 '''
 
 
@@ -210,8 +201,7 @@ class Sandbox:
                "MKL_NUM_THREADS": "1"}
         proc = subprocess.run(self.command([str(self.code / "runner.py"), json.dumps(spec)]), cwd=self.cwd,
                               env=env, capture_output=True, text=True, timeout=timeout)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("SANDBOX-REPORT ")]
-        return proc, (json.loads(lines[-1].split(" ", 1)[1]) if lines else None)
+        return proc, child_report(proc.stdout)
 
     def snapshot(self) -> dict:
         return {name: _snapshot(self.root / name) for name in ("code", "data", "cwd", "home")}
@@ -273,7 +263,7 @@ def test_fast_train_in_a_capped_read_only_sandbox(sandbox):
     assert proc.returncode == 0 and report is not None, _explain(proc)
     _check_confinement(sandbox, report)
     assert report["seconds"] < TRAIN_BUDGET_S
-    history = report["history"]                       # validation ran after each of the 2 epochs
+    history = validations(report["log"])              # validation ran after each of the 2 epochs
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(0 < h["val_err"] < 1e6 and 0 < h["val_nme"] < 1e3 for h in history)
     assert "val err" in proc.stdout

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepoints_lib.images import (ImageReadError, list_images, read_image, read_image_resized,
+from facepoints_lib.core.images import (ImageReadError, list_images, read_image, read_image_resized,
                                    read_image_size, to_rgb)
 
 W, H = 10, 6    # small non-square test images

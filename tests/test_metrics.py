@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from facepoints_lib.metrics import (MARK_TABLE, ced_auc, ced_curve, course_err, course_mark,
+from facepoints_lib.core.metrics import (MARK_TABLE, ced_auc, ced_curve, course_err, course_mark,
                                     per_image_err, per_image_nme)
-from facepoints_lib.schema import NUM_POINTS
+from facepoints_lib.core.schema import NUM_POINTS
 
 
 def course_compute_metric(detected, gt, img_shapes):

@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from facepoints_lib.model import (KeypointNet, ModelConfig, build_model, count_parameters,
-                                  decode_offsets, expected_coordinates, spatial_softmax)
-from facepoints_lib.schema import NUM_POINTS
+from facepoints_lib.core.model import (KeypointNet, ModelConfig, build_model, count_parameters,
+                                       expected_coordinates, spatial_softmax)
+from facepoints_lib.core.schema import NUM_POINTS
 
 from conftest import tiny_model_config
 
 
-@pytest.mark.parametrize("head", ["heatmap", "offsets", "regression"])
+@pytest.mark.parametrize("head", ["heatmap", "regression"])
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_both_heads_give_n_14_2(head, image_size):
     torch.manual_seed(0)
@@ -24,6 +24,22 @@ def test_both_heads_give_n_14_2(head, image_size):
     assert bool(torch.isfinite(out).all())
     if head == "heatmap":       # a soft-argmax is a mean of cell centres: inside the image
         assert float(out.min()) > 0 and float(out.max()) < 1
+
+
+def test_forward_with_heatmaps_returns_the_maps_behind_the_points():
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    heatmap = build_model(tiny_model_config(32)).eval()
+    with torch.no_grad():
+        points, probs = heatmap(images, with_heatmaps=True)
+        torch.testing.assert_close(points, heatmap(images))
+    assert probs.shape == (2, NUM_POINTS, 8, 8)                      # stride 4
+    torch.testing.assert_close(probs.flatten(2).sum(-1), torch.ones(2, NUM_POINTS))
+    torch.testing.assert_close(expected_coordinates(probs), points)
+    regression = build_model(tiny_model_config(32, "regression")).eval()
+    with torch.no_grad():
+        points, probs = regression(images, with_heatmaps=True)
+    assert probs is None and points.shape == (2, NUM_POINTS, 2)
 
 
 def test_default_network_shapes_and_gradients():
@@ -81,37 +97,16 @@ def test_soft_argmax_uniform_map_gives_centre_and_is_differentiable():
     assert float(logits.grad.abs().sum()) > 0
 
 
-def test_decode_offsets_reads_the_highest_cell_and_its_offset():
-    maps = torch.zeros(1, 3 * NUM_POINTS, 4, 5)             # H 4, W 5
-    maps[0, 2, 1, 3] = 5.0                                   # point 2 peaks at column 3, row 1
-    maps[0, NUM_POINTS + 2, 1, 3] = 0.25                     # x offset, cells
-    maps[0, 2 * NUM_POINTS + 2, 1, 3] = -0.5                 # y offset
-    maps[0, NUM_POINTS + 2, 0, 0] = 9.0                      # an offset elsewhere is ignored
-    points = decode_offsets(maps)
-    assert points.shape == (1, NUM_POINTS, 2)
-    torch.testing.assert_close(points[0, 2], torch.tensor([(3 + 0.5 + 0.25) / 5, (1 + 0.5 - 0.5) / 4]))
-    torch.testing.assert_close(points[0, 0], torch.tensor([0.5 / 5, 0.5 / 4]))   # flat map: first cell
-
-
-def test_stacked_hourglass_refines_the_first_stack_and_predicts_with_the_last():
-    torch.manual_seed(0)
-    single = build_model(tiny_model_config(32)).eval()
-    stacked = build_model(ModelConfig(**{**tiny_model_config(32).__dict__, "stacks": 3})).eval()
-    missing, unexpected = stacked.load_state_dict(single.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("refine.") for k in missing)
-    images = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        outputs = stacked.forward_stacks(images)
-        assert len(outputs) == 3 and all(p.shape == (2, NUM_POINTS, 2) for p, _ in outputs)
-        assert all(probs.shape == (2, NUM_POINTS, 8, 8) for _, probs in outputs)
-        # the first stack is the single-stack network; the refiners change its answer
-        torch.testing.assert_close(outputs[0][0], single(images))
-        assert not torch.allclose(outputs[1][0], outputs[0][0])
-        torch.testing.assert_close(stacked(images), outputs[-1][0])
-    stacked.train()
-    sum(p.sum() for p, _ in stacked.forward_stacks(images)).backward()
-    assert all(p.grad is not None for p in stacked.parameters())
-    assert count_parameters(stacked) > count_parameters(single)
+def test_model_files_from_before_the_stacks_were_retired_still_load():
+    """Files written with ``stacks: 1`` (the shipped model among them) load as the same
+    network; a file with refining stacks is refused with a message that says why."""
+    data = ModelConfig().to_dict()
+    assert ModelConfig.from_dict({**data, "stacks": 1}) == ModelConfig()
+    for stacks in (0, 2, "1"):
+        with pytest.raises(ValueError, match="stacks"):
+            ModelConfig.from_dict({**data, "stacks": stacks})
+    with pytest.raises(ValueError, match="head"):
+        ModelConfig.from_dict({**data, "head": "offsets"})
 
 
 def test_config_round_trip():
@@ -135,12 +130,6 @@ def test_config_refuses_unknown_keys_and_bad_values():
         ModelConfig.from_dict({**data, "image_size": 100})
     with pytest.raises(ValueError, match="one entry per stage"):
         ModelConfig.from_dict({**data, "widths": [8, 16]})
-    with pytest.raises(ValueError, match="stacks"):
-        ModelConfig.from_dict({**data, "stacks": 0})
-    with pytest.raises(ValueError, match="stacks"):
-        ModelConfig.from_dict({**data, "stacks": 2, "head": "regression"})
-    with pytest.raises(ValueError, match="stacks"):
-        ModelConfig.from_dict({**data, "stacks": 2, "head": "offsets"})
     with pytest.raises(ValueError):
         KeypointNet(ModelConfig(image_size=16))
 
@@ -150,7 +139,7 @@ def test_missing_keys_take_defaults():
 
 
 def test_folding_batch_norm_keeps_the_function_and_leaves_the_model_alone():
-    from facepoints_lib.model import fold_batch_norm
+    from facepoints_lib.core.model import fold_batch_norm
 
     torch.manual_seed(0)
     model = build_model(tiny_model_config(32))
@@ -175,7 +164,7 @@ def test_folding_batch_norm_keeps_the_function_and_leaves_the_model_alone():
 def test_feature_map_bound_refuses_huge_inputs_before_building():
     """A config whose one-image forward pass would hold more than MAX_ACTIVATIONS values is
     refused from its numbers alone (a model file is untrusted input)."""
-    from facepoints_lib.model import MAX_ACTIVATIONS, ModelConfig
+    from facepoints_lib.core.model import MAX_ACTIVATIONS, ModelConfig
 
     recipe = ModelConfig()
     assert recipe.estimated_activations() < MAX_ACTIVATIONS / 10

@@ -1,4 +1,4 @@
-"""The notebooks and their support modules (``notebook_data``, ``analysis``, ``plotting``, ``widgets``).
+"""The notebooks and their support modules (``facepoints_lib.notebook``: ``data``, ``analysis``, ``benchmarks``, ``plotting``, ``widgets``).
 
 * The committed notebooks carry no outputs; the expected text of cells tagged
   ``nbval-check-output`` is in ``notebooks/expected_outputs.json``. They use the
@@ -31,13 +31,14 @@ import numpy as np
 import pytest
 import torch
 
-from facepoints_lib import analysis, notebook_data, plotting
-from facepoints_lib.augment import AugmentConfig, flip_images, flip_keypoints, photometric
-from facepoints_lib.dataset import load_faces
-from facepoints_lib.images import read_image_size
-from facepoints_lib.metrics import per_image_err, per_point_err
-from facepoints_lib.schema import FLIP_PERMUTATION, NUM_POINTS
-from facepoints_lib.synth import make_synthetic_faces
+from facepoints_lib.notebook import analysis, benchmarks, plotting
+from facepoints_lib.notebook import data as notebook_data
+from facepoints_lib.core.augment import AugmentConfig, flip_images, flip_keypoints, photometric
+from facepoints_lib.core.dataset import load_faces
+from facepoints_lib.core.images import read_image_size
+from facepoints_lib.core.metrics import per_image_err, per_point_err
+from facepoints_lib.core.schema import FLIP_PERMUTATION, NUM_POINTS
+from facepoints_lib.tools.synth import make_synthetic_faces
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -212,6 +213,8 @@ def test_model_path(monkeypatch, tmp_path):
     monkeypatch.setenv(notebook_data.MODEL_ENV, "train")
     assert notebook_data.model_path() is None
     assert notebook_data.project_root() == REPO_ROOT
+    monkeypatch.chdir(tmp_path)                    # a notebook copied elsewhere still finds the project
+    assert notebook_data.project_root() == REPO_ROOT
 
 
 # ---- analysis ---------------------------------------------------------------------------
@@ -291,31 +294,31 @@ def results_dir(tmp_path):
 
 def test_bench_results_are_read_and_grouped(results_dir, tmp_path_factory):
     with pytest.warns(UserWarning, match="skipped") as caught:
-        results = analysis.load_bench_results(results_dir)
+        results = benchmarks.load_bench_results(results_dir)
     assert sorted(str(w.message).split(":")[0] for w in caught) == ["skipped broken.json", "skipped other.json"]
     assert [r["name"] for r in results] == ["exp-base", "exp-head-regression", "exp-loss-mse",
                                             "exp-no-flip", "recipe"]
-    groups = analysis.group_experiments(results)
-    short = analysis.budget_label(results[0])
+    groups = benchmarks.group_experiments(results)
+    short = benchmarks.budget_label(results[0])
     assert {g: [r["name"] for r in m] for g, m in groups.items()} == {       # the 90-epoch recipe stays out
         f"head · {short}": ["exp-base", "exp-head-regression"], f"loss · {short}": ["exp-base", "exp-loss-mse"],
         f"augmentation · {short}": ["exp-base", "exp-no-flip"]}
-    by_budget = analysis.rows_by_budget(analysis.bench_rows(results))
-    assert list(by_budget) == [analysis.budget_label(results[4]), short]      # the longest budget first
+    by_budget = benchmarks.rows_by_budget(benchmarks.bench_rows(results))
+    assert list(by_budget) == [benchmarks.budget_label(results[4]), short]      # the longest budget first
     assert [r["err"] for r in by_budget[short]] == sorted(r["err"] for r in by_budget[short])
-    assert "best" in analysis.bench_conclusion(analysis.bench_rows(results))
-    rows = analysis.bench_rows(results)
+    assert "best" in benchmarks.bench_conclusion(benchmarks.bench_rows(results))
+    rows = benchmarks.bench_rows(results)
     assert rows[1]["change"] == "model.head=regression" and rows[0]["change"] == "-"
     assert rows[4]["budget"] != rows[0]["budget"]
-    table = analysis.format_table(rows, ["name", "err", "parameters"], {"err": ".2f", "parameters": ","})
+    table = benchmarks.format_table(rows, ["name", "err", "parameters"], {"err": ".2f", "parameters": ","})
     assert table.splitlines()[2].split() == ["exp-base", "4.00", "1,008"]
-    from facepoints_lib.model import ModelConfig, build_model
+    from facepoints_lib.core.model import ModelConfig, build_model
     recorded_zero = dict(results[0], parameters=0, config={"epochs": 8, "model": ModelConfig(image_size=64).to_dict()})
     expected = sum(p.numel() for p in build_model(ModelConfig(image_size=64)).parameters())
-    assert analysis.result_parameters(recorded_zero) == expected
-    assert analysis.result_parameters({"parameters": 0, "config": {}}) is None
-    assert analysis.load_bench_results(tmp_path_factory.mktemp("empty")) == []
-    assert analysis.load_bench_results(tmp_path_factory.mktemp("x") / "missing") == []
+    assert benchmarks.result_parameters(recorded_zero) == expected
+    assert benchmarks.result_parameters({"parameters": 0, "config": {}}) is None
+    assert benchmarks.load_bench_results(tmp_path_factory.mktemp("empty")) == []
+    assert benchmarks.load_bench_results(tmp_path_factory.mktemp("x") / "missing") == []
 
 
 def test_bench_changes_are_judged_against_the_budgets_baseline():
@@ -332,16 +335,16 @@ def test_bench_changes_are_judged_against_the_budgets_baseline():
     drifted = with_config(_result("exp-js", ["epochs=8", "heatmap_js=10"], 3.8),
                           optimizer="sgd", lr=0.05, model={"depths": [2, 2, 2, 1]}, seed=1)
     results = [base, pinned, drifted]
-    assert analysis.budget_baselines(results) == {analysis.budget_label(base): base}
-    assert analysis.config_changes(pinned, base) == {"model.depths": "(2,3,3,2)"}
-    assert analysis.experiment_group(pinned, base) == "capacity"
-    assert analysis.config_changes(drifted, base) == {"heatmap_js": "10", "optimizer": "sgd", "lr": "0.05"}
-    assert analysis.experiment_group(drifted, base) == "combination"
-    assert analysis.experiment_group(drifted) == "loss"            # overrides alone
-    assert [r["change"] for r in analysis.bench_rows(results)] == [
+    assert benchmarks.budget_baselines(results) == {benchmarks.budget_label(base): base}
+    assert benchmarks.config_changes(pinned, base) == {"model.depths": "(2,3,3,2)"}
+    assert benchmarks.experiment_group(pinned, base) == "capacity"
+    assert benchmarks.config_changes(drifted, base) == {"heatmap_js": "10", "optimizer": "sgd", "lr": "0.05"}
+    assert benchmarks.experiment_group(drifted, base) == "combination"
+    assert benchmarks.experiment_group(drifted) == "loss"            # overrides alone
+    assert [r["change"] for r in benchmarks.bench_rows(results)] == [
         "-", "model.depths=(2,3,3,2)", "heatmap_js=10, optimizer=sgd, lr=0.05"]
-    short = analysis.budget_label(base)
-    assert {g: [r["name"] for r in m] for g, m in analysis.group_experiments(results).items()} == {
+    short = benchmarks.budget_label(base)
+    assert {g: [r["name"] for r in m] for g, m in benchmarks.group_experiments(results).items()} == {
         f"capacity · {short}": ["exp-base", "exp-deep"], f"combination · {short}": ["exp-base", "exp-js"]}
 
 
@@ -349,14 +352,14 @@ def test_bench_plots(results_dir):
     import matplotlib.pyplot as plt
 
     with pytest.warns(UserWarning):
-        results = analysis.load_bench_results(results_dir)
+        results = benchmarks.load_bench_results(results_dir)
     fig, axes = plt.subplots(1, 3)
-    plotting.plot_bench_scatter(axes[0], analysis.bench_rows(results))
+    plotting.plot_bench_scatter(axes[0], benchmarks.bench_rows(results))
     plotting.plot_histories(axes[1], results, "val_err")
-    plotting.plot_group(axes[2], next(m for g, m in analysis.group_experiments(results).items()
+    plotting.plot_group(axes[2], next(m for g, m in benchmarks.group_experiments(results).items()
                                       if g.startswith("head")))
     assert len(axes[1].get_lines()) == len(results)
-    assert len(axes[0].get_legend().get_texts()) == len(analysis.rows_by_budget(analysis.bench_rows(results)))
+    assert len(axes[0].get_legend().get_texts()) == len(benchmarks.rows_by_budget(benchmarks.bench_rows(results)))
     plotting.plot_histories(axes[1], results, "val_err", max_lines=2)
     assert len(axes[1].get_lines()) == len(results) + 2
     plt.close(fig)
@@ -393,7 +396,7 @@ def faces(face_folder):
 
 
 def test_transform_face_identity_and_flip(faces):
-    from facepoints_lib.widgets import transform_face
+    from facepoints_lib.notebook.widgets import transform_face
 
     image, points = faces.images[0], faces.keypoints[0]
     same_image, same_points = transform_face(image, points)
@@ -409,7 +412,7 @@ def test_transform_face_identity_and_flip(faces):
 
 
 def test_adjust_photometric_matches_training(faces):
-    from facepoints_lib.widgets import adjust_photometric
+    from facepoints_lib.notebook.widgets import adjust_photometric
 
     images = faces.images[:4].float() / 255
     generator = torch.Generator().manual_seed(0)
@@ -422,7 +425,7 @@ def test_adjust_photometric_matches_training(faces):
 
 
 def test_augmentation_explorer_reacts(faces):
-    from facepoints_lib.widgets import AugmentationExplorer
+    from facepoints_lib.notebook.widgets import AugmentationExplorer
 
     explorer = AugmentationExplorer(faces)
     for name in ("face", "rotation", "scale", "shift x", "shift y", "flip", "brightness", "contrast", "grayscale"):
@@ -445,8 +448,8 @@ def test_augmentation_explorer_reacts(faces):
 def test_shape_outliers_find_swapped_and_misplaced_labels():
     """The label audit: turned, scaled and shifted copies of the mean face are not
     outliers; a face with left and right swapped, or one point on the image edge, is."""
-    from facepoints_lib.align import apply_transform
-    from facepoints_lib.schema import FLIP_PERMUTATION
+    from facepoints_lib.core.align import apply_transform
+    from facepoints_lib.core.schema import FLIP_PERMUTATION
 
     rng = np.random.default_rng(0)
     mean = torch.tensor([[0.3, 0.3], [0.42, 0.3], [0.58, 0.3], [0.7, 0.3], [0.3, 0.4], [0.36, 0.4], [0.42, 0.4],

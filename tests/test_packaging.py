@@ -82,7 +82,7 @@ def test_pyproject_basics():
     data = _pyproject()
     project = data["project"]
     assert project["version"] == facepoints_lib.__version__
-    assert project["scripts"]["facepoints"] == "facepoints_lib.cli:main"
+    assert project["scripts"]["facepoints"] == "facepoints_lib.tools.cli:main"
     deps = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
     assert deps == {"torch", "numpy", "pillow"}          # what solution.py may import
     test_extra = " ".join(project["optional-dependencies"]["test"])

@@ -2,7 +2,7 @@
 
 import io
 
-from facepoints_lib.progress import TextProgress, format_seconds
+from facepoints_lib.core.progress import TextProgress, format_seconds
 
 
 class _Terminal(io.StringIO):

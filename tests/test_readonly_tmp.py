@@ -13,33 +13,29 @@ permitted: as root a plain ``chmod`` would not make a folder unwritable.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from facepoints_lib.synth import make_synthetic_faces
+from facepoints_lib.tools.synth import make_synthetic_faces
+from sandbox_harness import (CHILD_PRELUDE, SOLUTION, child_report, clean_environment, copy_solution,
+                             needs_root, skip_unless_private_mounts, validations)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = REPO_ROOT / "solution.py"
-UNSHARE, MOUNT = shutil.which("unshare"), shutil.which("mount")
+MOUNT = shutil.which("mount")
 
 pytestmark = [
-    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
-                       reason="needs root to bind-mount the temporary folders read-only"),
-    pytest.mark.skipif(UNSHARE is None or MOUNT is None, reason="needs util-linux's unshare and mount"),
+    needs_root,
+    pytest.mark.skipif(shutil.which("unshare") is None or MOUNT is None, reason="needs util-linux's unshare and mount"),
     pytest.mark.skipif(not SOLUTION.is_file(), reason="solution.py has not been generated"),
 ]
 
-# Runs as root inside ``unshare --mount``: makes the temporary folders read-only, runs the driver.
+# Runs as root inside ``unshare --mount``: makes the temporary folders read-only, runs the child.
 WRAPPER = r'''
 import os, subprocess, sys
 
-mount, python, driver, code_dir, data_dir, cwd = sys.argv[1:7]
+mount, python, child, cwd = sys.argv[1:5]
 folders = [d for d in ("/tmp", "/var/tmp", "/usr/tmp", "/dev/shm") if os.path.isdir(d)] + [cwd]
 for folder in folders:
     for args in (["--bind", folder, folder], ["-o", "remount,bind,ro", folder]):
@@ -50,58 +46,48 @@ for folder in folders:
 env = {k: v for k, v in os.environ.items()
        if k not in ("TMPDIR", "TEMP", "TMP", "TORCHINDUCTOR_CACHE_DIR") and not k.startswith("PYTHON")}
 env["CUDA_VISIBLE_DEVICES"] = ""
-sys.exit(subprocess.run([python, "-I", "-B", driver, code_dir, data_dir], cwd=cwd, env=env).returncode)
+sys.exit(subprocess.run([python, "-I", "-B", child, *sys.argv[5:]], cwd=cwd, env=env).returncode)
 '''
 
 # Runs inside the namespace: checks that no temporary folder is usable, then trains.
-DRIVER = r'''
-import importlib.util, json, os, sys, tempfile
-
-code_dir, data_dir = sys.argv[1], sys.argv[2]
+CHILD = r'''
+import sys, tempfile
+code_dir, data_dir, cwd = sys.argv[1:4]
+read_only = [cwd]
+''' + CHILD_PRELUDE + r'''
 try:
     tempfile.gettempdir()
     temp_usable = True
 except FileNotFoundError:
     temp_usable = False
-
-spec = importlib.util.spec_from_file_location("solution", os.path.join(code_dir, "solution.py"))
-solution = importlib.util.module_from_spec(spec)
-sys.modules["solution"] = solution            # as a normal import does (dataclasses need it)
-spec.loader.exec_module(solution)
-
-config = solution.fast_config(max_images=40, val_size=8)
+log_lines = []
+config = solution.fast_config(max_images=40, val_size=8)     # fast_train's recipe, smaller
 model = solution.train_detector(os.path.join(data_dir, "gt.csv"), os.path.join(data_dir, "images"),
-                                fast_train=True, config=config)
-print("DRIVER " + json.dumps({
-    "temp_usable": temp_usable, "history": model.train_history, "training": model.training,
-    "cache_env": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
-}))
+                                fast_train=True, config=config, log=log_lines.append)
+report(temp_usable=temp_usable, log=log_lines, training=model.training,
+       cache_env=os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
 '''
 
 
 def test_fast_train_with_read_only_temp_folders(tmp_path):
-    if subprocess.run([UNSHARE, "--mount", "true"], capture_output=True).returncode != 0:
-        pytest.skip("unshare --mount is not permitted here (no private mount namespaces)")
+    skip_unless_private_mounts()
     data = make_synthetic_faces(tmp_path / "data", 40, seed=5)
-    code = tmp_path / "code"
-    code.mkdir()
-    shutil.copy2(SOLUTION, code / "solution.py")
-    (code / "driver.py").write_text(DRIVER)
+    child = copy_solution(tmp_path / "code", CHILD)
     (tmp_path / "cwd").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    run = subprocess.run([UNSHARE, "--mount", "--propagation", "private", sys.executable, "-I", "-c",
-                          WRAPPER, MOUNT, sys.executable, str(code / "driver.py"), str(code), str(data),
-                          str(tmp_path / "cwd")],
-                         capture_output=True, text=True, timeout=300, env=env)
+    run = subprocess.run([shutil.which("unshare"), "--mount", "--propagation", "private", sys.executable, "-I",
+                          "-c", WRAPPER, MOUNT, sys.executable, str(child), str(tmp_path / "cwd"),
+                          str(child.parent), str(data), str(tmp_path / "cwd")],       # the child's arguments
+                         capture_output=True, text=True, timeout=300, env=clean_environment())
     if run.returncode == 0 and run.stdout.startswith("SKIP "):
         pytest.skip(run.stdout[5:].strip())
-    assert run.returncode == 0 and "DRIVER " in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
-    result = json.loads(run.stdout.split("DRIVER ", 1)[1])
+    result = child_report(run.stdout)
+    assert run.returncode == 0 and result is not None, run.stdout[-2000:] + run.stderr[-3000:]
 
     assert result["temp_usable"] is False          # the sandbox really had no usable temp folder
+    assert set(result["probes"].values()) <= {"OSError", "PermissionError"}, result["probes"]
     assert result["training"] is False
-    history = result["history"]                    # fast_config validates after each of 2 epochs
+    history = validations(result["log"])           # fast_config validates after each of 2 epochs
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(0 < h["val_err"] < float("inf") for h in history)
-    assert "(8 for validation)" in run.stdout and "val err" in run.stdout
+    assert any("(8 for validation)" in line for line in result["log"])
     assert result["cache_env"] is None             # the environment is left as it was

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from facepoints_lib.checkpoint import load_checkpoint, load_model
-from facepoints_lib.model import ModelConfig
-from facepoints_lib.progress import TextProgress
-from facepoints_lib.synth import make_synthetic_faces
-from facepoints_lib.train import full_config, train_detector
+from facepoints_lib.core.checkpoint import load_checkpoint, load_model
+from facepoints_lib.core.model import ModelConfig
+from facepoints_lib.core.progress import TextProgress
+from facepoints_lib.tools.synth import make_synthetic_faces
+from facepoints_lib.core.config import full_config
+from facepoints_lib.core.train import train_detector
 
 REPRO_MODEL = dict(image_size=32, stem_width=4, widths=[4, 8, 8, 8], depths=[1, 1, 1, 1],
                    decoder_width=4, hidden=8, dropout=0.0)
@@ -89,9 +90,10 @@ def test_a_fresh_process_gives_the_same_weights(two_runs, repro_data, tmp_path):
     target = tmp_path / "fresh.pt"
     script = textwrap.dedent(f"""
         import sys
-        from facepoints_lib.model import ModelConfig
-        from facepoints_lib.progress import TextProgress
-        from facepoints_lib.train import full_config, train_detector
+        from facepoints_lib.core.model import ModelConfig
+        from facepoints_lib.core.progress import TextProgress
+        from facepoints_lib.core.config import full_config
+        from facepoints_lib.core.train import train_detector
         model = ModelConfig(**{{k: tuple(v) if isinstance(v, list) else v
                                for k, v in {json.dumps(REPRO_MODEL)}.items()}})
         cfg = full_config(model=model, seed=3, **{json.dumps(REPRO_RECIPE)})
@@ -112,7 +114,7 @@ def test_checkpoint_records_seed_recipe_and_versions(two_runs):
     assert meta["train_config"]["threads"] == 1
     assert len(meta["val_names"]) == meta["val_images"] == REPRO_RECIPE["val_size"]
     assert all(isinstance(n, str) and n.endswith(".jpg") for n in meta["val_names"])
-    assert meta["train_config"]["model"] == payload["model_config"] == REPRO_MODEL | {"head": "heatmap", "stacks": 1, "second_look": True}
+    assert meta["train_config"]["model"] == payload["model_config"] == REPRO_MODEL | {"head": "heatmap", "second_look": True}
     assert meta["versions"] == {"python": platform.python_version(), "torch": str(torch.__version__),
                                 "numpy": str(np.__version__), "machine": platform.machine()}
     assert all(type(v) is str for v in meta["versions"].values())   # plain data, loads weights-only

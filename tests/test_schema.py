@@ -1,6 +1,6 @@
 """Tests of the 14-point schema: names, flip permutation, groups and skeleton."""
 
-from facepoints_lib.schema import (FLIP_PERMUTATION, NUM_POINTS, OUTER_EYE_CORNERS, POINT_GROUPS,
+from facepoints_lib.core.schema import (FLIP_PERMUTATION, NUM_POINTS, OUTER_EYE_CORNERS, POINT_GROUPS,
                                    POINT_NAMES, SKELETON)
 
 

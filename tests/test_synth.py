@@ -1,4 +1,4 @@
-"""Tests for facepoints_lib.synth: course format, determinism, variety, drawing matches points."""
+"""Tests for facepoints_lib.tools.synth: course format, determinism, variety, drawing matches points."""
 
 import csv
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepoints_lib.schema import FLIP_PERMUTATION, NUM_POINTS
-from facepoints_lib.synth import main, make_synthetic_faces, render_face, synthetic_faces_in_memory
+from facepoints_lib.core.schema import FLIP_PERMUTATION, NUM_POINTS
+from facepoints_lib.tools.synth import main, make_synthetic_faces, render_face, synthetic_faces_in_memory
 
 
 def _read_csv(path):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bench import RESULTS_DIR, _bench_subprocess, machine_info, shown_command
-from .gt_csv import read_gt
-from .images import read_image
-from .metrics import course_mark, per_image_err
-from .train import split_names
+from ..core.dataset import split_names
+from ..core.gt_csv import read_gt
+from ..core.images import read_image
+from ..core.metrics import course_mark, per_image_err
+from .machine import RESULTS_DIR, machine_info, run_script, shown_command
 
 QUARTERS = (0, 90, 180, 270)
 _TRANSPOSE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
@@ -94,7 +93,7 @@ def face_roll_degrees(points: np.ndarray) -> np.ndarray:
 _DETECT_SETS_SCRIPT = """
 import json, sys, time
 import torch
-from facepoints_lib.detect import detect
+from facepoints_lib.core.detect import detect
 torch.set_num_threads(1)
 model, sets = sys.argv[1], json.loads(open(sys.argv[2]).read())
 out = {}
@@ -156,7 +155,7 @@ def run_rotation_bench(model_path: str | Path, data_dir: str | Path, *, name: st
             _write_set(Path(folders[label]), group)
         sets_file = Path(tmp) / "sets.json"
         sets_file.write_text(json.dumps(folders))
-        detected = _bench_subprocess(_DETECT_SETS_SCRIPT, str(model_path), str(sets_file))
+        detected = run_script(_DETECT_SETS_SCRIPT, str(model_path), str(sets_file))
 
     errors = {key: _score(value["detections"], truth[key.split("/")[0]], sizes[key.split("/")[0]], held)
               for key, value in detected.items()}

@@ -19,8 +19,8 @@ DEMO_DIR = Path("data") / "synthetic"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .bench import apply_overrides
-    from .train import fast_config, full_config, train_detector
+    from ..core.config import apply_overrides, fast_config, full_config
+    from ..core.train import train_detector
 
     data = Path(args.data_dir)
     cfg = fast_config(seed=args.seed) if args.fast else full_config(seed=args.seed)
@@ -41,10 +41,10 @@ def _read_names(path: str | None) -> list[str]:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from .detect import detect
-    from .files import check_writable
-    from .gt_csv import write_gt
-    from .progress import TextProgress
+    from ..core.detect import detect
+    from ..core.files import check_writable
+    from ..core.gt_csv import write_gt
+    from ..core.progress import TextProgress
 
     out, model = Path(args.out), Path(args.model)
     check_writable(out, "output file")                  # before detecting, not after
@@ -61,7 +61,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
-    from .grader import grader_main
+    from ..core.grader import grader_main
 
     argv = [str(args.data_dir), "--holdout", str(args.holdout), "--seed", str(args.seed)]
     if args.model:
@@ -72,7 +72,8 @@ def _cmd_grade(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench, shown_command
+    from .bench import run_bench
+    from .machine import shown_command
 
     run_bench(args.data_dir, name=args.name, overrides=args.set, holdout=args.holdout,
               exclude=_read_names(args.exclude),
@@ -82,7 +83,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_rescore(args: argparse.Namespace) -> int:
-    from .bench import rescore_bench, shown_command
+    from .bench import rescore_bench
+    from .machine import shown_command
 
     rescore_bench(args.name, args.data_dir, model_path=args.model, results_dir=args.results_dir,
                   command=shown_command())
@@ -90,7 +92,7 @@ def _cmd_bench_rescore(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_rotation(args: argparse.Namespace) -> int:
-    from .bench import shown_command
+    from .machine import shown_command
     from .rotation_bench import run_rotation_bench
 
     run_rotation_bench(args.model, args.data_dir, name=args.name, holdout=args.holdout,
@@ -100,7 +102,8 @@ def _cmd_bench_rotation(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_detect(args: argparse.Namespace) -> int:
-    from .bench import run_detect_bench, shown_command
+    from .machine import shown_command
+    from .speed import run_detect_bench
 
     run_detect_bench(args.model, img_dir=args.img_dir, synthetic=args.synthetic, name=args.name,
                      results_dir=args.results_dir, command=shown_command(),
@@ -109,7 +112,8 @@ def _cmd_bench_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_speed(args: argparse.Namespace) -> int:
-    from .bench import run_speed_bench, shown_command
+    from .machine import shown_command
+    from .speed import run_speed_bench
 
     run_speed_bench(name=args.name, threads=args.threads, seconds=args.seconds,
                     results_dir=args.results_dir, command=shown_command())
@@ -117,7 +121,7 @@ def _cmd_bench_speed(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from .bench import profile_training
+    from .speed import profile_training
 
     print(profile_training(steps=args.steps, threads=args.threads, overrides=args.set, out=args.out))
     return 0
@@ -139,11 +143,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic faces -> train a short recipe -> grade on a holdout, all on the CPU."""
-    from .bench import apply_overrides
-    from .grader import grade
+    from ..core.config import apply_overrides, full_config
+    from ..core.dataset import split_names
+    from ..core.grader import grade
     from .synth import make_synthetic_faces
-    from .train import full_config, split_names, train_detector
-    from .gt_csv import read_gt
+    from ..core.train import train_detector
+    from ..core.gt_csv import read_gt
 
     started = time.monotonic()
     data = Path(args.workdir) / "train"
@@ -277,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     p.set_defaults(func=_cmd_profile)
 
-    p = sub.add_parser("freeze", help="regenerate solution.py from the package")
+    p = sub.add_parser("freeze", help="regenerate solution.py from facepoints_lib/core")
     p.add_argument("--check", action="store_true", help="exit 1 when solution.py is out of date")
     p.add_argument("--out", default=None, help="output file (default solution.py at the root)")
     p.set_defaults(func=_cmd_freeze)

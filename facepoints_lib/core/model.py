@@ -1,22 +1,17 @@
 """The keypoint networks, written from scratch: a small residual backbone and two heads.
 
-* ``head="heatmap"``: a light feature pyramid brings the backbone back to stride 4 and
-  predicts one heatmap per point; a spatial softmax turns each map into a distribution
-  whose mean is the point (integral regression / soft-argmax), so the output is still
-  coordinates and the whole net trains end to end on a coordinate loss. With
-  ``stacks > 1`` that first guess is refined by further hourglass modules at stride 4
-  (Newell et al., 2016): each takes the last one's features and heatmaps, and training
-  supervises every stack's output.
-* ``head="offsets"``: the same pyramid predicts, per point, a heatmap with a peak of 1 at
-  the point's cell plus a map of sub-cell offsets; the point is the highest cell plus its
-  offset (heatmap + offsets, as in CenterNet or PIPNet). Training regresses the maps
-  themselves (see ``train.offsets_head_loss``), not the decoded coordinates.
+* ``head="heatmap"`` (the recipe): a light feature pyramid brings the backbone back to
+  stride 4 and predicts one heatmap per point; a spatial softmax turns each map into a
+  distribution whose mean is the point (integral regression / soft-argmax), so the
+  output is still coordinates and the whole net trains end to end on a coordinate loss.
 * ``head="regression"``: the last feature map is flattened into a small MLP that predicts
-  offsets from the mean face shape.
+  offsets from the mean face shape (notebook 03's baseline).
 
 Every network takes float images in [0, 1], (N, 3, S, S), normalises them with its own
 buffers, and returns normalised keypoints (N, 14, 2) (see ``schema``). ``ModelConfig``
 is plain data: it is stored in checkpoints and is all that is needed to rebuild the net.
+Variants that lost to these in notebook 03 (a heatmap + offsets head, stacked hourglass
+refinement) are described in bench/README.md, with the commit that can still run them.
 """
 
 from __future__ import annotations
@@ -31,10 +26,10 @@ import torch.nn.functional as F
 from .schema import NUM_POINTS
 
 
-HEADS = ("heatmap", "offsets", "regression")
+HEADS = ("heatmap", "regression")
 # Upper bounds of a config's sizes (ModelConfig.validate): far above any network this
 # project trains (96 px, widths <= 256, depths <= 3), far below what exhausts a machine.
-MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN, MAX_STACKS = 256, 1024, 16, 4096, 8
+MAX_IMAGE_SIZE, MAX_WIDTH, MAX_DEPTH, MAX_HIDDEN = 256, 1024, 16, 4096
 MAX_PARAMETERS = 50_000_000        # 200 MB of float32 weights; the recipe has 2.3 M
 MAX_ACTIVATIONS = 16_000_000       # feature-map values of one image's forward pass (64 MB of
                                    # float32); the recipe has about 0.8 M
@@ -45,14 +40,13 @@ class ModelConfig:
     """Hyper-parameters of a keypoint network (stored in checkpoints as a dict)."""
 
     image_size: int = 96                         # network input side, pixels
-    head: str = "heatmap"                        # "heatmap" (soft-argmax), "offsets" or "regression"
+    head: str = "heatmap"                        # "heatmap" (soft-argmax) or "regression"
     stem_width: int = 24                         # channels after the stride-2 stem
     widths: tuple = (48, 96, 160, 256)           # stage widths at strides 4, 8, 16, 32
     depths: tuple = (2, 2, 2, 1)                 # residual blocks per stage
     decoder_width: int = 64                      # feature-pyramid channels (heatmap head)
     hidden: int = 256                            # MLP width (regression head)
     dropout: float = 0.1                         # before the regression MLP
-    stacks: int = 1                              # heatmap head: 1 + refining hourglass modules
     second_look: bool = True                     # predict again on the face aligned upright (align.py)
 
     def to_dict(self) -> dict:
@@ -61,7 +55,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        """Rebuild from ``to_dict`` output; unknown keys are refused."""
+        """Rebuild from ``to_dict`` output; unknown keys are refused.
+
+        Model files written before the refining stacks were retired carry ``stacks: 1``,
+        which is what every network now is: that key is accepted at 1 and dropped.
+        """
+        data = dict(data)
+        if "stacks" in data:
+            if data["stacks"] != 1:
+                raise ValueError(f"refining stacks (stacks={data['stacks']!r}) are no longer supported; "
+                                 "see bench/README.md for the commit that can still load such a model")
+            del data["stacks"]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -83,15 +87,13 @@ class ModelConfig:
         for name, value, top in (("image_size", self.image_size, MAX_IMAGE_SIZE),
                                  ("stem_width", self.stem_width, MAX_WIDTH),
                                  ("decoder_width", self.decoder_width, MAX_WIDTH),
-                                 ("hidden", self.hidden, MAX_HIDDEN), ("stacks", self.stacks, MAX_STACKS),
+                                 ("hidden", self.hidden, MAX_HIDDEN),
                                  *((f"widths[{i}]", w, MAX_WIDTH) for i, w in enumerate(self.widths)),
                                  *((f"depths[{i}]", d, MAX_DEPTH) for i, d in enumerate(self.depths))):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
         if not isinstance(self.second_look, bool):
             raise ValueError(f"second_look must be True or False, got {self.second_look!r}")
-        if self.stacks > 1 and self.head != "heatmap":
-            raise ValueError(f"stacks must be >= 1, and > 1 only with the heatmap head; got {self.stacks}")
         if self.image_size % 32 or self.image_size < 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
@@ -116,8 +118,7 @@ class ModelConfig:
         if self.head == "regression":
             return count + self.hidden + 2 * NUM_POINTS
         d, fine = self.decoder_width, sides[0] ** 2
-        count += 2 * d * sum(side * side for side in sides) + 2 * d * fine + 3 * NUM_POINTS * fine
-        return count + (self.stacks - 1) * (40 * d * fine + 2 * NUM_POINTS * fine)
+        return count + 2 * d * sum(side * side for side in sides) + 2 * d * fine + 3 * NUM_POINTS * fine
 
     def estimated_parameters(self) -> int:
         """Convolution and linear weights of the network, counted from the config alone
@@ -131,8 +132,7 @@ class ModelConfig:
         if self.head == "regression":
             side = self.image_size // 32
             return count + self.widths[-1] * side * side * self.hidden + self.hidden * 2 * NUM_POINTS
-        count += sum(self.widths) * d + 9 * d * d + d * NUM_POINTS * 3
-        return count + (self.stacks - 1) * (10 * 18 * d * d + 2 * NUM_POINTS * d)
+        return count + sum(self.widths) * d + 9 * d * d + d * NUM_POINTS
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, relu: bool = True) -> nn.Sequential:
@@ -180,40 +180,6 @@ class Backbone(nn.Module):
         return features
 
 
-class Hourglass(nn.Module):
-    """Encoder-decoder of residual blocks at one width: down ``levels`` times, back up with skips.
-
-    At stride 4 with three levels it sees the whole 96 px face (stride 32) and returns a map
-    of the input's size, so stacked copies can refine each other's heatmaps.
-    """
-
-    def __init__(self, width: int, levels: int = 3):
-        super().__init__()
-        self.skip = ResidualBlock(width, width)
-        self.down = ResidualBlock(width, width, stride=2)
-        self.inner = Hourglass(width, levels - 1) if levels > 1 else ResidualBlock(width, width)
-        self.up = ResidualBlock(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        low = self.up(self.inner(self.down(x)))
-        return self.skip(x) + F.interpolate(low, size=x.shape[-2:], mode="nearest")
-
-
-class RefineStack(nn.Module):
-    """One refining stack: the last features plus its remapped heatmaps through an hourglass."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.from_heatmaps = nn.Conv2d(NUM_POINTS, width, 1)
-        self.hourglass = Hourglass(width)
-        self.heatmaps = nn.Conv2d(width, NUM_POINTS, 1)
-
-    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.hourglass(features + self.from_heatmaps(logits.to(features.dtype)))
-        with torch.autocast(x.device.type, enabled=False):
-            return x, self.heatmaps(x.float())
-
-
 def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Each (N, K, H, W) logit map as a probability distribution over its cells (fp32)."""
     n, k, h, w = logits.shape
@@ -233,32 +199,8 @@ def expected_coordinates(probs: torch.Tensor) -> torch.Tensor:
     return torch.stack([u, v], dim=-1)
 
 
-def offsets_at(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """The offsets head's (x, y) offsets of each point read at one cell per point.
-
-    ``maps`` (N, 3K, H, W): K heatmaps, then K x-offsets, then K y-offsets, in cells from
-    the cell centre; ``cells`` (N, K) flat cell indices (row * W + column). -> (N, K, 2).
-    """
-    n, c, h, w = maps.shape
-    k = c // 3
-    picked = maps[:, k:].reshape(n, 2, k, h * w).gather(3, cells[:, None, :, None].expand(n, 2, k, 1))
-    return picked[..., 0].permute(0, 2, 1)
-
-
-def decode_offsets(maps: torch.Tensor) -> torch.Tensor:
-    """Points from the offsets head's (N, 3K, H, W) maps: the highest cell plus its offset.
-
-    Returns normalised (u, v): (N, K, 2) (channel layout: see ``offsets_at``).
-    """
-    h, w = maps.shape[-2:]
-    best = maps[:, :maps.shape[1] // 3].flatten(2).argmax(-1)             # (N, K)
-    cells = torch.stack([best % w, best // w], dim=-1).to(maps.dtype)      # (N, K, 2): column, row
-    size = torch.tensor([w, h], dtype=maps.dtype, device=maps.device)
-    return (cells + 0.5 + offsets_at(maps, best)) / size
-
-
 class KeypointNet(nn.Module):
-    """Backbone + heatmap, offsets or regression head; images in [0, 1] -> normalised keypoints."""
+    """Backbone + heatmap or regression head; images in [0, 1] -> normalised keypoints."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -268,15 +210,11 @@ class KeypointNet(nn.Module):
         self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 0.25))
         self.register_buffer("mean_shape", torch.full((NUM_POINTS, 2), 0.5))
         self.backbone = Backbone(cfg)
-        if cfg.head in ("heatmap", "offsets"):
+        if cfg.head == "heatmap":
             d = cfg.decoder_width
             self.lateral = nn.ModuleList(conv_bn(w, d, kernel=1, relu=False) for w in cfg.widths)
             self.smooth = conv_bn(d, d)
-            self.heatmaps = nn.Conv2d(d, NUM_POINTS * (3 if cfg.head == "offsets" else 1), 1)
-            if cfg.head == "offsets":       # start with empty heatmaps and centred offsets
-                nn.init.constant_(self.heatmaps.bias[:NUM_POINTS], -4.0)
-                nn.init.zeros_(self.heatmaps.bias[NUM_POINTS:])
-            self.refine = nn.ModuleList(RefineStack(d) for _ in range(cfg.stacks - 1))
+            self.heatmaps = nn.Conv2d(d, NUM_POINTS, 1)
         else:
             side = cfg.image_size // 32
             self.regressor = nn.Sequential(
@@ -293,51 +231,30 @@ class KeypointNet(nn.Module):
         self.pixel_std.copy_(pixel_std.view(1, 3, 1, 1))
         self.mean_shape.copy_(mean_shape.view(NUM_POINTS, 2))
 
-    def heatmap_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Top-down pyramid from stride 32 to stride 4, one logit map per point, then the
-        refining stacks: a list with one (N, 14, H, W) fp32 logit tensor per stack (the
-        offsets head: one (N, 42, H, W) tensor of heatmap logits and offsets)."""
+    def heatmap_logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Top-down pyramid from stride 32 to stride 4: one (N, 14, H, W) fp32 logit map per point."""
         x = self.lateral[-1](features[-1])
         for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1]):
             x = F.interpolate(x, size=feature.shape[-2:], mode="nearest") + lateral(feature)
         x = self.smooth(x)
         with torch.autocast(x.device.type, enabled=False):   # bf16 logits would blur the softmax
-            logits = [self.heatmaps(x.float())]
-        for stack in self.refine:
-            x, more = stack(x, logits[-1])
-            logits.append(more)
-        return logits
+            return self.heatmaps(x.float())
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_heatmaps(images)[0]
+    def forward(self, images: torch.Tensor, with_heatmaps: bool = False):
+        """(N, 3, S, S) images in [0, 1] -> (N, 14, 2) normalised keypoints (fp32 for the heatmap head).
 
-    def forward_with_heatmaps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Keypoints and, for the heatmap head, the (N, 14, H, W) distributions behind them.
-
-        Training uses the distributions to shape the heatmaps (see ``train.heatmap_js_loss``);
-        the offsets head returns its raw (N, 42, H, W) maps instead (heatmap logits, x and y
-        offsets), and the regression head ``None``.
+        With ``with_heatmaps``: ``(keypoints, heatmaps)``, the heatmaps being the (N, 14, H, W)
+        distributions whose means are the points (None for the regression head), for the
+        training loss's heatmap-shape term (``losses.heatmap_js_loss``).
         """
-        return self.forward_stacks(images)[-1]
-
-    def forward_stacks(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """``forward_with_heatmaps`` for every stack, first to last (one entry unless ``stacks > 1``).
-
-        Training puts a loss on each (intermediate supervision); inference uses the last.
-        """
-        x = (images - self.pixel_mean) / self.pixel_std
-        features = self.backbone(x)
-        if self.config.head == "offsets":
-            maps = self.heatmap_logits(features)[0]
-            return [(decode_offsets(maps), maps)]
+        features = self.backbone((images - self.pixel_mean) / self.pixel_std)
         if self.config.head == "heatmap":
-            outputs = []
-            for logits in self.heatmap_logits(features):
-                probs = spatial_softmax(logits)
-                outputs.append((expected_coordinates(probs), probs))
-            return outputs
-        offsets = self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
-        return [(self.mean_shape + offsets, None)]
+            probs = spatial_softmax(self.heatmap_logits(features))
+            points = expected_coordinates(probs)
+        else:
+            probs = None
+            points = self.mean_shape + self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
+        return (points, probs) if with_heatmaps else points
 
 
 def memory_format_for(model: nn.Module) -> torch.memory_format:

@@ -2,7 +2,7 @@
 
 A fresh clone has no real face data, so this module is the project's embedded default
 data set: the main command, the tests and the notebooks can all run on it. Each face
-is drawn with Pillow from its 14 keypoints (see :mod:`facepoints_lib.schema` for the
+is drawn with Pillow from its 14 keypoints (see :mod:`facepoints_lib.core.schema` for the
 order), so every point is visually determined by the drawing and a small CNN can learn
 to find it. Faces vary in in-plane rotation, a yaw-like turn of the inner features,
 scale, position, colours, background texture, lighting, blur and noise; about 15% are
@@ -27,7 +27,8 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from facepoints_lib.schema import NUM_POINTS
+from ..core.gt_csv import write_gt, write_img_shapes
+from ..core.schema import NUM_POINTS
 
 _SYNTH_SS = 2  # supersampling factor used for anti-aliased drawing
 _SYNTH_HAIR = ((20, 15, 12), (70, 45, 25), (140, 100, 55), (200, 170, 110), (120, 120, 120))
@@ -273,23 +274,21 @@ def make_synthetic_faces(out_dir, count, seed=0, *, size=None, progress=False):
         raise ValueError(f"count must be at least 1, got {count}")
     out_dir = pathlib.Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    gt_rows = ["filename," + ",".join(f"x{k},y{k}" for k in range(1, NUM_POINTS + 1))]
-    shape_rows = ["img_filename,n_rows,n_cols"]
+    table, shapes = {}, {}
     for i in range(count):
         img, pts = render_face(np.random.default_rng([seed, i]), size)
         name = f"{i:05d}.jpg"
         img.save(out_dir / "images" / name, format="JPEG", quality=90)
-        gt_rows.append(name + "," + ",".join(str(int(v)) for v in pts.ravel()))
-        shape_rows.append(f"{name},{img.height},{img.width}")
+        table[name], shapes[name] = pts.ravel(), (img.height, img.width)
         if progress and ((i + 1) % 100 == 0 or i + 1 == count):
             print(f"synth: {i + 1}/{count} faces", file=sys.stderr)
-    (out_dir / "gt.csv").write_text("\n".join(gt_rows) + "\n")
-    (out_dir / "img_shapes.csv").write_text("\n".join(shape_rows) + "\n")
+    write_gt(table, out_dir / "gt.csv", decimals=0)            # the points are whole pixels
+    write_img_shapes(shapes, out_dir / "img_shapes.csv")
     return out_dir
 
 
 def main(argv=None):
-    """Command line: ``python -m facepoints_lib.synth --out DIR --count N --seed S``."""
+    """Command line: ``python -m facepoints_lib.tools.synth --out DIR --count N --seed S``."""
     parser = argparse.ArgumentParser(description="Write synthetic faces in the course format.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--count", type=int, default=300, help="number of faces (default 300)")

@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from .align import align_faces, rotation_degrees, similarity_to
-from .augment import (AffineParams, AugmentConfig, adjust_colours, affine_matrices, augment_batch,
+from ..core.align import align_faces, rotation_degrees, similarity_to
+from ..core.augment import (AffineParams, AugmentConfig, adjust_colours, affine_matrices, augment_batch,
                       transform_keypoints, warp_images)
-from .dataset import FaceSet
+from ..core.dataset import FaceSet
 from .plotting import face_grid, show_face
 
 

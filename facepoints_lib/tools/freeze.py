@@ -3,16 +3,16 @@
 The grader takes one file and offers only torch, numpy, Pillow and the standard
 library, so ``solution.py`` is generated from the package and never edited by hand::
 
-    python -m facepoints_lib freeze            # or: python -m facepoints_lib.freeze
-    python -m facepoints_lib.freeze --check    # exit 1 if solution.py is stale
+    python -m facepoints_lib freeze            # regenerate solution.py from facepoints_lib/core
+    python -m facepoints_lib freeze --check    # exit 1 if solution.py is stale
 
 How a package is frozen (all modules end up in ONE shared namespace):
 
 * The modules are those named by ``FROZEN_MODULES`` in the package's ``__init__.py``
-  (read with ``ast``, the package is never imported), or an explicit list.  They are
-  ordered by the imports they run at import time (stable: the given order wherever
-  the imports leave a choice); a cycle is an error.  Imports inside function bodies
-  are rewritten too but do not constrain the order.
+  (read with ``ast``, never imported), and the folder must hold exactly those; or an
+  explicit list.  They are ordered by the imports they run at import time (stable: the
+  given order wherever the imports leave a choice); a cycle is an error.  Imports inside
+  function bodies are rewritten too but do not constrain the order.
 * Each module's source is kept under a ``# ---- pkg/module.py ----`` comment; its
   docstring becomes a comment, ``__all__`` and top-level ``if __name__ == "__main__":``
   blocks are dropped, and every ``from __future__ import ...`` is hoisted to the top.
@@ -272,12 +272,18 @@ def freeze_package(package_dir: Path, modules: Sequence[str] | None = None, entr
     """
     package_dir = Path(package_dir)
     pkg = package_dir.name
+    label, command = _freezer_names(package_dir)
+    listed = modules is None
     modules = modules if modules is not None else read_package_constant(package_dir) or []
     if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
         raise FreezeError(f"FROZEN_MODULES must be a tuple of module names, got {modules!r}")
     modules = list(modules)
     if not modules or len(set(modules)) != len(modules):
         raise FreezeError(f"no (or duplicate) modules to freeze in {package_dir}: set FROZEN_MODULES in __init__.py")
+    present = {p.stem for p in package_dir.glob("*.py") if p.name != "__init__.py"}
+    if listed and present != set(modules):  # the folder holds what is frozen, and nothing else
+        raise FreezeError(f"{package_dir.name}/ and its FROZEN_MODULES disagree: in the folder only: "
+                          f"{sorted(present - set(modules))}, listed only: {sorted(set(modules) - present)}")
     mods = {name: _freezer_load(package_dir, name, modules) for name in modules}
     order = _freezer_order(mods, modules)
 
@@ -303,8 +309,8 @@ def freeze_package(package_dir: Path, modules: Sequence[str] | None = None, entr
 
     listing = textwrap.fill(", ".join(order), 88, initial_indent="    ", subsequent_indent="    ")
     parts = [
-        f'"""GENERATED FILE - DO NOT EDIT. Frozen from the package {pkg} by\n'
-        f"`python -m {pkg} freeze` (equivalently `python -m {pkg}.freeze`).\n\n"
+        f'"""GENERATED FILE - DO NOT EDIT. Frozen from the package {label} by\n'
+        f"`{command}`.\n\n"
         f"Edit the package and rerun that command to regenerate this file; add `--check` to\n"
         f"test whether it is up to date.  Modules, in order:\n\n{listing}\n"
         '"""\n'
@@ -313,7 +319,7 @@ def freeze_package(package_dir: Path, modules: Sequence[str] | None = None, entr
     if futures:
         parts.append(f"from __future__ import {', '.join(futures)}\n")
     for name in order:
-        parts.append(f"\n\n# ---- {pkg}/{name}.py ----\n{_freezer_render(mods[name])}")
+        parts.append(f"\n\n# ---- {label}/{name}.py ----\n{_freezer_render(mods[name])}")
     if entry_point is None:
         entry_point = read_package_constant(package_dir, "FROZEN_ENTRY_POINT")
     if entry_point is None and any(
@@ -335,36 +341,50 @@ def freeze_package(package_dir: Path, modules: Sequence[str] | None = None, entr
     return text
 
 
+def _freezer_names(package_dir: Path) -> tuple[str, str]:
+    """The package's path from its top package (``facepoints_lib/core``), and the command that freezes it."""
+    parts, parent = [package_dir.name], package_dir.resolve().parent
+    while (parent / "__init__.py").is_file():
+        parts, parent = [parent.name, *parts], parent.parent
+    return "/".join(parts), f"python -m {parts[0]} freeze"
+
+
 def _freezer_default_dir(package_dir: Path | None) -> Path:
-    return Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent
+    """The package to freeze: the given one, or this project's submitted core."""
+    return Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1] / "core"
+
+
+def _freezer_default_out(package_dir: Path | None) -> Path:
+    """``solution.py`` in the repository root (beside the top package), or beside a given package."""
+    if package_dir is None:
+        return Path(__file__).resolve().parents[2] / "solution.py"
+    return Path(package_dir).parent / "solution.py"
 
 
 def write_solution(package_dir: Path | None = None, out_path: Path | None = None) -> Path:
-    """Freeze the package (default: this one) into ``out_path`` (default: ``<repo root>/solution.py``)."""
-    package_dir = _freezer_default_dir(package_dir)
-    out_path = Path(out_path) if out_path is not None else package_dir.parent / "solution.py"
-    out_path.write_text(freeze_package(package_dir), encoding="utf-8", newline="\n")
+    """Freeze the package (default: ``facepoints_lib/core``) into ``out_path`` (default: ``<repo root>/solution.py``)."""
+    out_path = Path(out_path) if out_path is not None else _freezer_default_out(package_dir)
+    out_path.write_text(freeze_package(_freezer_default_dir(package_dir)), encoding="utf-8", newline="\n")
     return out_path
 
 
 def check_solution_up_to_date(package_dir: Path | None = None, path: Path | None = None) -> bool:
     """True if ``path`` (default: ``<repo root>/solution.py``) equals a fresh freeze of the package."""
-    package_dir = _freezer_default_dir(package_dir)
-    path = Path(path) if path is not None else package_dir.parent / "solution.py"
-    return path.is_file() and path.read_text(encoding="utf-8") == freeze_package(package_dir)
+    path = Path(path) if path is not None else _freezer_default_out(package_dir)
+    return path.is_file() and path.read_text(encoding="utf-8") == freeze_package(_freezer_default_dir(package_dir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write ``solution.py``, or with ``--check`` exit 1 if it is stale."""
-    parser = argparse.ArgumentParser(prog="python -m facepoints_lib.freeze", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="facepoints freeze", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output file (default: <repo root>/solution.py)")
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if the file is out of date")
-    parser.add_argument("--package-dir", type=Path, default=None, help="package to freeze (default: this one)")
+    parser.add_argument("--package-dir", type=Path, default=None, help="package to freeze (default: facepoints_lib/core)")
     args = parser.parse_args(argv)
     try:
         if args.check:
             if not check_solution_up_to_date(args.package_dir, args.out):
-                target = args.out or _freezer_default_dir(args.package_dir).parent / "solution.py"
+                target = args.out or _freezer_default_out(args.package_dir)
                 state = "out of date" if target.is_file() else "missing"
                 print(f"{target} is {state}: run `python -m facepoints_lib freeze`", file=sys.stderr)
                 return 1
@@ -375,7 +395,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FreezeError as exc:
         print(f"freeze failed: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

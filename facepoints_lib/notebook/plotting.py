@@ -23,10 +23,10 @@ import torch
 from matplotlib.patches import Ellipse
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
-from .analysis import budget_baselines, budget_label, experiment_group, rows_by_budget
-from .metrics import ced_auc, ced_curve
-from .notebook_data import project_root
-from .schema import NUM_POINTS, POINT_GROUPS, POINT_NAMES, SKELETON
+from .benchmarks import budget_baselines, budget_label, experiment_group, rows_by_budget
+from ..core.metrics import ced_auc, ced_curve
+from .data import project_root
+from ..core.schema import NUM_POINTS, POINT_GROUPS, POINT_NAMES, SKELETON
 
 FIGURES_ENV = "FACEPOINTS_FIGURES"
 

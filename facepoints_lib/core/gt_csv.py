@@ -127,8 +127,9 @@ def check_gt_table(table, where: str = "keypoint table") -> dict[str, np.ndarray
     return checked
 
 
-def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name.
+def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike, decimals: int = 2) -> Path:
+    """Write ``{filename: 28 coordinates}`` as a ``gt.csv`` file, rows sorted by name,
+    each coordinate with ``decimals`` digits after the point (the project's one gt.csv writer).
 
     The file is written whole or not at all (a temporary file beside it, then renamed), so
     a failure leaves any earlier file as it was. File names that are not valid UTF-8 (the
@@ -140,7 +141,7 @@ def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
         coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
         if coords.shape != (NUM_COORDS,):
             raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
-        rows.append([name] + [f"{v:.2f}" for v in coords])
+        rows.append([name] + [f"{v:.{decimals}f}" for v in coords])
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
@@ -168,7 +169,7 @@ def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
 
 
 def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike) -> Path:
-    """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format."""
+    """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format, rows sorted by name."""
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")

@@ -133,3 +133,10 @@ def iter_image_chunks(img_dir: str | os.PathLike, image_size: int, chunk: int,
         if batch_names:
             yield (batch_names, torch.stack(arrays),
                    torch.tensor(sizes, dtype=torch.float64))
+
+
+def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of file names into (train, validation); at least one face trains."""
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(max(val_size, 0), len(names) - 1)
+    return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])

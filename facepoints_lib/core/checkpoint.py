@@ -27,6 +27,13 @@ class CheckpointError(ValueError):
     """A model file is missing, damaged or not a facepoints checkpoint."""
 
 
+def default_model_path() -> Path:
+    """``facepoints_model.pt`` in the repository root (two folders above this module), or
+    beside solution.py when this code runs frozen into it."""
+    here = Path(__file__).resolve().parent
+    return (here.parents[1] if (here / "__init__.py").exists() else here) / MODEL_FILENAME
+
+
 def library_versions() -> dict:
     """Versions that decide whether a training run can be reproduced bit for bit."""
     # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.

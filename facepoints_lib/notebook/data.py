@@ -6,7 +6,7 @@ Every notebook starts with ``data = choose_data(DATA)``. The faces come from, in
    (``images/`` + ``gt.csv``), or the word ``"synthetic"``;
 2. the environment variable ``FACEPOINTS_DATA`` (the same two kinds of value);
 3. ``data/train`` in the project, the README's place for the course data;
-4. otherwise synthetic faces from :func:`facepoints_lib.synth.make_synthetic_faces`,
+4. otherwise synthetic faces from :func:`facepoints_lib.tools.synth.make_synthetic_faces`,
    written once to ``data/synthetic/notebooks-<count>-seed<seed>/`` (or to the system's
    temporary folder when ``data/`` is not writable) and reused afterwards.
 
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import MODEL_FILENAME
-from .dataset import FaceSet, load_faces
-from .gt_csv import read_gt, read_img_shapes
-from .images import read_image_size
-from .synth import make_synthetic_faces
+from ..core.checkpoint import MODEL_FILENAME
+from ..core.dataset import FaceSet, load_faces
+from ..core.gt_csv import read_gt, read_img_shapes
+from ..core.images import read_image_size
+from ..tools.synth import make_synthetic_faces
 
 DATA_ENV = "FACEPOINTS_DATA"
 FAST_ENV = "FACEPOINTS_NB_FAST"
@@ -57,7 +57,7 @@ def pick(normal, fast):
 
 def project_root() -> Path:
     """The project's root: the folder holding ``pyproject.toml`` above the package or the cwd."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]          # facepoints_lib/notebook/data.py -> the root
     for folder in (here, *Path.cwd().resolve().parents, Path.cwd().resolve()):
         if (folder / "pyproject.toml").is_file() and (folder / "facepoints_lib").is_dir():
             return folder
@@ -237,8 +237,10 @@ def model_to_analyse(setting: str | os.PathLike | None, data: NotebookData, gt: 
     * ``setting="train"``, or no model file: a small model is trained here on the faces
       outside the holdout (fast_train's recipe, more faces and epochs) and analysed on it.
     """
-    from .checkpoint import load_model
-    from .train import fast_config, split_names, train_detector
+    from ..core.checkpoint import load_model
+    from ..core.config import fast_config
+    from ..core.dataset import split_names
+    from ..core.train import train_detector
 
     rest, held = split_names(sorted(gt), holdout, split_seed)
     path = model_path(setting)
@@ -277,7 +279,7 @@ def progress_bar(**kwargs):
     writes a new stderr line now and then, which a notebook shows as a pink box each)."""
     import sys
 
-    from .progress import TextProgress
+    from ..core.progress import TextProgress
 
     return TextProgress(stream=sys.stdout, interactive=True, min_interval=1.0, **kwargs)
 
@@ -289,10 +291,10 @@ def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
     validation. Returns ``(model, history)``."""
     import torch
 
-    from .bench import describe_cpu
-    from .model import build_model, memory_format_for
-    from .inference import resolve_device, use_bf16
-    from .train import fit, measure_step_seconds
+    from ..tools.machine import describe_cpu
+    from ..core.model import build_model, memory_format_for
+    from ..core.inference import resolve_device, use_bf16
+    from ..core.train import fit, measure_step_seconds
 
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -318,7 +320,7 @@ def _quiet(_line: str) -> None:
 
 def write_names(path: str | os.PathLike, names: list[str]) -> Path:
     """Write file names one per line (the format of ``facepoints train --exclude``)."""
-    from .files import write_atomically
+    from ..core.files import write_atomically
 
     path = Path(path)
     if not path.is_absolute():

@@ -1,0 +1,27 @@
+"""The submitted core: everything ``solution.py`` holds, and nothing else.
+
+Each module is frozen into ``solution.py`` (``python -m facepoints_lib freeze``), in the
+order below, and imports only torch, numpy, Pillow and the standard library:
+
+* data: ``schema`` (the 14 points), ``files`` (outputs written whole or not at all),
+  ``images`` and ``gt_csv`` (reading pictures and tables), ``dataset`` (faces decoded
+  once, held in memory; the train/validation split);
+* the network and its inputs: ``augment`` (batch augmentation), ``align`` (the face
+  turned upright for the second look), ``model``;
+* training: ``losses``, ``config`` (the recipe as plain data), ``budget`` (epochs for a
+  time budget), ``train`` (the loop and ``train_detector``);
+* prediction: ``inference`` (``predict``, device and precision, used by training and
+  detection), ``checkpoint`` (model files), ``detect``;
+* scoring: ``metrics``, ``progress`` (the text progress bar), ``grader`` (the course's
+  run.py, locally: ``python solution.py DATA``).
+
+Detection imports no training module.
+"""
+
+# Modules frozen into solution.py, in dependency order (read by tools/freeze.py with ast;
+# the folder must hold exactly these).
+FROZEN_MODULES = (
+    "schema", "files", "images", "gt_csv", "dataset", "augment", "align", "model", "losses",
+    "inference", "progress", "metrics", "checkpoint", "config", "budget", "train", "detect", "grader",
+)
+FROZEN_ENTRY_POINT = 'if __name__ == "__main__":\n    raise SystemExit(grader_main())\n'
