@@ -1561,8 +1561,11 @@ def ced_auc(errors: np.ndarray, threshold: float = 0.08, steps: int = 1000) -> f
 
 import os
 import platform
+import tempfile
+import time
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -1606,6 +1609,22 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
 
 # Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
 # for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
+def save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
+    """Save the trained model; if that fails (a full disk), save it in the temporary folder
+    instead and say where, so that the training is not lost."""
+    try:
+        save_checkpoint(model, path, metadata)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"facepoints_model-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        try:
+            save_checkpoint(model, rescue, metadata)
+        except OSError:
+            raise OSError(f"could not save the trained model to {path} ({exc}), nor to {rescue}") from exc
+        raise OSError(f"could not save the trained model to {path} ({exc}); it was saved to {rescue} "
+                      f"instead") from exc
+    log(f"saved {path}")
+
+
 MAX_CHECKPOINT_BYTES = 4 * MAX_PARAMETERS + 64 * 2**20
 
 
@@ -2003,6 +2022,28 @@ def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, b
     return (time.perf_counter() - started) / timed
 
 
+def _new_model(train: FaceSet, cfg: TrainConfig, device: torch.device) -> tuple[KeypointNet, torch.memory_format]:
+    """A fresh network holding the training faces' pixel statistics and mean shape, on
+    ``device`` in the memory layout it trains in (channels-last where safe)."""
+    model = build_model(cfg.model)
+    pixels = train.images.float().div_(255.0)                      # (N, 3, S, S)
+    model.set_statistics(pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)),
+                         train.keypoints.mean(0))
+    del pixels
+    layout = memory_format_for(model)
+    return model.to(device, memory_format=layout), layout
+
+
+def _validation_figures(model: KeypointNet, val: FaceSet, track: FaceSet | None, flip_tta: bool) -> dict:
+    """One validation's figures for the history: ``val_err``, ``val_nme``, ``val_auc08``
+    and, with a tracked holdout, ``track_err``."""
+    figures = evaluate(model, val, flip_tta=flip_tta)
+    record = {"val_err": figures["err"], "val_nme": figures["nme"], "val_auc08": figures["auc08"]}
+    if track is not None:
+        record["track_err"] = evaluate(model, track, flip_tta=flip_tta)["err"]
+    return record
+
+
 def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         progress: Callable[..., object] = TextProgress,
         log: Callable[[str], None] = print,
@@ -2032,13 +2073,7 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.bf16, device)
 
-    model = build_model(cfg.model)
-    pixels = train.images.float().div_(255.0)                      # (N, 3, S, S)
-    model.set_statistics(pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)),
-                         train.keypoints.mean(0))
-    del pixels
-    layout = memory_format_for(model)                              # channels-last where safe
-    model = model.to(device, memory_format=layout)
+    model, layout = _new_model(train, cfg, device)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
     _import_dynamo_without_tmp()                                  # before any torch.optim use
     optimizer = make_optimizer(model, cfg)
@@ -2092,12 +2127,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         last = step >= total_steps
         if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
             eval_start = time.monotonic()
-            figures = evaluate(ema, val, flip_tta=cfg.flip_tta)
             record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
-                      "val_err": figures["err"], "val_nme": figures["nme"],
-                      "val_auc08": figures["auc08"]}
-            if track is not None:
-                record["track_err"] = evaluate(ema, track, flip_tta=cfg.flip_tta)["err"]
+                      **_validation_figures(ema, val, track, cfg.flip_tta)}
             eval_seconds_so_far += time.monotonic() - eval_start
             record["seconds"] = elapsed = time.monotonic() - start
             record["train_seconds"] = elapsed - eval_seconds_so_far
@@ -2108,22 +2139,6 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     bar.close()
     ema.eval()
     return ema, history
-
-
-def _save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
-    """Save the trained model; if that fails (a full disk), save it in the temporary folder
-    instead and say where, so that the training is not lost."""
-    try:
-        save_checkpoint(model, path, metadata)
-    except OSError as exc:
-        rescue = Path(tempfile.gettempdir()) / f"facepoints_model-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-        try:
-            save_checkpoint(model, rescue, metadata)
-        except OSError:
-            raise OSError(f"could not save the trained model to {path} ({exc}), nor to {rescue}") from exc
-        raise OSError(f"could not save the trained model to {path} ({exc}); it was saved to {rescue} "
-                      f"instead") from exc
-    log(f"saved {path}")
 
 
 @dataclass
@@ -2203,7 +2218,7 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
     model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
     if path is not None:
-        _save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
+        save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
                                       "val_images": len(val_set), "val_names": list(val_set.filenames),
                                       "excluded": left_out},

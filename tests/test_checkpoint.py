@@ -129,3 +129,21 @@ def test_old_files_with_torch_version_objects_load(tmp_path):
     payload["metadata"]["versions"]["torch"] = torch.__version__
     torch.save(payload, tmp_path / "old.pt")
     assert load_model(tmp_path / "old.pt").config == model.config
+
+
+def test_files_from_before_the_retired_variants(tmp_path):
+    """A file written while the config had ``stacks`` (always 1 for the shipped recipe) loads
+    and predicts as before; one with refining stacks or the offsets head is refused by name."""
+    model = _trained_looking_model("heatmap")
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for key, value, refused in (("stacks", 1, None), ("stacks", 2, "stacks"), ("head", "offsets", "head")):
+        old = tmp_path / f"{key}-{value}.pt"
+        torch.save({**payload, "model_config": {**payload["model_config"], key: value}}, old)
+        if refused is None:
+            with torch.no_grad():
+                assert torch.equal(load_model(old)(images), model(images))
+        else:
+            with pytest.raises(CheckpointError, match=refused):
+                load_model(old)

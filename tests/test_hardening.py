@@ -619,9 +619,9 @@ def test_an_unwritable_model_path_is_refused_before_training(labelled_folder, tm
 def test_a_failed_save_keeps_the_trained_model_and_says_where(labelled_folder, tmp_path, monkeypatch):
     import tempfile
 
-    import facepoints_lib.core.train as train_module
+    import facepoints_lib.core.checkpoint as checkpoint_module
 
-    real_save = train_module.save_checkpoint
+    real_save = checkpoint_module.save_checkpoint
 
     def disk_full_at_the_target(model, path, metadata=None):
         if Path(path).parent == tmp_path / "out":
@@ -630,7 +630,7 @@ def test_a_failed_save_keeps_the_trained_model_and_says_where(labelled_folder, t
 
     (tmp_path / "out").mkdir()
     (tmp_path / "spare").mkdir()
-    monkeypatch.setattr(train_module, "save_checkpoint", disk_full_at_the_target)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", disk_full_at_the_target)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "spare"))
     folder, table = labelled_folder
     with pytest.raises(OSError, match=r"could not save the trained model to .*m\.pt .*No space left.*; "

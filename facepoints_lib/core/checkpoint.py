@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
+import time
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -57,6 +60,22 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
 
 # Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
 # for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
+def save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
+    """Save the trained model; if that fails (a full disk), save it in the temporary folder
+    instead and say where, so that the training is not lost."""
+    try:
+        save_checkpoint(model, path, metadata)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"facepoints_model-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        try:
+            save_checkpoint(model, rescue, metadata)
+        except OSError:
+            raise OSError(f"could not save the trained model to {path} ({exc}), nor to {rescue}") from exc
+        raise OSError(f"could not save the trained model to {path} ({exc}); it was saved to {rescue} "
+                      f"instead") from exc
+    log(f"saved {path}")
+
+
 MAX_CHECKPOINT_BYTES = 4 * MAX_PARAMETERS + 64 * 2**20
 
 
