@@ -2326,47 +2326,6 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     return results
 
 
-def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, *,
-                 filenames: Sequence[str] | None = None, size: int | None = None,
-                 threads: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Aligned face crops of the images in ``img_dir``: each face turned upright, centred
-    and scaled onto the model's mean shape (the usual first step before recognising a face).
-
-    Returns ``(names, crops, transforms, points)``: ``crops`` (N, S, S, 3) uint8 with ``S``
-    = ``size`` (default the model's input side), ``transforms`` (N, 2, 3) forward matrices
-    in the grid coordinates of ``align`` (picture -> crop; the picture is first resized to
-    a square, as the detector sees it; ``align.apply_transform`` moves normalised points
-    and ``align.invert_transform`` goes back) and ``points`` (N, 14, 2) the detected points
-    in the original pixels. Unreadable images are left out with one warning.
-    """
-    img_dir = Path(img_dir)
-    if not img_dir.is_dir():
-        raise NotADirectoryError(f"image folder not found: {img_dir}")
-    if threads is not None:
-        torch.set_num_threads(threads)
-    model = fold_batch_norm(load_model(model_filename, "cpu"))
-    side = size or model.config.image_size
-    if not isinstance(side, int) or isinstance(side, bool) or not 8 <= side <= 1024:
-        raise ValueError(f"size must be an integer from 8 to 1024, got {size!r}")
-    failed: list[str] = []
-    names, crops, transforms, points = [], [], [], []
-    for batch_names, images, sizes in iter_image_chunks(
-            img_dir, model.config.image_size, DETECT_CHUNK, filenames,
-            on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
-        norm = torch.from_numpy(predict(model, images, bf16=use_bf16("auto", torch.device("cpu")))).float()
-        aligned, matrices = align_faces(images, norm, model.mean_shape, side)
-        names += batch_names
-        crops.append((aligned * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-        transforms.append(matrices.double().numpy())
-        points.append(normalized_to_pixels(norm.double(), sizes).numpy())
-    if failed:
-        warnings.warn(f"{len(failed)} images in {img_dir} could not be read: {'; '.join(failed[:5])}",
-                      stacklevel=2)
-    if not names:
-        return [], np.zeros((0, side, side, 3), np.uint8), np.zeros((0, 2, 3)), np.zeros((0, 14, 2))
-    return names, np.concatenate(crops), np.concatenate(transforms), np.concatenate(points)
-
-
 # ---- facepoints_lib/core/grader.py ----
 # A local grader that does what the course's ``run.py`` does, and a bit more.
 #

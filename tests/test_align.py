@@ -85,7 +85,8 @@ def test_align_folder_returns_crops_that_map_back(small_faces, tiny_model_path):
     """The tool: crops, transforms and points of a folder; the transform takes the detected
     points onto the crop's frame and its inverse brings them back."""
     from facepoints_lib.core.dataset import pixels_to_normalized
-    from facepoints_lib.core.detect import align_folder, detect
+    from facepoints_lib.core.detect import detect
+    from facepoints_lib.notebook.analysis import align_folder
     from facepoints_lib.core.images import read_image_size
 
     names, crops, transforms, points = align_folder(tiny_model_path, small_faces / "images", size=48)

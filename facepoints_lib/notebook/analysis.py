@@ -4,6 +4,9 @@
   duplicate images and whether their labels agree.
 * Errors: statistics in bins, flip consistency of a model, faces turned by any angle
   (``turned_faces``) to measure error by roll with enough faces in every bin.
+* Aligned faces: ``align_folder`` turns every face of a folder upright onto the model's
+  mean shape, as the second look does (a common first step before recognising a face).
+
 Benchmark results are read and tabulated by ``benchmarks``.
 
 Keypoints are ``(N, 14, 2)`` arrays; "normalised" means the ``schema`` convention (the
@@ -12,18 +15,25 @@ image spans [0, 1] on both axes). Not frozen into ``solution.py``.
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from PIL import Image
 
+from ..core.align import align_faces
 from ..core.augment import flip_images, flip_keypoints
-from ..core.dataset import FaceSet, pixels_to_normalized
+from ..core.checkpoint import load_model
+from ..core.dataset import FaceSet, iter_image_chunks, normalized_to_pixels, pixels_to_normalized
+from ..core.detect import DETECT_CHUNK
 from ..core.images import read_image
+from ..core.inference import predict, use_bf16
+from ..core.model import fold_batch_norm
 from ..core.schema import FLIP_PERMUTATION
-from ..core.inference import predict
 
 LEFT_EYE_CENTRE, RIGHT_EYE_CENTRE = 5, 8
 
@@ -179,3 +189,46 @@ def flip_consistency(model, images: torch.Tensor) -> np.ndarray:
     mirrored = predict(model, flip_images(images), flip_tta=False)
     back = flip_keypoints(torch.from_numpy(mirrored)).numpy()
     return ((100 * (plain - back)) ** 2).reshape(len(plain), -1).mean(axis=1)
+
+
+# ---- aligned faces -----------------------------------------------------------------------
+
+def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, *,
+                 filenames: Sequence[str] | None = None, size: int | None = None,
+                 threads: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned face crops of the images in ``img_dir``: each face turned upright, centred
+    and scaled onto the model's mean shape (the usual first step before recognising a face).
+
+    Returns ``(names, crops, transforms, points)``: ``crops`` (N, S, S, 3) uint8 with ``S``
+    = ``size`` (default the model's input side), ``transforms`` (N, 2, 3) forward matrices
+    in the grid coordinates of ``align`` (picture -> crop; the picture is first resized to
+    a square, as the detector sees it; ``align.apply_transform`` moves normalised points
+    and ``align.invert_transform`` goes back) and ``points`` (N, 14, 2) the detected points
+    in the original pixels. Unreadable images are left out with one warning.
+    """
+    img_dir = Path(img_dir)
+    if not img_dir.is_dir():
+        raise NotADirectoryError(f"image folder not found: {img_dir}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = fold_batch_norm(load_model(model_filename, "cpu"))
+    side = size or model.config.image_size
+    if not isinstance(side, int) or isinstance(side, bool) or not 8 <= side <= 1024:
+        raise ValueError(f"size must be an integer from 8 to 1024, got {size!r}")
+    failed: list[str] = []
+    names, crops, transforms, points = [], [], [], []
+    for batch_names, images, sizes in iter_image_chunks(
+            img_dir, model.config.image_size, DETECT_CHUNK, filenames,
+            on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
+        norm = torch.from_numpy(predict(model, images, bf16=use_bf16("auto", torch.device("cpu")))).float()
+        aligned, matrices = align_faces(images, norm, model.mean_shape, side)
+        names += batch_names
+        crops.append((aligned * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        transforms.append(matrices.double().numpy())
+        points.append(normalized_to_pixels(norm.double(), sizes).numpy())
+    if failed:
+        warnings.warn(f"{len(failed)} images in {img_dir} could not be read: {'; '.join(failed[:5])}",
+                      stacklevel=2)
+    if not names:
+        return [], np.zeros((0, side, side, 3), np.uint8), np.zeros((0, 2, 3)), np.zeros((0, 14, 2))
+    return names, np.concatenate(crops), np.concatenate(transforms), np.concatenate(points)
