@@ -169,3 +169,19 @@ def test_speed_bench_records_rates_per_layout_and_the_cpu(tmp_path):
     for rates in saved["detect_network_faces_per_second"].values():
         assert set(rates) == {"as_trained", "batch_norm_folded"} and all(v > 0 for v in rates.values())
     assert set(saved["machine"]["cpu_flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+
+
+def test_profile_times_the_training_step_itself(tmp_path):
+    """``facepoints profile`` runs ``train.train_step`` (its labelled phases) on faces loaded
+    as training loads them, and reports each phase's time and the CPU."""
+    from facepoints_lib.tools.speed import profile_training
+
+    tiny = ["model.image_size=32", "model.stem_width=8", "model.widths=(8,12,16,16)",
+            "model.depths=(1,1,1,1)", "model.decoder_width=8", "bf16='off'"]
+    text = profile_training(steps=2, batch_size=8, threads=1, overrides=tiny, out=tmp_path / "p.txt")
+    assert (tmp_path / "p.txt").read_text() == text
+    assert "heatmap head, 32 px, batch 8, 1 threads, bf16=False" in text and "flags:" in text
+    phases = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("  ") and line.rstrip().endswith("ms/step")}
+    assert set(phases) == {"augment", "forward", "backward", "optimizer"}
+    assert all(ms > 0 for ms in phases.values())
