@@ -196,10 +196,15 @@ def test_missing_images_are_warned_about_and_left_out(synth_train):
     gt = {name: coords for name, coords in list(read_gt(synth_train / "gt.csv").items())[:30]}
     gt["ghost_face.jpg"] = gt["00000.jpg"]
     lines = []
-    with pytest.warns(UserWarning, match="ghost_face.jpg"):
+    with pytest.warns(UserWarning, match="ghost_face.jpg") as caught:
         train_detector(gt, synth_train / "images", config=tiny_train_config(val_size=5),
                        progress=quiet_progress, log=lines.append)
     assert any("on 25 faces (5 for validation)" in line for line in lines)
+    assert [w.filename for w in caught] == [__file__]          # the warning names the caller's line
+    with pytest.warns(UserWarning, match="ghost_face.jpg") as caught:
+        train_model(gt, synth_train / "images", tiny_train_config(val_size=5, max_steps=1),
+                    progress=quiet_progress, log=lines.append)
+    assert [w.filename for w in caught] == [__file__]
 
 
 # ---- end to end: a real (short) training run beats the mean face by far ----

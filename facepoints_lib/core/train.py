@@ -273,6 +273,15 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     return ema, history
 
 
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised in this module at the first caller
+    outside it (the user's line, whether it called ``train_detector`` or ``train_model``)."""
+    frame, level = sys._getframe(2), 2          # 1: the function that warns
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1  # (the outermost frame, at worst: a script's own line)
+    return level
+
+
 @dataclass
 class TrainingRun:
     """What ``train_model`` did: the model (EMA weights, eval mode), one record per
@@ -320,7 +329,7 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
         warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
-                      f"and are left out: {', '.join(missing[:5])}", stacklevel=2)
+                      f"and are left out: {', '.join(missing[:5])}", stacklevel=_caller_stacklevel())
         left_out = set(missing)                                   # one set: linear in the rows
         gt = {name: coords for name, coords in gt.items() if name not in left_out}
     if isinstance(exclude, (str, os.PathLike)):
