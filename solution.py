@@ -679,12 +679,18 @@ def affine_matrices(params: AffineParams) -> torch.Tensor:
     return torch.cat([a, params.shift[:, :, None]], dim=2)
 
 
+def apply_transform(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Move normalised points (N, K, 2) by forward matrices (N, 2, 3) in grid coordinates
+    (the one formula: training's augmentation and the second look's alignment use it)."""
+    m = matrices.to(points.dtype)
+    moved = (points * 2 - 1) @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
+    return (moved + 1) / 2
+
+
 def transform_keypoints(keypoints: torch.Tensor, matrices: torch.Tensor,
                         flip: torch.Tensor) -> torch.Tensor:
     """Move normalised keypoints (N, K, 2) by forward ``matrices``; relabel mirrored rows."""
-    grid = keypoints * 2 - 1
-    moved = grid @ matrices[:, :, :2].transpose(1, 2) + matrices[:, None, :, 2]
-    moved = (moved + 1) / 2
+    moved = apply_transform(matrices, keypoints)
     if bool(flip.any()):
         perm = torch.as_tensor(FLIP_PERMUTATION)
         moved = torch.where(flip[:, None, None], moved[:, perm], moved)
@@ -809,11 +815,6 @@ def to_grid(points: torch.Tensor) -> torch.Tensor:
     return points * 2 - 1
 
 
-def from_grid(points: torch.Tensor) -> torch.Tensor:
-    """Grid coordinates -> normalised points."""
-    return (points + 1) / 2
-
-
 def similarity_to(points: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Forward matrices (N, 2, 3) of the similarity that best maps ``points`` onto ``target``.
 
@@ -846,13 +847,6 @@ def invert_transform(matrices: torch.Tensor) -> torch.Tensor:
     return torch.cat([a_inv, t_inv], dim=2).to(matrices.dtype)
 
 
-def apply_transform(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Move normalised points (N, K, 2) by forward matrices (N, 2, 3)."""
-    m = matrices.to(points.dtype)
-    moved = to_grid(points) @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
-    return from_grid(moved)
-
-
 def rotation_degrees(matrices: torch.Tensor) -> torch.Tensor:
     """How far each transform turns the picture, in degrees (counter-clockwise on screen
     is negative: image y points down)."""
@@ -867,7 +861,7 @@ def align_faces(images: torch.Tensor, keypoints: torch.Tensor, canonical: torch.
     points of each face (a detector's answer, or the truth); ``canonical`` (14, 2) the
     shape to align onto (a model's ``mean_shape``). Returns float crops (N, C, S, S) in
     [0, 1] (``S = out_size``, default the images' side) and the forward matrices: map
-    a crop's points back with ``apply_transform(invert_transform(matrices), points)``. Corners the source
+    a crop's points back with ``augment.apply_transform(invert_transform(matrices), points)``. Corners the source
     does not cover repeat its border pixels, as in training.
     """
     if images.dtype == torch.uint8:
@@ -2290,8 +2284,8 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     ``threads`` sets torch's CPU threads (None: leave as is). ``bf16`` ("auto", "on",
     "off") runs the backbone in bfloat16 where the CPU computes it natively (the
     logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001).
-    ``second_look`` (default: the model's setting) looks again at each face aligned
-    upright (see ``inference.predict``); False halves the work. ``progress`` is an
+    ``second_look`` (default: the model's setting) looks again, aligned upright, at the
+    faces the first look finds turned (see ``inference.predict``); False skips that. ``progress`` is an
     optional progress-bar factory (``TextProgress`` or ``tqdm``).
     """
     if not isinstance(chunk, int) or chunk < 1:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from facepoints_lib.core.align import (MAX_ZOOM, align_faces, apply_transform, invert_transform,
-                                  rotation_degrees, similarity_to)
+from facepoints_lib.core.align import MAX_ZOOM, align_faces, invert_transform, rotation_degrees, similarity_to
+from facepoints_lib.core.augment import apply_transform
 
 
 def _random_shape(n: int, seed: int = 0) -> torch.Tensor:

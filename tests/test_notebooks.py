@@ -448,7 +448,7 @@ def test_augmentation_explorer_reacts(faces):
 def test_shape_outliers_find_swapped_and_misplaced_labels():
     """The label audit: turned, scaled and shifted copies of the mean face are not
     outliers; a face with left and right swapped, or one point on the image edge, is."""
-    from facepoints_lib.core.align import apply_transform
+    from facepoints_lib.core.augment import apply_transform
     from facepoints_lib.core.schema import FLIP_PERMUTATION
 
     rng = np.random.default_rng(0)

@@ -28,11 +28,6 @@ def to_grid(points: torch.Tensor) -> torch.Tensor:
     return points * 2 - 1
 
 
-def from_grid(points: torch.Tensor) -> torch.Tensor:
-    """Grid coordinates -> normalised points."""
-    return (points + 1) / 2
-
-
 def similarity_to(points: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Forward matrices (N, 2, 3) of the similarity that best maps ``points`` onto ``target``.
 
@@ -65,13 +60,6 @@ def invert_transform(matrices: torch.Tensor) -> torch.Tensor:
     return torch.cat([a_inv, t_inv], dim=2).to(matrices.dtype)
 
 
-def apply_transform(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Move normalised points (N, K, 2) by forward matrices (N, 2, 3)."""
-    m = matrices.to(points.dtype)
-    moved = to_grid(points) @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
-    return from_grid(moved)
-
-
 def rotation_degrees(matrices: torch.Tensor) -> torch.Tensor:
     """How far each transform turns the picture, in degrees (counter-clockwise on screen
     is negative: image y points down)."""
@@ -86,7 +74,7 @@ def align_faces(images: torch.Tensor, keypoints: torch.Tensor, canonical: torch.
     points of each face (a detector's answer, or the truth); ``canonical`` (14, 2) the
     shape to align onto (a model's ``mean_shape``). Returns float crops (N, C, S, S) in
     [0, 1] (``S = out_size``, default the images' side) and the forward matrices: map
-    a crop's points back with ``apply_transform(invert_transform(matrices), points)``. Corners the source
+    a crop's points back with ``augment.apply_transform(invert_transform(matrices), points)``. Corners the source
     does not cover repeat its border pixels, as in training.
     """
     if images.dtype == torch.uint8:

@@ -86,12 +86,18 @@ def affine_matrices(params: AffineParams) -> torch.Tensor:
     return torch.cat([a, params.shift[:, :, None]], dim=2)
 
 
+def apply_transform(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Move normalised points (N, K, 2) by forward matrices (N, 2, 3) in grid coordinates
+    (the one formula: training's augmentation and the second look's alignment use it)."""
+    m = matrices.to(points.dtype)
+    moved = (points * 2 - 1) @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
+    return (moved + 1) / 2
+
+
 def transform_keypoints(keypoints: torch.Tensor, matrices: torch.Tensor,
                         flip: torch.Tensor) -> torch.Tensor:
     """Move normalised keypoints (N, K, 2) by forward ``matrices``; relabel mirrored rows."""
-    grid = keypoints * 2 - 1
-    moved = grid @ matrices[:, :, :2].transpose(1, 2) + matrices[:, None, :, 2]
-    moved = (moved + 1) / 2
+    moved = apply_transform(matrices, keypoints)
     if bool(flip.any()):
         perm = torch.as_tensor(FLIP_PERMUTATION)
         moved = torch.where(flip[:, None, None], moved[:, perm], moved)

@@ -38,8 +38,8 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     ``threads`` sets torch's CPU threads (None: leave as is). ``bf16`` ("auto", "on",
     "off") runs the backbone in bfloat16 where the CPU computes it natively (the
     logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001).
-    ``second_look`` (default: the model's setting) looks again at each face aligned
-    upright (see ``inference.predict``); False halves the work. ``progress`` is an
+    ``second_look`` (default: the model's setting) looks again, aligned upright, at the
+    faces the first look finds turned (see ``inference.predict``); False skips that. ``progress`` is an
     optional progress-bar factory (``TextProgress`` or ``tqdm``).
     """
     if not isinstance(chunk, int) or chunk < 1:

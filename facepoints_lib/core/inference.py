@@ -13,8 +13,8 @@ import os
 import numpy as np
 import torch
 
-from .align import align_faces, apply_transform, invert_transform, rotation_degrees, similarity_to
-from .augment import flip_images, flip_keypoints
+from .align import align_faces, invert_transform, rotation_degrees, similarity_to
+from .augment import apply_transform, flip_images, flip_keypoints
 from .model import KeypointNet, memory_format_for
 
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000

@@ -101,7 +101,8 @@ def shape_outliers(points: np.ndarray, canonical: np.ndarray | None = None) -> t
     remains large is a shape no face has: a point on the wrong feature, left and right
     swapped, a mouth corner at the image edge.
     """
-    from ..core.align import apply_transform, similarity_to
+    from ..core.align import similarity_to
+    from ..core.augment import apply_transform
 
     pts = torch.as_tensor(np.asarray(points, dtype=np.float64))
     target = pts.mean(0) if canonical is None else torch.as_tensor(np.asarray(canonical, dtype=np.float64))
@@ -202,7 +203,7 @@ def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, 
     Returns ``(names, crops, transforms, points)``: ``crops`` (N, S, S, 3) uint8 with ``S``
     = ``size`` (default the model's input side), ``transforms`` (N, 2, 3) forward matrices
     in the grid coordinates of ``align`` (picture -> crop; the picture is first resized to
-    a square, as the detector sees it; ``align.apply_transform`` moves normalised points
+    a square, as the detector sees it; ``augment.apply_transform`` moves normalised points
     and ``align.invert_transform`` goes back) and ``points`` (N, 14, 2) the detected points
     in the original pixels. Unreadable images are left out with one warning.
     """

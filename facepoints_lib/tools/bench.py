@@ -193,7 +193,7 @@ def rescore_bench(name: str, data_dir: str | os.PathLike, *, model_path: str | o
                                 "peak_rss_mb": detected["peak_rss_mb"]}
     result["rescored"] = {"command": command or shown_command(),
                           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), "before": before}
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, results_dir, name)
     h = result["holdout"]
     print(f"{name} rescored: holdout err {h['err']:.3f} (was {before['holdout']['err']:.3f}), median "
           f"{h['median_err']:.2f}, worst {h['worst_err']:.1f}; detect "

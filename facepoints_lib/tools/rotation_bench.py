@@ -35,7 +35,7 @@ from ..core.dataset import split_names
 from ..core.gt_csv import read_gt
 from ..core.images import read_image
 from ..core.metrics import course_mark, per_image_err
-from .machine import RESULTS_DIR, machine_info, run_script, shown_command
+from .machine import RESULTS_DIR, machine_info, run_script, shown_command, write_result
 
 QUARTERS = (0, 90, 180, 270)
 _TRANSPOSE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
@@ -192,10 +192,7 @@ def run_rotation_bench(model_path: str | Path, data_dir: str | Path, *, name: st
         look: len(held) / detected[f"upright/{look}"]["seconds"] for look in ("second", "single")}
     result["machine"] = machine_info()
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    out = results_dir / f"{name}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result(result, results_dir, name)
     s = result["sets"]
     print(f"{name}: upright err {s['upright/second']['err']:.3f} (single look {s['upright/single']['err']:.3f}); "
           f"quarter turns {s['quarter/second']['err']:.3f} ({s['quarter/second']['ratio_to_upright']:.2f}x); "
