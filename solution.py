@@ -5,7 +5,7 @@ Edit the package and rerun that command to regenerate this file; add `--check` t
 test whether it is up to date.  Modules, in order:
 
     schema, files, images, gt_csv, dataset, augment, align, model, losses, inference,
-    progress, metrics, checkpoint, config, budget, train, detect, grader
+    progress, metrics, confidence, checkpoint, config, budget, train, detect, grader
 """
 from __future__ import annotations
 
@@ -628,6 +628,9 @@ class AugmentConfig:
     contrast: float = 0.30        # contrast factor uniform in [1 - c, 1 + c]
     grayscale_prob: float = 0.2   # chance of dropping colour
     lowres_prob: float = 0.15     # chance of a 2-3x down-and-up sampling (tiny source images)
+    cut_prob: float = 0.15        # chance that the picture ends inside the face (a crop that cuts it)
+    cut_depth: float = 0.5        # ... the cut line up to this share of the face's extent into it
+    cut_shrink: float = 0.4       # ... and the sample shrinks by a factor in [1 - s, 1]
     margin: float = 0.0           # keep every point this far inside the frame (grid units)
 
 
@@ -639,11 +642,17 @@ class AffineParams:
     angle: torch.Tensor   # radians
     scale: torch.Tensor
     shift: torch.Tensor   # (N, 2), grid units
+    bounds: torch.Tensor | None = None   # (N, 4) where the source picture ends: x_lo, x_hi,
+                                         # y_lo, y_hi in its grid units (None: [-1, 1] on both axes)
 
     @staticmethod
     def identity(n: int) -> "AffineParams":
         return AffineParams(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.ones(n),
                             torch.zeros(n, 2))
+
+    def copy(self) -> "AffineParams":
+        return AffineParams(self.flip.clone(), self.angle.clone(), self.scale.clone(), self.shift.clone(),
+                            None if self.bounds is None else self.bounds.clone())
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -667,6 +676,39 @@ def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> Aff
         angle = torch.where(turned, _uniform(n, -math.pi, math.pi, generator), angle)
         scale = torch.where(turned, scale * _uniform(n, 1 - cfg.full_turn_shrink, 1.0, generator), scale)
     return AffineParams(flip, angle, scale, shift)
+
+
+def sample_cuts(keypoints: torch.Tensor, params: AffineParams, cfg: AugmentConfig,
+                generator: torch.Generator) -> AffineParams:
+    """Let a share (``cut_prob``) of the pictures end inside the face, as a crop that cuts it.
+
+    A cut sample's source picture stops at a line across one side of its face (left,
+    right, top or bottom; from a tenth of the face's extent outside it to ``cut_depth``
+    into it): beyond the line the picture's last pixels repeat, as they do where
+    detection's padded and aligned looks reach past a real picture's border. The labels
+    stay where they are, so points beyond the line are learned there. The sample also
+    shrinks (``cut_shrink``), as detection's padded look shows a picture. The random
+    numbers are drawn only when ``cut_prob`` is above 0, so other recipes keep their batches.
+    """
+    if cfg.cut_prob <= 0:
+        return params
+    n = keypoints.shape[0]
+    cut = torch.rand(n, generator=generator) < cfg.cut_prob
+    side = torch.randint(0, 4, (n,), generator=generator)                 # left, right, top, bottom
+    depth = _uniform(n, -0.1, cfg.cut_depth, generator)
+    shrink = _uniform(n, 1 - cfg.cut_shrink, 1.0, generator)
+    grid = keypoints.float() * 2 - 1
+    low, high = grid.amin(1), grid.amax(1)                                 # (N, 2) the face's extent
+    reach = depth[:, None] * (high - low)
+    bounds = torch.tensor([-1.0, 1.0, -1.0, 1.0]).repeat(n, 1) if params.bounds is None else params.bounds.clone()
+    lines = torch.stack([low[:, 0] + reach[:, 0], high[:, 0] - reach[:, 0],
+                         low[:, 1] + reach[:, 1], high[:, 1] - reach[:, 1]], 1).clamp(-1.0, 1.0)
+    chosen = F.one_hot(side, 4).bool() & cut[:, None]
+    bounds = torch.where(chosen, lines, bounds)
+    out = params.copy()
+    out.bounds = bounds
+    out.scale = torch.where(cut, out.scale * shrink, out.scale)
+    return out
 
 
 def affine_matrices(params: AffineParams) -> torch.Tensor:
@@ -703,10 +745,12 @@ def keep_points_inside(keypoints: torch.Tensor, params: AffineParams, margin: fl
 
     A sample whose points leave ``[-1 + margin, 1 - margin]`` (grid units) has its
     rotation, zoom and shift halved, up to ``tries`` times; one still outside then gets
-    no rotation, zoom or shift (its flip is kept: a mirror cannot push points out).
+    no rotation, zoom or shift (its flip is kept: a mirror cannot push points out). A
+    face whose labels lie outside its own picture (a crop that cut it) is then shown
+    shrunk about the centre until they fit, the picture's border repeated around it, as
+    detection's padded look shows such a picture.
     """
-    params = AffineParams(params.flip.clone(), params.angle.clone(), params.scale.clone(),
-                          params.shift.clone())
+    params = params.copy()
     limit = 1.0 - margin
     for attempt in range(tries + 1):
         moved = transform_keypoints(keypoints, affine_matrices(params), params.flip) * 2 - 1
@@ -717,16 +761,28 @@ def keep_points_inside(keypoints: torch.Tensor, params: AffineParams, margin: fl
         params.angle[bad] *= factor
         params.scale[bad] = 1 + (params.scale[bad] - 1) * factor
         params.shift[bad] *= factor
+    if bool(bad.any()):                      # labels outside the picture itself: shrink it into the frame
+        reach = (keypoints[bad].float() * 2 - 1).abs().flatten(1).amax(1)
+        params.scale[bad] = torch.clamp(limit / reach.clamp_min(1e-6), max=1.0)
     return params
 
 
-def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int) -> torch.Tensor:
-    """Resample float images (N, C, H, W) through forward ``matrices`` to out_size^2."""
+def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int,
+                bounds: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample float images (N, C, H, W) through forward ``matrices`` to out_size^2.
+
+    Outside the source picture its border pixels repeat; ``bounds`` (N, 4: x_lo, x_hi,
+    y_lo, y_hi in grid units) ends each picture earlier, as a crop would (see ``sample_cuts``).
+    """
     a, t = matrices[:, :, :2], matrices[:, :, 2:]
     a_inv = torch.linalg.inv(a)
     theta = torch.cat([a_inv, -a_inv @ t], dim=2)       # output point -> input point
     grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], out_size, out_size],
                          align_corners=False)
+    if bounds is not None:
+        b = bounds.to(grid.dtype)[:, None, None, :]
+        grid = torch.stack([torch.minimum(torch.maximum(grid[..., 0], b[..., 0]), b[..., 1]),
+                            torch.minimum(torch.maximum(grid[..., 1], b[..., 2]), b[..., 3])], -1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -768,10 +824,10 @@ def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentCon
 
     Returns float images (N, 3, out_size, out_size) in [0, 1] and their keypoints.
     """
-    params = sample_affine(images.shape[0], cfg, generator)
+    params = sample_cuts(keypoints, sample_affine(images.shape[0], cfg, generator), cfg, generator)
     params = keep_points_inside(keypoints, params, cfg.margin)
     matrices = affine_matrices(params)
-    warped = warp_images(images.float().div_(255.0), matrices, out_size)
+    warped = warp_images(images.float().div_(255.0), matrices, out_size, params.bounds)
     return photometric(warped, cfg, generator), transform_keypoints(keypoints, matrices, params.flip)
 
 
@@ -1265,6 +1321,7 @@ def training_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch
 
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -1273,6 +1330,10 @@ import torch
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
 TURNED_DEGREES = 10.0                # the second look: for faces the first finds turned more than this
 EXTRA_LOOKS = 2                      # ... looks on the aligned face (a third look helped turned faces)
+DOUBT_SPREAD = 1.0                   # the second try: for faces whose flip pair disagrees more than
+                                     # this (mean spread, err units) ...
+NEAR_BORDER = 0.01                   # ... or with a point this close to the border (share of the side)
+PAD_MARGIN = 0.25                    # the padded look's margin around the picture (share of its side)
 PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most, as estimated (the
                                        # recipe: 3.0 MB a face, 6.0 MB with its mirror, so 42 a batch)
 
@@ -1329,10 +1390,91 @@ def use_bf16(setting: str, device: torch.device) -> bool:
     return cpu_has_bf16()
 
 
+@dataclass
+class Prediction:
+    """What ``predict_details`` found for each face.
+
+    ``points`` (N, 14, 2) normalised; ``spread`` (N, 14) each point's disagreement between
+    the flip pair's two answers, in the course err's units (the mean over x and y of
+    ``(100 * half the difference / side)^2``; zeros without flip TTA), measured in the
+    picture's frame whatever look gave the answer; ``blur`` (N, 14) each point's
+    ``heatmap_blur`` in that look; ``look`` (N,) which look gave it:
+    ``FIRST``, ``ALIGNED`` (a face found turned, looked at upright) or ``PADDED`` (the
+    second try on a doubted face: the picture inside a margin, then aligned).
+    """
+
+    points: np.ndarray
+    spread: np.ndarray
+    blur: np.ndarray
+    look: np.ndarray
+
+
+FIRST, ALIGNED, PADDED = 0, 1, 2
+LOOK_NAMES = ("first", "aligned", "padded")
+
+
+def near_border(points: torch.Tensor, margin: float = NEAR_BORDER) -> torch.Tensor:
+    """(N,) True where a point lies within ``margin`` of the picture's border or beyond it:
+    a face the picture may cut, whose first answer cannot reach past the border."""
+    return ((points < margin) | (points > 1 - margin)).flatten(1).any(1)
+
+
+def padded_view(n: int, margin: float = PAD_MARGIN) -> torch.Tensor:
+    """Forward matrices (n, 2, 3) that shrink the picture about its centre into a frame with
+    ``margin`` (a share of the picture's side) on every side, its border repeated there."""
+    zoom = 1.0 / (1.0 + 2.0 * margin)
+    return torch.tensor([[zoom, 0.0, 0.0], [0.0, zoom, 0.0]]).repeat(n, 1, 1)
+
+
+def heatmap_blur(probs: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(n, 14) how widely each point's heatmap spreads: the standard deviation of its
+    distribution, in percent of the view's side (zeros for the regression head). A face
+    the network reads gives sharp maps; a picture with no face gives broad ones."""
+    if probs is None:
+        return torch.zeros(n, NUM_POINTS)
+    probs = probs.float()
+    side = probs.shape[-1]
+    centres = (torch.arange(side, dtype=probs.dtype, device=probs.device) + 0.5) / side
+    variance = 0
+    for marginal in (probs.sum(-2), probs.sum(-1)):                  # over x, over y
+        mean = (marginal * centres).sum(-1, keepdim=True)
+        variance = variance + (marginal * (centres - mean) ** 2).sum(-1)
+    blur = 100 * variance.sqrt()                                      # (2n or n, 14)
+    return 0.5 * (blur[:n] + blur[n:]) if len(blur) > n else blur
+
+
 @torch.no_grad()
-def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
-            flip_tta: bool = True, bf16: bool = False, second_look: bool | None = None) -> np.ndarray:
-    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S).
+def look_at(model: KeypointNet, x: torch.Tensor, matrices: torch.Tensor | None = None,
+            flip_tta: bool = True, bf16: bool = False, layout: torch.memory_format = torch.contiguous_format,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One look at float pictures ``x`` (N, 3, S, S), through forward ``matrices`` (picture
+    -> view; None: the picture itself): the answer (N, 14, 2) and each point's spread
+    (N, 14), both in the picture's frame (the view's answer mapped back exactly, so it may
+    lie outside the picture), and each point's ``heatmap_blur`` (N, 14) in the view."""
+    view = x if matrices is None else warp_images(x, matrices, x.shape[-1])
+    if flip_tta:
+        view = torch.cat([view, flip_images(view)])
+    view = view.contiguous(memory_format=layout)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred, probs = model(view, with_heatmaps=True)
+    pred, blur = pred.float(), heatmap_blur(probs, len(x))
+    if flip_tta:
+        half = len(pred) // 2
+        pair = torch.stack([pred[:half], flip_keypoints(pred[half:])])     # (2, N, 14, 2)
+    else:
+        pair = pred[None]
+    if matrices is not None:
+        back = invert_transform(matrices)
+        pair = torch.stack([apply_transform(back, p) for p in pair])
+    spread = (100.0 * (pair[0] - pair[-1]) / 2).pow(2).mean(-1)            # (N, 14)
+    return pair.mean(0), spread, blur
+
+
+@torch.no_grad()
+def predict_details(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
+                    flip_tta: bool = True, bf16: bool = False, second_look: bool | None = None,
+                    second_try: bool = True) -> Prediction:
+    """Keypoints of uint8 images (N, 3, S, S), with each point's flip spread and the look used.
 
     ``flip_tta`` averages with the (re-labelled) prediction on the mirrored image;
     ``bf16`` runs the backbone under bfloat16 autocast (the heatmap logits and the
@@ -1343,39 +1485,64 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
     mapped back exactly. Faces found upright keep their first answer: on the recipe's
     holdout, looking again at every face made the upright ones slightly worse (err 3.50
     against 3.43), while turned faces gain most from the second look and a third.
+
+    ``second_try`` (with the second look and flip TTA): a face the answer doubts (its
+    mean spread above ``DOUBT_SPREAD``, or a point at the picture's border, where a
+    picture that cuts the face leaves it) is looked at again inside a margin
+    (``padded_view``), which lets points fall outside the picture, then aligned by that
+    answer ``EXTRA_LOOKS`` times; the answer whose flip pair agrees better is kept.
     """
     model.eval()
     device = next(model.parameters()).device
     layout = memory_format_for(model)
     again = model.config.second_look if second_look is None else second_look
+    retry = again and flip_tta and second_try
     per_image = 4 * model.config.estimated_activations() * (2 if flip_tta else 1)
     batch_size = max(1, min(batch_size, PREDICT_MEMORY_BYTES // per_image))   # bounded by any model file
 
-    def look(x: torch.Tensor) -> torch.Tensor:
-        if flip_tta:
-            x = torch.cat([x, flip_images(x)])
-        x = x.contiguous(memory_format=layout)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = model(x).float()
-        if flip_tta:
-            half = len(pred) // 2
-            pred = 0.5 * (pred[:half] + flip_keypoints(pred[half:]))
-        return pred
+    def look(x: torch.Tensor, matrices: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        return look_at(model, x, matrices, flip_tta, bf16, layout)
 
-    out = []
+    def aligned(x: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for _ in range(EXTRA_LOOKS):
+            answer, spread, blur = look(x, similarity_to(answer, model.mean_shape))
+        return answer, spread, blur
+
+    points, spreads, blurs, looks = [], [], [], []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255.0)
-        pred = look(x)
+        pred, spread, blur = look(x)
+        used = torch.full((len(x),), FIRST, dtype=torch.long)
         if again:
             turned = rotation_degrees(similarity_to(pred, model.mean_shape)).abs() > TURNED_DEGREES
             if bool(turned.any()):
-                faces, answer = x[turned], pred[turned]
-                for _ in range(EXTRA_LOOKS):
-                    crops, matrices = align_faces(faces, answer, model.mean_shape)
-                    answer = apply_transform(invert_transform(matrices), look(crops))
-                pred[turned] = answer
-        out.append(pred.double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
+                pred[turned], spread[turned], blur[turned] = aligned(x[turned], pred[turned])
+                used[turned] = ALIGNED
+        if retry:
+            doubted = (spread.mean(1) > DOUBT_SPREAD) | near_border(pred)
+            if bool(doubted.any()):
+                first = look(x[doubted], padded_view(int(doubted.sum())).to(device))[0]
+                answer, agreement, sharpness = aligned(x[doubted], first)
+                better = agreement.mean(1) < spread[doubted].mean(1)
+                index = doubted.nonzero().squeeze(1)[better]
+                pred[index], spread[index], blur[index] = answer[better], agreement[better], sharpness[better]
+                used[index] = PADDED
+        points.append(pred.double().cpu())
+        spreads.append(spread.double().cpu())
+        blurs.append(blur.double().cpu())
+        looks.append(used)
+    if not points:
+        empty = np.zeros((0, NUM_POINTS))
+        return Prediction(np.zeros((0, NUM_POINTS, 2)), empty, empty, np.zeros(0, dtype=np.int64))
+    return Prediction(torch.cat(points).numpy(), torch.cat(spreads).numpy(), torch.cat(blurs).numpy(),
+                      torch.cat(looks).numpy())
+
+
+def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64, flip_tta: bool = True,
+            bf16: bool = False, second_look: bool | None = None, second_try: bool = True) -> np.ndarray:
+    """Normalised keypoints (N, 14, 2) of uint8 images (N, 3, S, S): ``predict_details``'s
+    points (what detection returns and training's validation measures)."""
+    return predict_details(model, images, batch_size, flip_tta, bf16, second_look, second_try).points
 
 
 # ---- facepoints_lib/core/progress.py ----
@@ -1542,6 +1709,166 @@ def ced_auc(errors: np.ndarray, threshold: float = 0.08, steps: int = 1000) -> f
     """Area under the CED curve up to ``threshold``, divided by ``threshold`` (1 is perfect)."""
     xs, ys = ced_curve(errors, threshold, steps)
     return float(np.trapezoid(ys, xs) / threshold)
+
+
+# ---- facepoints_lib/core/confidence.py ----
+# Confidence: the expected err of every answer, read from what the network already computes.
+#
+# ``inference.predict_details`` measures, for every point, how far the answers on the
+# picture and on its mirror lie apart (the *spread*, in the course err's units) and how
+# widely its heatmap spreads (the *blur*). Faces the network reads well give pairs that
+# agree and sharp maps; a picture that cuts the face, a face it misreads and a picture
+# with no face give pairs that disagree and broad maps. Fitted on held-out faces
+# (``calibrate``: a model's validation faces upright, turned by quarter turns and cut by a
+# border), a power law of the two turns them into the expected err of a face and of each
+# point, and the expected err into a confidence in [0, 1]:
+# ``1 / (1 + (expected_err / CONFIDENCE_HALF_ERR)^2)``, one half at err 5, the course's
+# line for full marks. A picture whose maps are far broader than any held-out face's is
+# flagged as looking like no face crop.
+#
+# The fitted numbers (``Calibration``) are stored in the model file's metadata by training.
+
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+CONFIDENCE_HALF_ERR = 5.0      # expected err at which the confidence is one half
+NO_FACE_FACTOR = 1.75          # "no face crop": blur above this many times the held-out faces'
+NO_FACE_QUANTILE = 0.995       # ... this quantile (upright and turned faces)
+CUT_FRACTION = (0.15, 0.35)    # calibration's cut copies: this share of one side taken off
+MIN_SPREAD = 1e-4              # spreads are floored here before the logarithm
+
+
+@dataclass
+class Calibration:
+    """Spread -> expected err, fitted on held-out faces (stored in the model file).
+
+    ``face`` and ``point``: ``(a, b, c)`` of ``expected err = exp(a) * spread ** b *
+    blur ** c`` for a face's mean spread and blur and for one point's; ``no_face_blur``:
+    a picture whose mean blur lies above this looks like no face crop; ``faces``: how
+    many faces it was fitted on.
+    """
+
+    face: tuple[float, float, float]
+    point: tuple[float, float, float]
+    no_face_blur: float
+    faces: int
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Calibration":
+        """Rebuild from ``to_dict`` output; a model file is untrusted, so every number is checked."""
+        try:
+            cal = cls(face=tuple(float(v) for v in data["face"]), point=tuple(float(v) for v in data["point"]),
+                      no_face_blur=float(data["no_face_blur"]), faces=int(data["faces"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"calibration is malformed: {exc!r}") from None
+        numbers = (*cal.face, *cal.point, cal.no_face_blur)
+        if len(cal.face) != 3 or len(cal.point) != 3 or not all(math.isfinite(v) for v in numbers) \
+                or cal.no_face_blur <= 0 or not all(abs(v) < 100 for v in numbers[:6]):
+            raise ValueError(f"calibration holds numbers out of range: {cal.to_dict()}")
+        return cal
+
+
+def _logs(*values: np.ndarray) -> list[np.ndarray]:
+    return [np.log(np.maximum(np.asarray(v, dtype=np.float64), MIN_SPREAD)).ravel() for v in values]
+
+
+def fit_power_law(spread: np.ndarray, blur: np.ndarray, err: np.ndarray) -> tuple[float, float, float]:
+    """``(a, b, c)`` with ``err ~ exp(a) * spread ** b * blur ** c``: least squares on the
+    logarithms, with ``a`` raised by half the residual variance so that the fit follows
+    the mean err (the course's err is a mean), not the median."""
+    x_spread, x_blur, y = _logs(spread, blur, err)
+    centres = [x.mean() for x in (x_spread, x_blur)]
+    # a signal that hardly varies on these faces carries nothing: its column is left empty,
+    # so its exponent is 0 (the least-squares solution of least norm), not a wild number
+    columns = [np.where(x.std() > 0.05, x - c, 0.0) for x, c in zip((x_spread, x_blur), centres)]
+    design = np.stack([np.ones_like(y), *columns], 1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ coef
+    a = coef[0] - coef[1] * centres[0] - coef[2] * centres[1] + residual.var() / 2
+    return float(a), float(coef[1]), float(coef[2])
+
+
+def _power_law(coef: tuple[float, float, float], spread: np.ndarray, blur: np.ndarray) -> np.ndarray:
+    x_spread, x_blur = _logs(spread, blur)
+    return np.exp(coef[0] + coef[1] * x_spread + coef[2] * x_blur).reshape(np.shape(spread))
+
+
+def expected_err(spread: np.ndarray, blur: np.ndarray, cal: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """Expected err of each face (N,) and of each point (N, 14) from the spreads and
+    blurs (N, 14) of ``inference.predict_details``."""
+    spread, blur = np.asarray(spread, dtype=np.float64), np.asarray(blur, dtype=np.float64)
+    return _power_law(cal.face, spread.mean(1), blur.mean(1)), _power_law(cal.point, spread, blur)
+
+
+def confidence(expected: np.ndarray) -> np.ndarray:
+    """Expected err -> confidence in [0, 1] (1: trust it; one half at ``CONFIDENCE_HALF_ERR``)."""
+    return 1.0 / (1.0 + (np.asarray(expected, dtype=np.float64) / CONFIDENCE_HALF_ERR) ** 2)
+
+
+def looks_like_no_face(blur: np.ndarray, cal: Calibration) -> np.ndarray:
+    """(N,) True where a picture's mean heatmap blur lies above ``cal.no_face_blur``."""
+    return np.asarray(blur, dtype=np.float64).mean(1) > cal.no_face_blur
+
+
+def quarter_turned(faces: FaceSet, turns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The faces' square images and keypoints turned by ``turns`` quarter turns (exact)."""
+    images, points = faces.images, faces.keypoints
+    for _ in range(turns % 4):          # a quarter turn counter-clockwise on screen: (u, v) -> (v, 1 - u)
+        images = torch.rot90(images, 1, (2, 3))
+        points = torch.stack([points[..., 1], 1 - points[..., 0]], -1)
+    return images.contiguous(), points
+
+
+def cut_copies(faces: FaceSet, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The faces' images with one border cut (a share ``CUT_FRACTION`` of one side taken off,
+    the rest stretched back to the square as a smaller picture is) and their keypoints,
+    which stay wherever they fall, outside the picture included."""
+    n = len(faces)
+    side = torch.randint(0, 4, (n,), generator=generator)
+    low, high = CUT_FRACTION
+    keep = 1 - (low + (high - low) * torch.rand(n, generator=generator))          # share kept
+    shift = torch.where(side % 2 == 0, 1 - keep, keep - 1) / keep                  # grid units
+    scale = torch.ones(n, 2)
+    offset = torch.zeros(n, 2)
+    axis = (side // 2).long()                       # 0: left / right cut x, 1: top / bottom cut y
+    scale[torch.arange(n), axis] = 1 / keep
+    offset[torch.arange(n), axis] = -shift
+    matrices = torch.zeros(n, 2, 3)
+    matrices[:, 0, 0], matrices[:, 1, 1] = scale[:, 0], scale[:, 1]
+    matrices[:, :, 2] = offset
+    images = warp_images(faces.images.float().div(255.0), matrices, faces.image_size)
+    return (images * 255).round().to(torch.uint8), apply_transform(matrices, faces.keypoints.float())
+
+
+def calibrate(model, faces: FaceSet, seed: int = 0) -> Calibration:
+    """Fit a ``Calibration`` for ``model`` on held-out labelled ``faces`` (its validation
+    faces): the faces upright, turned by one to three quarter turns and cut by a border,
+    each detected as ``detect`` does (flip TTA, second look and second try)."""
+    if faces.keypoints is None or len(faces) < 2:
+        raise ValueError("calibration needs at least 2 labelled faces")
+    generator = torch.Generator().manual_seed(seed)
+    turns = torch.randint(1, 4, (1,), generator=generator).item()
+    views = [(faces.images, faces.keypoints), quarter_turned(faces, turns), cut_copies(faces, generator)]
+    spreads, blurs, point_errs = [], [], []
+    for images, truth in views:
+        found = predict_details(model, images)
+        spreads.append(found.spread)
+        blurs.append(found.blur)
+        point_errs.append(per_point_err(found.points, truth.double().numpy()))
+    spread, blur, point_err = np.concatenate(spreads), np.concatenate(blurs), np.concatenate(point_errs)
+    whole = blur[: 2 * len(faces)].mean(1)               # upright and turned faces: real face crops
+    return Calibration(face=fit_power_law(spread.mean(1), blur.mean(1), point_err.mean(1)),
+                       point=fit_power_law(spread, blur, point_err),
+                       no_face_blur=float(NO_FACE_FACTOR * np.quantile(whole, NO_FACE_QUANTILE)),
+                       faces=len(point_err))
 
 
 # ---- facepoints_lib/core/checkpoint.py ----
@@ -2220,11 +2547,16 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
         val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
     model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
+    calibration = None
+    if len(val_set) >= 2:                 # the confidence of detect_details, fitted on unseen faces
+        calibration = calibrate(fold_batch_norm(model), val_set, cfg.seed).to_dict()   # as detect runs it
+        model.metadata = {**getattr(model, "metadata", {}), "calibration": calibration}
+        log(f"confidence calibrated on {calibration['faces']} views of the validation faces")
     if path is not None:
         save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
                                       "val_images": len(val_set), "val_names": list(val_set.filenames),
-                                      "excluded": left_out},
+                                      "excluded": left_out, "calibration": calibration},
                         log)
     return TrainingRun(model, history, train_names, val_names, left_out, path)
 
@@ -2251,24 +2583,94 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
 
 
 # ---- facepoints_lib/core/detect.py ----
-# Detection: ``detect(model_filename, test_img_dir)``, the course's second entry point.
+# Detection: ``detect(model_filename, test_img_dir)``, the course's second entry point,
+# and ``detect_details``, the same with a confidence for every face and every point.
 #
 # Images are decoded and resized a chunk at a time, so memory stays bounded however many
-# images the folder holds; predictions are mapped back to each image's original pixels.
-# Unreadable images are reported (one warning naming them) and left out of the result;
-# every readable image gets 28 numbers ``x1, y1, ..., x14, y14``.
+# images the folder holds; predictions are mapped back to each image's original pixels
+# (points may lie outside the picture, where a crop cut the face). Unreadable images are
+# reported (one warning naming them) and left out of the result; every readable image gets
+# 28 numbers ``x1, y1, ..., x14, y14``.
 
 
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
+
+
+@dataclass
+class FaceConfidence:
+    """How far to trust one picture's answer (``detect_details``): the expected err of the
+    face and its confidence in [0, 1] (1: trust it), each point's confidence (14,),
+    whether the picture looks like no face crop, which look gave the answer, and the
+    two signals behind it (the face's mean flip spread and heatmap blur)."""
+
+    expected_err: float
+    confidence: float
+    point_confidence: np.ndarray
+    no_face: bool
+    look: str
+    spread: float
+    blur: float
+
+
+def _check_arguments(model_filename, test_img_dir, filenames, threads, chunk) -> Path:
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"threads must be None or an integer from 1 to {MAX_THREADS}, got {threads!r}")
+    for value, what in ((model_filename, "model_filename"), (test_img_dir, "test_img_dir")):
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__}")
+    if isinstance(filenames, (str, os.PathLike)):
+        raise TypeError("filenames must be a list of file names, not a single name")
+    img_dir = Path(test_img_dir)
+    if not img_dir.is_dir():
+        raise NotADirectoryError(f"test image folder not found: {img_dir}")
+    return img_dir
+
+
+def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta: bool, bf16: str,
+                   device: str, second_look: bool | None, progress,
+                   second_try: bool = True) -> Iterator[tuple[list[str], np.ndarray, Prediction]]:
+    """Yield ``(names, points in pixels (n, 14, 2), Prediction)`` a chunk at a time; one
+    warning at the end names the pictures that could not be read."""
+    if not names:
+        warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=3)
+    low_precision = use_bf16(bf16, torch.device(device))
+    failed: list[str] = []
+    bar = progress(total=len(names), desc="detect", unit="img") if progress else None
+    for batch_names, images, sizes in iter_image_chunks(
+            img_dir, model.config.image_size, chunk, names,
+            on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
+        found = predict_details(model, images, flip_tta=flip_tta, bf16=low_precision, second_look=second_look,
+                                second_try=second_try)
+        yield batch_names, normalized_to_pixels(torch.from_numpy(found.points), sizes).numpy(), found
+        if bar is not None:
+            bar.update(len(batch_names))
+    if bar is not None:
+        bar.close()
+    if failed:
+        warnings.warn(f"{len(failed)} of {len(names)} images could not be read and have no "
+                      f"prediction: {'; '.join(failed[:5])}", stacklevel=3)
+
+
+def _prepare(model_filename, test_img_dir, filenames, threads, chunk, device):
+    img_dir = _check_arguments(model_filename, test_img_dir, filenames, threads, chunk)
+    names = list(filenames) if filenames is not None else list_images(img_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    model = fold_batch_norm(load_model(model_filename, device))      # same function, less work
+    return model, img_dir, names
 
 
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
@@ -2285,48 +2687,60 @@ def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *
     "off") runs the backbone in bfloat16 where the CPU computes it natively (the
     logits and soft-argmax stay fp32; on the holdout it changed err by < 0.001).
     ``second_look`` (default: the model's setting) looks again, aligned upright, at the
-    faces the first look finds turned (see ``inference.predict``); False skips that. ``progress`` is an
+    faces the first look finds turned, and a second time, inside a margin, at the faces
+    it doubts (see ``inference.predict_details``); False skips both. ``progress`` is an
     optional progress-bar factory (``TextProgress`` or ``tqdm``).
     """
-    if not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
-                                or not 1 <= threads <= MAX_THREADS):
-        raise ValueError(f"threads must be None or an integer from 1 to {MAX_THREADS}, got {threads!r}")
-    for value, what in ((model_filename, "model_filename"), (test_img_dir, "test_img_dir")):
-        if not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__}")
-    if isinstance(filenames, (str, os.PathLike)):
-        raise TypeError("filenames must be a list of file names, not a single name")
-    img_dir = Path(test_img_dir)
-    if not img_dir.is_dir():
-        raise NotADirectoryError(f"test image folder not found: {img_dir}")
-    names = list(filenames) if filenames is not None else list_images(img_dir)
-    if not names:
-        warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=2)
-    if threads:
-        torch.set_num_threads(threads)
-    model = fold_batch_norm(load_model(model_filename, device))      # same function, less work
-    low_precision = use_bf16(bf16, torch.device(device))
-    size = model.config.image_size
-
-    failed: list[str] = []
+    model, img_dir, names = _prepare(model_filename, test_img_dir, filenames, threads, chunk, device)
     results: dict[str, np.ndarray] = {}
-    bar = progress(total=len(names), desc="detect", unit="img") if progress else None
-    for batch_names, images, sizes in iter_image_chunks(
-            img_dir, size, chunk, names, on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
-        norm = predict(model, images, flip_tta=flip_tta, bf16=low_precision, second_look=second_look)
-        pixels = normalized_to_pixels(torch.from_numpy(norm), sizes).numpy()
+    for batch_names, pixels, _ in _detect_chunks(model, img_dir, names, chunk, flip_tta, bf16, device,
+                                                 second_look, progress):
         for name, points in zip(batch_names, pixels):
             results[name] = points.reshape(-1).astype(np.float64)
-        if bar is not None:
-            bar.update(len(batch_names))
-    if bar is not None:
-        bar.close()
-    if failed:
-        warnings.warn(f"{len(failed)} of {len(names)} images could not be read and have no "
-                      f"prediction: {'; '.join(failed[:5])}", stacklevel=2)
     return results
+
+
+def model_calibration(model, model_filename) -> Calibration:
+    """The confidence calibration stored in a loaded model's file; ``CheckpointError`` when
+    it has none (a file trained before calibration existed) or it is malformed."""
+    stored = getattr(model, "metadata", {}).get("calibration")
+    if stored is None:
+        raise CheckpointError(f"{model_filename} holds no confidence calibration (trained before it "
+                              f"existed): run `facepoints calibrate {model_filename} DATA` once")
+    try:
+        return Calibration.from_dict(stored)
+    except ValueError as exc:
+        raise CheckpointError(f"{model_filename}: {exc}") from None
+
+
+def detect_details(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
+                   filenames: Sequence[str] | None = None, device: str = "cpu",
+                   threads: int | None = None, chunk: int = DETECT_CHUNK, bf16: str = "auto",
+                   progress: Callable[..., object] | None = None, second_try: bool = True,
+                   ) -> tuple[dict[str, np.ndarray], dict[str, FaceConfidence]]:
+    """``detect`` with a confidence: ``(points, confidences)``, both keyed by file name.
+
+    The points are ``detect``'s (flip TTA and every look on); each ``FaceConfidence``
+    holds the expected err of that face, read from how much the flip pair's answers
+    disagree and how broad the heatmaps are, through the calibration stored in the model
+    file (see ``confidence``). ``second_try=False`` leaves out the second try on the
+    faces the first answer doubts (for measuring what it buys).
+    """
+    model, img_dir, names = _prepare(model_filename, test_img_dir, filenames, threads, chunk, device)
+    cal = model_calibration(model, model_filename)
+    results: dict[str, np.ndarray] = {}
+    trust: dict[str, FaceConfidence] = {}
+    for batch_names, pixels, found in _detect_chunks(model, img_dir, names, chunk, True, bf16, device,
+                                                     None, progress, second_try):
+        face_err, point_err = expected_err(found.spread, found.blur, cal)
+        face_conf, point_conf = confidence(face_err), confidence(point_err)
+        no_face = looks_like_no_face(found.blur, cal)
+        for i, name in enumerate(batch_names):
+            results[name] = pixels[i].reshape(-1).astype(np.float64)
+            trust[name] = FaceConfidence(float(face_err[i]), float(face_conf[i]), point_conf[i],
+                                         bool(no_face[i]), LOOK_NAMES[int(found.look[i])],
+                                         float(found.spread[i].mean()), float(found.blur[i].mean()))
+    return results, trust
 
 
 # ---- facepoints_lib/core/grader.py ----

@@ -118,7 +118,7 @@ def test_predict_looks_again_only_at_faces_found_turned(monkeypatch):
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     calls = []
     original = model.forward
-    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or original(x))
+    monkeypatch.setattr(model, "forward", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
     upright = inference.predict(model, images, flip_tta=False, second_look=True)
     assert calls == [3]                                    # one look: every answer is the upright mean face
     np.testing.assert_allclose(upright, shape[None].expand(3, -1, -1).numpy(), atol=1e-6)

@@ -13,7 +13,7 @@ import torch
 
 from facepoints_lib.core.augment import (AffineParams, AugmentConfig, affine_matrices, augment_batch,
                                     flip_images, flip_keypoints, keep_points_inside, photometric,
-                                    sample_affine, transform_keypoints, warp_images)
+                                    sample_affine, sample_cuts, transform_keypoints, warp_images)
 from facepoints_lib.core.schema import FLIP_PERMUTATION, NUM_POINTS
 
 from conftest import random_keypoints
@@ -85,7 +85,7 @@ def test_augment_batch_moves_image_and_points_together():
     images = torch.zeros(n, 3, SIZE, SIZE, dtype=torch.uint8)
     images[:, 0] = (255 * dots[which, which]).round().to(torch.uint8)
     cfg = AugmentConfig(flip_prob=0.5, rotation_deg=30.0, scale=0.2, shift=0.08, brightness=0.0,
-                        contrast=0.0, grayscale_prob=0.0, lowres_prob=0.0)
+                        contrast=0.0, grayscale_prob=0.0, lowres_prob=0.0, cut_prob=0.0)
     out, moved = augment_batch(images, keypoints, cfg, SIZE, torch.Generator().manual_seed(3))
     assert out.shape == (n, 3, SIZE, SIZE) and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1
@@ -204,3 +204,51 @@ def test_photometric_range_and_off_switch():
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
     expected = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
     np.testing.assert_allclose(out[:, 0].numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_cut_ends_the_picture_at_a_line_across_the_face_and_keeps_the_labels():
+    """A cut sample's picture stops inside its face: beyond the line the last column (or row)
+    repeats, as past a real picture's border, while every label stays where the face has it."""
+    n = 64
+    keypoints = random_keypoints(n, seed=7, low=0.25, high=0.75)
+    ramp = torch.linspace(0, 1, SIZE)
+    images = torch.stack([ramp.expand(SIZE, SIZE), ramp[:, None].expand(SIZE, SIZE), torch.zeros(SIZE, SIZE)])
+    images = (255 * images).round().to(torch.uint8).expand(n, 3, SIZE, SIZE)   # x in red, y in green
+    cfg = AugmentConfig(flip_prob=0.0, rotation_deg=0.0, full_turn_prob=0.0, scale=0.0, shift=0.0,
+                        cut_prob=1.0, cut_shrink=0.0)
+    params = sample_cuts(keypoints, sample_affine(n, cfg, torch.Generator().manual_seed(0)), cfg,
+                         torch.Generator().manual_seed(1))
+    bounds = params.bounds
+    assert bounds is not None and bounds.shape == (n, 4)
+    default = torch.tensor([-1.0, 1.0, -1.0, 1.0])
+    assert bool(((bounds != default).sum(1) == 1).all())                   # one side cut in each
+    grid = keypoints * 2 - 1
+    face_lo, face_hi = grid.amin(1), grid.amax(1)
+    cut_into_face = ((bounds[:, 0] > face_lo[:, 0]) | (bounds[:, 1] < face_hi[:, 0])
+                     | (bounds[:, 2] > face_lo[:, 1]) | (bounds[:, 3] < face_hi[:, 1]))
+    assert int(cut_into_face.sum()) > n // 2                                # most lines cross the face
+    out = warp_images(images.float() / 255, affine_matrices(params), SIZE, bounds)
+    red, green = out[:, 0], out[:, 1]
+    # The red channel is x: where the picture ends on the left, no value below the line's x.
+    x_lo = (bounds[:, 0] + 1) / 2
+    assert bool((red.amin((1, 2)) >= x_lo - 1.0 / SIZE).all())
+    y_hi = (bounds[:, 3] + 1) / 2
+    assert bool((green.amax((1, 2)) <= y_hi + 1.0 / SIZE).all())
+    moved = transform_keypoints(keypoints, affine_matrices(params), params.flip)
+    torch.testing.assert_close(moved, keypoints)                           # labels where they fall
+
+
+def test_labels_outside_the_picture_are_shown_shrunk_inside_the_frame():
+    """A face whose labels lie outside its own picture (a crop that cut it) is shrunk about
+    the centre until they fit: the labels stay exact, the network's frame reaches them."""
+    keypoints = random_keypoints(8, seed=3, low=0.2, high=0.8)
+    keypoints[:4, :3, 0] = -0.15                                            # off the left edge
+    keypoints[4:, -2:, 1] = 1.2                                             # off the bottom
+    assert bool((keypoints < 0).any() and (keypoints > 1).any())
+    params = keep_points_inside(keypoints, AffineParams.identity(8))
+    moved = transform_keypoints(keypoints, affine_matrices(params), params.flip)
+    assert bool(((moved >= 0) & (moved <= 1)).all())
+    assert bool((params.scale < 1).all())
+    # the transform is a plain zoom about the centre: mapping back gives the labels exactly
+    back = (moved - 0.5) / params.scale[:, None, None] + 0.5
+    torch.testing.assert_close(back, keypoints)

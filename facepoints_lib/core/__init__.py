@@ -11,7 +11,8 @@ order below, and imports only torch, numpy, Pillow and the standard library:
 * training: ``losses``, ``config`` (the recipe as plain data), ``budget`` (epochs for a
   time budget), ``train`` (the loop and ``train_detector``);
 * prediction: ``inference`` (``predict``, device and precision, used by training and
-  detection), ``checkpoint`` (model files), ``detect``;
+  detection), ``confidence`` (the expected err of an answer, calibrated on unseen faces),
+  ``checkpoint`` (model files), ``detect``;
 * scoring: ``metrics``, ``progress`` (the text progress bar), ``grader`` (the course's
   run.py, locally: ``python solution.py DATA``).
 
@@ -22,6 +23,6 @@ Detection imports no training module.
 # the folder must hold exactly these).
 FROZEN_MODULES = (
     "schema", "files", "images", "gt_csv", "dataset", "augment", "align", "model", "losses",
-    "inference", "progress", "metrics", "checkpoint", "config", "budget", "train", "detect", "grader",
+    "inference", "progress", "metrics", "confidence", "checkpoint", "config", "budget", "train", "detect", "grader",
 )
 FROZEN_ENTRY_POINT = 'if __name__ == "__main__":\n    raise SystemExit(grader_main())\n'

@@ -35,6 +35,9 @@ class AugmentConfig:
     contrast: float = 0.30        # contrast factor uniform in [1 - c, 1 + c]
     grayscale_prob: float = 0.2   # chance of dropping colour
     lowres_prob: float = 0.15     # chance of a 2-3x down-and-up sampling (tiny source images)
+    cut_prob: float = 0.15        # chance that the picture ends inside the face (a crop that cuts it)
+    cut_depth: float = 0.5        # ... the cut line up to this share of the face's extent into it
+    cut_shrink: float = 0.4       # ... and the sample shrinks by a factor in [1 - s, 1]
     margin: float = 0.0           # keep every point this far inside the frame (grid units)
 
 
@@ -46,11 +49,17 @@ class AffineParams:
     angle: torch.Tensor   # radians
     scale: torch.Tensor
     shift: torch.Tensor   # (N, 2), grid units
+    bounds: torch.Tensor | None = None   # (N, 4) where the source picture ends: x_lo, x_hi,
+                                         # y_lo, y_hi in its grid units (None: [-1, 1] on both axes)
 
     @staticmethod
     def identity(n: int) -> "AffineParams":
         return AffineParams(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.ones(n),
                             torch.zeros(n, 2))
+
+    def copy(self) -> "AffineParams":
+        return AffineParams(self.flip.clone(), self.angle.clone(), self.scale.clone(), self.shift.clone(),
+                            None if self.bounds is None else self.bounds.clone())
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -74,6 +83,39 @@ def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> Aff
         angle = torch.where(turned, _uniform(n, -math.pi, math.pi, generator), angle)
         scale = torch.where(turned, scale * _uniform(n, 1 - cfg.full_turn_shrink, 1.0, generator), scale)
     return AffineParams(flip, angle, scale, shift)
+
+
+def sample_cuts(keypoints: torch.Tensor, params: AffineParams, cfg: AugmentConfig,
+                generator: torch.Generator) -> AffineParams:
+    """Let a share (``cut_prob``) of the pictures end inside the face, as a crop that cuts it.
+
+    A cut sample's source picture stops at a line across one side of its face (left,
+    right, top or bottom; from a tenth of the face's extent outside it to ``cut_depth``
+    into it): beyond the line the picture's last pixels repeat, as they do where
+    detection's padded and aligned looks reach past a real picture's border. The labels
+    stay where they are, so points beyond the line are learned there. The sample also
+    shrinks (``cut_shrink``), as detection's padded look shows a picture. The random
+    numbers are drawn only when ``cut_prob`` is above 0, so other recipes keep their batches.
+    """
+    if cfg.cut_prob <= 0:
+        return params
+    n = keypoints.shape[0]
+    cut = torch.rand(n, generator=generator) < cfg.cut_prob
+    side = torch.randint(0, 4, (n,), generator=generator)                 # left, right, top, bottom
+    depth = _uniform(n, -0.1, cfg.cut_depth, generator)
+    shrink = _uniform(n, 1 - cfg.cut_shrink, 1.0, generator)
+    grid = keypoints.float() * 2 - 1
+    low, high = grid.amin(1), grid.amax(1)                                 # (N, 2) the face's extent
+    reach = depth[:, None] * (high - low)
+    bounds = torch.tensor([-1.0, 1.0, -1.0, 1.0]).repeat(n, 1) if params.bounds is None else params.bounds.clone()
+    lines = torch.stack([low[:, 0] + reach[:, 0], high[:, 0] - reach[:, 0],
+                         low[:, 1] + reach[:, 1], high[:, 1] - reach[:, 1]], 1).clamp(-1.0, 1.0)
+    chosen = F.one_hot(side, 4).bool() & cut[:, None]
+    bounds = torch.where(chosen, lines, bounds)
+    out = params.copy()
+    out.bounds = bounds
+    out.scale = torch.where(cut, out.scale * shrink, out.scale)
+    return out
 
 
 def affine_matrices(params: AffineParams) -> torch.Tensor:
@@ -110,10 +152,12 @@ def keep_points_inside(keypoints: torch.Tensor, params: AffineParams, margin: fl
 
     A sample whose points leave ``[-1 + margin, 1 - margin]`` (grid units) has its
     rotation, zoom and shift halved, up to ``tries`` times; one still outside then gets
-    no rotation, zoom or shift (its flip is kept: a mirror cannot push points out).
+    no rotation, zoom or shift (its flip is kept: a mirror cannot push points out). A
+    face whose labels lie outside its own picture (a crop that cut it) is then shown
+    shrunk about the centre until they fit, the picture's border repeated around it, as
+    detection's padded look shows such a picture.
     """
-    params = AffineParams(params.flip.clone(), params.angle.clone(), params.scale.clone(),
-                          params.shift.clone())
+    params = params.copy()
     limit = 1.0 - margin
     for attempt in range(tries + 1):
         moved = transform_keypoints(keypoints, affine_matrices(params), params.flip) * 2 - 1
@@ -124,16 +168,28 @@ def keep_points_inside(keypoints: torch.Tensor, params: AffineParams, margin: fl
         params.angle[bad] *= factor
         params.scale[bad] = 1 + (params.scale[bad] - 1) * factor
         params.shift[bad] *= factor
+    if bool(bad.any()):                      # labels outside the picture itself: shrink it into the frame
+        reach = (keypoints[bad].float() * 2 - 1).abs().flatten(1).amax(1)
+        params.scale[bad] = torch.clamp(limit / reach.clamp_min(1e-6), max=1.0)
     return params
 
 
-def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int) -> torch.Tensor:
-    """Resample float images (N, C, H, W) through forward ``matrices`` to out_size^2."""
+def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int,
+                bounds: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample float images (N, C, H, W) through forward ``matrices`` to out_size^2.
+
+    Outside the source picture its border pixels repeat; ``bounds`` (N, 4: x_lo, x_hi,
+    y_lo, y_hi in grid units) ends each picture earlier, as a crop would (see ``sample_cuts``).
+    """
     a, t = matrices[:, :, :2], matrices[:, :, 2:]
     a_inv = torch.linalg.inv(a)
     theta = torch.cat([a_inv, -a_inv @ t], dim=2)       # output point -> input point
     grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], out_size, out_size],
                          align_corners=False)
+    if bounds is not None:
+        b = bounds.to(grid.dtype)[:, None, None, :]
+        grid = torch.stack([torch.minimum(torch.maximum(grid[..., 0], b[..., 0]), b[..., 1]),
+                            torch.minimum(torch.maximum(grid[..., 1], b[..., 2]), b[..., 3])], -1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -175,10 +231,10 @@ def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentCon
 
     Returns float images (N, 3, out_size, out_size) in [0, 1] and their keypoints.
     """
-    params = sample_affine(images.shape[0], cfg, generator)
+    params = sample_cuts(keypoints, sample_affine(images.shape[0], cfg, generator), cfg, generator)
     params = keep_points_inside(keypoints, params, cfg.margin)
     matrices = affine_matrices(params)
-    warped = warp_images(images.float().div_(255.0), matrices, out_size)
+    warped = warp_images(images.float().div_(255.0), matrices, out_size, params.bounds)
     return photometric(warped, cfg, generator), transform_keypoints(keypoints, matrices, params.flip)
 
 

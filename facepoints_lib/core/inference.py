@@ -9,17 +9,23 @@ read ``/proc/cpuinfo`` (see docs/cpu-notes.md).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .align import align_faces, invert_transform, rotation_degrees, similarity_to
-from .augment import apply_transform, flip_images, flip_keypoints
+from .align import invert_transform, rotation_degrees, similarity_to
+from .augment import apply_transform, flip_images, flip_keypoints, warp_images
 from .model import KeypointNet, memory_format_for
+from .schema import NUM_POINTS
 
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
 TURNED_DEGREES = 10.0                # the second look: for faces the first finds turned more than this
 EXTRA_LOOKS = 2                      # ... looks on the aligned face (a third look helped turned faces)
+DOUBT_SPREAD = 1.0                   # the second try: for faces whose flip pair disagrees more than
+                                     # this (mean spread, err units) ...
+NEAR_BORDER = 0.01                   # ... or with a point this close to the border (share of the side)
+PAD_MARGIN = 0.25                    # the padded look's margin around the picture (share of its side)
 PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most, as estimated (the
                                        # recipe: 3.0 MB a face, 6.0 MB with its mirror, so 42 a batch)
 
@@ -76,10 +82,91 @@ def use_bf16(setting: str, device: torch.device) -> bool:
     return cpu_has_bf16()
 
 
+@dataclass
+class Prediction:
+    """What ``predict_details`` found for each face.
+
+    ``points`` (N, 14, 2) normalised; ``spread`` (N, 14) each point's disagreement between
+    the flip pair's two answers, in the course err's units (the mean over x and y of
+    ``(100 * half the difference / side)^2``; zeros without flip TTA), measured in the
+    picture's frame whatever look gave the answer; ``blur`` (N, 14) each point's
+    ``heatmap_blur`` in that look; ``look`` (N,) which look gave it:
+    ``FIRST``, ``ALIGNED`` (a face found turned, looked at upright) or ``PADDED`` (the
+    second try on a doubted face: the picture inside a margin, then aligned).
+    """
+
+    points: np.ndarray
+    spread: np.ndarray
+    blur: np.ndarray
+    look: np.ndarray
+
+
+FIRST, ALIGNED, PADDED = 0, 1, 2
+LOOK_NAMES = ("first", "aligned", "padded")
+
+
+def near_border(points: torch.Tensor, margin: float = NEAR_BORDER) -> torch.Tensor:
+    """(N,) True where a point lies within ``margin`` of the picture's border or beyond it:
+    a face the picture may cut, whose first answer cannot reach past the border."""
+    return ((points < margin) | (points > 1 - margin)).flatten(1).any(1)
+
+
+def padded_view(n: int, margin: float = PAD_MARGIN) -> torch.Tensor:
+    """Forward matrices (n, 2, 3) that shrink the picture about its centre into a frame with
+    ``margin`` (a share of the picture's side) on every side, its border repeated there."""
+    zoom = 1.0 / (1.0 + 2.0 * margin)
+    return torch.tensor([[zoom, 0.0, 0.0], [0.0, zoom, 0.0]]).repeat(n, 1, 1)
+
+
+def heatmap_blur(probs: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(n, 14) how widely each point's heatmap spreads: the standard deviation of its
+    distribution, in percent of the view's side (zeros for the regression head). A face
+    the network reads gives sharp maps; a picture with no face gives broad ones."""
+    if probs is None:
+        return torch.zeros(n, NUM_POINTS)
+    probs = probs.float()
+    side = probs.shape[-1]
+    centres = (torch.arange(side, dtype=probs.dtype, device=probs.device) + 0.5) / side
+    variance = 0
+    for marginal in (probs.sum(-2), probs.sum(-1)):                  # over x, over y
+        mean = (marginal * centres).sum(-1, keepdim=True)
+        variance = variance + (marginal * (centres - mean) ** 2).sum(-1)
+    blur = 100 * variance.sqrt()                                      # (2n or n, 14)
+    return 0.5 * (blur[:n] + blur[n:]) if len(blur) > n else blur
+
+
 @torch.no_grad()
-def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
-            flip_tta: bool = True, bf16: bool = False, second_look: bool | None = None) -> np.ndarray:
-    """Normalised keypoints (N, 14, 2) for uint8 images (N, 3, S, S).
+def look_at(model: KeypointNet, x: torch.Tensor, matrices: torch.Tensor | None = None,
+            flip_tta: bool = True, bf16: bool = False, layout: torch.memory_format = torch.contiguous_format,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One look at float pictures ``x`` (N, 3, S, S), through forward ``matrices`` (picture
+    -> view; None: the picture itself): the answer (N, 14, 2) and each point's spread
+    (N, 14), both in the picture's frame (the view's answer mapped back exactly, so it may
+    lie outside the picture), and each point's ``heatmap_blur`` (N, 14) in the view."""
+    view = x if matrices is None else warp_images(x, matrices, x.shape[-1])
+    if flip_tta:
+        view = torch.cat([view, flip_images(view)])
+    view = view.contiguous(memory_format=layout)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred, probs = model(view, with_heatmaps=True)
+    pred, blur = pred.float(), heatmap_blur(probs, len(x))
+    if flip_tta:
+        half = len(pred) // 2
+        pair = torch.stack([pred[:half], flip_keypoints(pred[half:])])     # (2, N, 14, 2)
+    else:
+        pair = pred[None]
+    if matrices is not None:
+        back = invert_transform(matrices)
+        pair = torch.stack([apply_transform(back, p) for p in pair])
+    spread = (100.0 * (pair[0] - pair[-1]) / 2).pow(2).mean(-1)            # (N, 14)
+    return pair.mean(0), spread, blur
+
+
+@torch.no_grad()
+def predict_details(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
+                    flip_tta: bool = True, bf16: bool = False, second_look: bool | None = None,
+                    second_try: bool = True) -> Prediction:
+    """Keypoints of uint8 images (N, 3, S, S), with each point's flip spread and the look used.
 
     ``flip_tta`` averages with the (re-labelled) prediction on the mirrored image;
     ``bf16`` runs the backbone under bfloat16 autocast (the heatmap logits and the
@@ -90,36 +177,61 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
     mapped back exactly. Faces found upright keep their first answer: on the recipe's
     holdout, looking again at every face made the upright ones slightly worse (err 3.50
     against 3.43), while turned faces gain most from the second look and a third.
+
+    ``second_try`` (with the second look and flip TTA): a face the answer doubts (its
+    mean spread above ``DOUBT_SPREAD``, or a point at the picture's border, where a
+    picture that cuts the face leaves it) is looked at again inside a margin
+    (``padded_view``), which lets points fall outside the picture, then aligned by that
+    answer ``EXTRA_LOOKS`` times; the answer whose flip pair agrees better is kept.
     """
     model.eval()
     device = next(model.parameters()).device
     layout = memory_format_for(model)
     again = model.config.second_look if second_look is None else second_look
+    retry = again and flip_tta and second_try
     per_image = 4 * model.config.estimated_activations() * (2 if flip_tta else 1)
     batch_size = max(1, min(batch_size, PREDICT_MEMORY_BYTES // per_image))   # bounded by any model file
 
-    def look(x: torch.Tensor) -> torch.Tensor:
-        if flip_tta:
-            x = torch.cat([x, flip_images(x)])
-        x = x.contiguous(memory_format=layout)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = model(x).float()
-        if flip_tta:
-            half = len(pred) // 2
-            pred = 0.5 * (pred[:half] + flip_keypoints(pred[half:]))
-        return pred
+    def look(x: torch.Tensor, matrices: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        return look_at(model, x, matrices, flip_tta, bf16, layout)
 
-    out = []
+    def aligned(x: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for _ in range(EXTRA_LOOKS):
+            answer, spread, blur = look(x, similarity_to(answer, model.mean_shape))
+        return answer, spread, blur
+
+    points, spreads, blurs, looks = [], [], [], []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255.0)
-        pred = look(x)
+        pred, spread, blur = look(x)
+        used = torch.full((len(x),), FIRST, dtype=torch.long)
         if again:
             turned = rotation_degrees(similarity_to(pred, model.mean_shape)).abs() > TURNED_DEGREES
             if bool(turned.any()):
-                faces, answer = x[turned], pred[turned]
-                for _ in range(EXTRA_LOOKS):
-                    crops, matrices = align_faces(faces, answer, model.mean_shape)
-                    answer = apply_transform(invert_transform(matrices), look(crops))
-                pred[turned] = answer
-        out.append(pred.double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.mean_shape.shape[0], 2))
+                pred[turned], spread[turned], blur[turned] = aligned(x[turned], pred[turned])
+                used[turned] = ALIGNED
+        if retry:
+            doubted = (spread.mean(1) > DOUBT_SPREAD) | near_border(pred)
+            if bool(doubted.any()):
+                first = look(x[doubted], padded_view(int(doubted.sum())).to(device))[0]
+                answer, agreement, sharpness = aligned(x[doubted], first)
+                better = agreement.mean(1) < spread[doubted].mean(1)
+                index = doubted.nonzero().squeeze(1)[better]
+                pred[index], spread[index], blur[index] = answer[better], agreement[better], sharpness[better]
+                used[index] = PADDED
+        points.append(pred.double().cpu())
+        spreads.append(spread.double().cpu())
+        blurs.append(blur.double().cpu())
+        looks.append(used)
+    if not points:
+        empty = np.zeros((0, NUM_POINTS))
+        return Prediction(np.zeros((0, NUM_POINTS, 2)), empty, empty, np.zeros(0, dtype=np.int64))
+    return Prediction(torch.cat(points).numpy(), torch.cat(spreads).numpy(), torch.cat(blurs).numpy(),
+                      torch.cat(looks).numpy())
+
+
+def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64, flip_tta: bool = True,
+            bf16: bool = False, second_look: bool | None = None, second_try: bool = True) -> np.ndarray:
+    """Normalised keypoints (N, 14, 2) of uint8 images (N, 3, S, S): ``predict_details``'s
+    points (what detection returns and training's validation measures)."""
+    return predict_details(model, images, batch_size, flip_tta, bf16, second_look, second_try).points

@@ -29,13 +29,14 @@ from .augment import augment_batch
 from .budget import epochs_for_budget, measure_eval_seconds, predicted_err_note
 from .checkpoint import default_model_path, save_or_rescue
 from .config import TrainConfig, fast_config, full_config
+from .confidence import calibrate
 from .dataset import FaceSet, load_faces, split_names
 from .files import check_writable
 from .gt_csv import check_gt_table, read_gt
 from .inference import predict, resolve_device, use_bf16
 from .losses import training_loss
 from .metrics import ced_auc, course_err, per_image_nme
-from .model import KeypointNet, build_model, count_parameters, memory_format_for
+from .model import KeypointNet, build_model, count_parameters, fold_batch_norm, memory_format_for
 from .progress import TextProgress, format_seconds
 
 
@@ -358,11 +359,16 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
         val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
     model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
+    calibration = None
+    if len(val_set) >= 2:                 # the confidence of detect_details, fitted on unseen faces
+        calibration = calibrate(fold_batch_norm(model), val_set, cfg.seed).to_dict()   # as detect runs it
+        model.metadata = {**getattr(model, "metadata", {}), "calibration": calibration}
+        log(f"confidence calibrated on {calibration['faces']} views of the validation faces")
     if path is not None:
         save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
                                       "val_images": len(val_set), "val_names": list(val_set.filenames),
-                                      "excluded": left_out},
+                                      "excluded": left_out, "calibration": calibration},
                         log)
     return TrainingRun(model, history, train_names, val_names, left_out, path)
 

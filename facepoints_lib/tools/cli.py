@@ -1,7 +1,8 @@
 """The ``facepoints`` command (also ``python -m facepoints_lib``).
 
 Sub-commands: ``demo`` (the main job on synthetic faces), ``train``, ``detect``,
-``grade``, ``bench``, ``bench-rotation``, ``freeze``, ``synth``. Each has ``--help``.
+``calibrate``, ``grade``, ``bench``, ``bench-rotation``, ``bench-framing``, ``freeze``,
+``synth``, ``make-cut``, ``make-not-faces``. Each has ``--help``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Sequence
+
+from .cli_framing import add_framing_commands
 
 DEFAULT_DATA = Path("data") / "train"
 DEBUG_ENV = "FACEPOINTS_DEBUG"         # set: an unexpected error shows its traceback
@@ -41,22 +44,35 @@ def _read_names(path: str | None) -> list[str]:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from ..core.detect import detect
+    from ..core.detect import detect, detect_details
     from ..core.files import check_writable
     from ..core.gt_csv import write_gt
     from ..core.progress import TextProgress
+    from .confidence_report import no_face_warning, write_confidence
 
     out, model = Path(args.out), Path(args.model)
-    check_writable(out, "output file")                  # before detecting, not after
-    if out.exists() and model.exists() and out.resolve() == model.resolve():
-        raise ValueError(f"--out {out} is the model file: it would be overwritten")
+    outputs = [out] + ([Path(args.confidence)] if args.confidence else [])
+    for path in outputs:
+        check_writable(path, "output file")                  # before detecting, not after
+        if path.exists() and model.exists() and path.resolve() == model.resolve():
+            raise ValueError(f"{path} is the model file: it would be overwritten")
+    if args.confidence and out.resolve() == Path(args.confidence).resolve():
+        raise ValueError("--out and --confidence name the same file")
     target = Path(args.img_dir)
-    if target.is_file():                                # one picture: its folder, that file only
-        points = detect(args.model, target.parent, filenames=[target.name], threads=args.threads)
+    folder, names = (target.parent, [target.name]) if target.is_file() else (target, None)  # one picture
+    progress = None if target.is_file() else TextProgress
+    if args.confidence:
+        points, trust = detect_details(args.model, folder, filenames=names, threads=args.threads,
+                                       progress=progress)
+        write_confidence(trust, args.confidence)
+        warning = no_face_warning(trust)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     else:
-        points = detect(args.model, target, threads=args.threads, progress=TextProgress)
+        points = detect(args.model, folder, filenames=names, threads=args.threads, progress=progress)
     write_gt(points, args.out)
-    print(f"wrote {len(points)} detections to {args.out}")
+    print(f"wrote {len(points)} detections to {args.out}"
+          + (f" and their confidence to {args.confidence}" if args.confidence else ""))
     return 0
 
 
@@ -212,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("img_dir", help="folder of images, or one image file")
     p.add_argument("--model", default="facepoints_model.pt", help="model file")
     p.add_argument("--out", default="output.csv", help="output csv (default output.csv)")
+    p.add_argument("--confidence", default=None, metavar="CSV",
+                   help="also write each picture's expected err and confidence (0-1, 1 = trust it), "
+                        "overall and per point, and warn about pictures that look like no face crop")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_cmd_detect)
 
@@ -292,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=500, help="faces to write (default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the faces (default 0)")
     p.set_defaults(func=_cmd_synth)
+
+    add_framing_commands(sub, DEFAULT_DATA)
     return parser
 
 
