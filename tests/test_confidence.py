@@ -198,3 +198,49 @@ def test_points_outside_the_picture_survive_writing_and_reading(tmp_path):
     table = {"a.jpg": np.array([-12.5, 3.0] * 7 + [140.25, 99.0] * 7)}
     path = write_gt(table, tmp_path / "gt.csv")
     np.testing.assert_array_equal(read_gt(path)["a.jpg"], table["a.jpg"])
+
+
+def test_the_framing_benchmark_scores_every_set(tmp_path, calibrated_model, synth_train):
+    """bench-framing on synthetic faces: every set scored with and without the second try,
+    the calibration's bins and the no-face shares, written as JSON."""
+    import json
+
+    from facepoints_lib.tools.framing_bench import BINS, run_framing_bench
+    from facepoints_lib.tools.framing_sets import make_cut_set, make_not_face_set
+
+    make_cut_set(synth_train, tmp_path / "cut", holdout=10, split_seed=0)
+    make_not_face_set(tmp_path / "none", count=8, seed=0)
+    result = run_framing_bench(calibrated_model, synth_train, tmp_path / "cut", tmp_path / "none", name="t",
+                               holdout=10, results_dir=tmp_path / "results", command="test")
+    assert json.loads((tmp_path / "results" / "t.json").read_text())["name"] == "t"
+    for label in ("upright", "turned", "cut"):
+        for mode in ("with_second_try", "without_second_try"):
+            figures = result["sets"][label][mode]
+            assert figures["faces"] == 10 and math.isfinite(figures["err"]) and figures["err"] > 0
+    assert result["sets"]["upright"]["without_second_try"]["second_try_share"] == 0.0
+    assert len(result["calibration"]["bins"]) == len(result["calibration"]["bins_cross_fitted"]) == BINS
+    assert sum(b["faces"] for b in result["calibration"]["bins"]) == 30
+    assert result["no_face"]["not_faces"] == 8 and 0 <= result["no_face"]["flagged"] <= 1
+    assert 0 < result["least_confident"]["share_of_summed_err"] <= 1
+
+
+def test_training_learns_from_faces_whose_points_lie_outside_the_picture(tmp_path, synth_train):
+    """A course folder whose crops cut the faces (points outside the pictures) trains: the
+    labels are read as they are, shown inside the network's frame by the augmentation,
+    and the loss stays finite."""
+    from facepoints_lib.core.augment import AugmentConfig, augment_batch
+    from facepoints_lib.core.dataset import load_faces
+    from facepoints_lib.tools.framing_sets import make_cut_set
+
+    summary = make_cut_set(synth_train, tmp_path / "cut", holdout=0, seed=1)
+    assert summary["points_outside"] > 0
+    gt = read_gt(tmp_path / "cut" / "gt.csv")
+    faces = load_faces(tmp_path / "cut" / "images", 32, gt)
+    outside = ((faces.keypoints < 0) | (faces.keypoints > 1)).flatten(1).any(1)
+    assert int(outside.sum()) > 0                                   # read as they are, not clipped
+    _, moved = augment_batch(faces.images[outside][:16], faces.keypoints[outside][:16], AugmentConfig(), 32,
+                             torch.Generator().manual_seed(0))
+    assert bool(((moved >= 0) & (moved <= 1)).all())                 # every label inside the frame
+    run = train_model(gt, tmp_path / "cut" / "images", tiny_train_config(), progress=quiet_progress,
+                      log=lambda s: None)
+    assert all(math.isfinite(r["val_err"]) for r in run.history)

@@ -74,8 +74,9 @@ def _logs(*values: np.ndarray) -> list[np.ndarray]:
 
 def fit_power_law(spread: np.ndarray, blur: np.ndarray, err: np.ndarray) -> tuple[float, float, float]:
     """``(a, b, c)`` with ``err ~ exp(a) * spread ** b * blur ** c``: least squares on the
-    logarithms, with ``a`` raised by half the residual variance so that the fit follows
-    the mean err (the course's err is a mean), not the median."""
+    logarithms, then ``a`` raised by the log of the mean of the residuals' exponentials
+    (Duan's smearing), so that the fit follows the mean err (the course's err is a mean),
+    not the median, whatever the residuals' distribution."""
     x_spread, x_blur, y = _logs(spread, blur, err)
     centres = [x.mean() for x in (x_spread, x_blur)]
     # a signal that hardly varies on these faces carries nothing: its column is left empty,
@@ -84,7 +85,7 @@ def fit_power_law(spread: np.ndarray, blur: np.ndarray, err: np.ndarray) -> tupl
     design = np.stack([np.ones_like(y), *columns], 1)
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - design @ coef
-    a = coef[0] - coef[1] * centres[0] - coef[2] * centres[1] + residual.var() / 2
+    a = coef[0] - coef[1] * centres[0] - coef[2] * centres[1] + np.log(np.mean(np.exp(residual)))
     return float(a), float(coef[1]), float(coef[2])
 
 

@@ -316,6 +316,8 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
                 track: FaceSet | None = None, exclude: Sequence[str] = ()) -> TrainingRun:
     """Train ``cfg`` on the labelled faces of a folder; save the model to ``model_path`` if given.
 
+    With validation faces, the trained model's confidence is calibrated on them at the end
+    (``confidence.calibrate``) and stored with it (``model.metadata["calibration"]``).
     ``train_gt`` is ``{filename: 28 coordinates}`` or the path of a gt.csv. Rows for files
     missing from the folder are dropped with a warning; a malformed table raises
     ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``exclude``: file names

@@ -51,11 +51,11 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from .confidence_report import no_face_warning, write_confidence
 
     out, model = Path(args.out), Path(args.model)
-    outputs = [out] + ([Path(args.confidence)] if args.confidence else [])
-    for path in outputs:
+    outputs = [("--out", out)] + ([("--confidence", Path(args.confidence))] if args.confidence else [])
+    for flag, path in outputs:
         check_writable(path, "output file")                  # before detecting, not after
         if path.exists() and model.exists() and path.resolve() == model.resolve():
-            raise ValueError(f"{path} is the model file: it would be overwritten")
+            raise ValueError(f"{flag} {path} is the model file: it would be overwritten")
     if args.confidence and out.resolve() == Path(args.confidence).resolve():
         raise ValueError("--out and --confidence name the same file")
     target = Path(args.img_dir)
