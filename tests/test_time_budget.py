@@ -52,11 +52,12 @@ def test_epochs_for_budget_counts_steps_and_validations():
 
 
 def test_predicted_err_follows_the_measured_curve(monkeypatch):
-    last_epochs, last_err, _ = RECIPE_CURVE[-1]
-    assert f"{last_err:.2f} at {last_epochs} epochs" in predicted_err_note(last_epochs, full_config(seed=3, threads=1))
+    if not RECIPE_CURVE:     # the shipped recipe measured at no budget yet: no number is made up
+        assert predicted_err_note(90, full_config()).startswith("no measured")
+    monkeypatch.setattr(budget_module, "RECIPE_CURVE", ((30, 3.5, "a"), (90, 3.2, "b")))
+    assert "3.20 at 90 epochs" in predicted_err_note(90, full_config(seed=3, threads=1))
     assert "fewer epochs do worse" in predicted_err_note(1, full_config())
     # between two measured budgets: log-linear interpolation
-    monkeypatch.setattr(budget_module, "RECIPE_CURVE", ((30, 3.5, "a"), (90, 3.2, "b")))
     middle = predicted_err_note(60, full_config())
     value = float(middle.split("about ")[1].split()[0])
     assert 3.2 <= value <= 3.5

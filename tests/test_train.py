@@ -337,7 +337,7 @@ def test_predict_batches_are_bounded_by_the_models_feature_maps(monkeypatch):
     whole = train_module.predict(model, images, batch_size=64)
     calls = []
     original = model.forward
-    monkeypatch.setattr(model, "forward", lambda x: calls.append(len(x)) or original(x))
+    monkeypatch.setattr(model, "forward", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
     per_image = 4 * model.config.estimated_activations() * 2
     monkeypatch.setattr(train_module, "PREDICT_MEMORY_BYTES", 3 * per_image)
     np.testing.assert_allclose(train_module.predict(model, images, batch_size=64), whole, atol=1e-5)
