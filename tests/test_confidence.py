@@ -207,7 +207,8 @@ def test_the_framing_benchmark_scores_every_set(tmp_path, calibrated_model, synt
     the calibration's bins and the no-face shares, written as JSON."""
     import json
 
-    from facepoints_lib.tools.framing_bench import BINS, run_framing_bench
+    from facepoints_lib.core.confidence import BINS
+    from facepoints_lib.tools.framing_bench import run_framing_bench
     from facepoints_lib.tools.framing_sets import make_cut_set, make_not_face_set
 
     make_cut_set(synth_train, tmp_path / "cut", holdout=10, split_seed=0)

@@ -33,6 +33,8 @@ NO_FACE_FACTOR = 1.75          # "no face crop": blur above this many times the 
 NO_FACE_QUANTILE = 0.995       # ... this quantile (upright and turned faces)
 CUT_FRACTION = (0.15, 0.35)    # calibration's cut copies: this share of one side taken off
 MIN_SPREAD = 1e-4              # spreads are floored here before the logarithm
+LEAST_CONFIDENT = 0.02         # evaluation: the share of faces whose share of the summed err is reported
+BINS = 5                       # evaluation: equal-count bins of expected err
 
 
 @dataclass
@@ -162,3 +164,25 @@ def calibrate(model, faces: FaceSet, seed: int = 0) -> Calibration:
                        point=fit_power_law(spread, blur, point_err),
                        no_face_blur=float(NO_FACE_FACTOR * np.quantile(whole, NO_FACE_QUANTILE)),
                        faces=len(point_err))
+
+
+def least_confident_share(expected: np.ndarray, err: np.ndarray,
+                          share: float = LEAST_CONFIDENT) -> tuple[int, float]:
+    """(faces, their share of the summed err) for the ``share`` least confident faces
+    (at least one): how much of the err the confidence singles out."""
+    worst = np.argsort(confidence(expected), kind="stable")[:max(1, int(round(share * len(expected))))]
+    err = np.asarray(err, dtype=np.float64)
+    return len(worst), float(err[worst].sum() / err.sum()) if err.sum() > 0 else float("nan")
+
+
+def calibration_bins(expected: np.ndarray, err: np.ndarray, bins: int = BINS) -> list[dict]:
+    """``bins`` bins of expected err with equal counts: faces, the confidence range, mean
+    expected and mean measured err, and their ratio (a calibration is good where it is 1)."""
+    expected, err = np.asarray(expected, dtype=np.float64), np.asarray(err, dtype=np.float64)
+    rows = []
+    for part in np.array_split(np.argsort(expected, kind="stable"), bins):
+        if len(part):
+            e, m, c = expected[part].mean(), err[part].mean(), confidence(expected[part])
+            rows.append({"faces": len(part), "confidence": (float(c.min()), float(c.max())),
+                         "expected_err": float(e), "measured_err": float(m), "ratio": float(m / e)})
+    return rows

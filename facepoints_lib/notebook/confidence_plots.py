@@ -24,15 +24,14 @@ import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
-from ..core.confidence import Calibration, calibrate, confidence, cut_copies, expected_err, quarter_turned
+from ..core.confidence import (BINS, LEAST_CONFIDENT, Calibration, calibrate, calibration_bins, cut_copies,
+                               expected_err, least_confident_share, quarter_turned)
 from ..core.dataset import FaceSet
 from ..core.inference import LOOK_NAMES, PADDED, predict_details
 from ..core.metrics import per_image_err
 from .plotting import as_image, plain_log_y, show_face
 
 SET_COLOURS = {"upright": "C0", "turned": "C2", "cut": "C3"}
-LEAST_CONFIDENT = 0.02          # the share of faces whose share of the summed err is reported
-BINS = 5                        # equal-count bins of expected err
 ERR_FLOOR = 1e-2                # err drawn at least this on log axes (a perfect answer is 0)
 FONT = 9                        # the smallest text in these figures (points)
 
@@ -99,28 +98,6 @@ def pooled(scores: dict[str, Scored]) -> tuple[np.ndarray, np.ndarray]:
     """(expected err, measured err) of all the views together."""
     return (np.concatenate([s.expected for s in scores.values()]),
             np.concatenate([s.err for s in scores.values()]))
-
-
-def least_confident_share(expected: np.ndarray, err: np.ndarray,
-                          share: float = LEAST_CONFIDENT) -> tuple[int, float]:
-    """(faces, their share of the summed err) for the ``share`` least confident faces
-    (at least one), as ``bench-framing`` counts them."""
-    worst = np.argsort(confidence(expected), kind="stable")[:max(1, int(round(share * len(expected))))]
-    err = np.asarray(err, dtype=np.float64)
-    return len(worst), float(err[worst].sum() / err.sum()) if err.sum() > 0 else float("nan")
-
-
-def calibration_bins(expected: np.ndarray, err: np.ndarray, bins: int = BINS) -> list[dict]:
-    """``bins`` bins of expected err with equal counts (as ``bench-framing``'s): faces,
-    the confidence range, mean expected and mean measured err, and their ratio."""
-    expected, err = np.asarray(expected, dtype=np.float64), np.asarray(err, dtype=np.float64)
-    rows = []
-    for part in np.array_split(np.argsort(expected, kind="stable"), bins):
-        if len(part):
-            e, m, c = expected[part].mean(), err[part].mean(), confidence(expected[part])
-            rows.append({"faces": len(part), "confidence": (float(c.min()), float(c.max())),
-                         "expected_err": float(e), "measured_err": float(m), "ratio": float(m / e)})
-    return rows
 
 
 def plot_expected_vs_measured(ax, scores: dict[str, Scored], bins: int = BINS) -> None:

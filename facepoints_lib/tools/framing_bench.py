@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import load_checkpoint
-from ..core.confidence import Calibration, confidence, expected_err, fit_power_law
+from ..core.confidence import (LEAST_CONFIDENT, Calibration, calibration_bins, expected_err, fit_power_law,
+                               least_confident_share)
 from ..core.dataset import split_names
 from ..core.detect import detect_details
 from ..core.gt_csv import read_gt
@@ -39,8 +40,6 @@ from ..core.metrics import course_mark, per_point_err
 from .machine import RESULTS_DIR, machine_info, shown_command, write_result
 from .rotation_bench import QUARTERS, turn_quarter
 
-LEAST_CONFIDENT = 0.02      # the share of faces whose err share is reported
-BINS = 5
 
 
 def _detect(model_path, folder: Path, names, second_try: bool) -> tuple[dict, dict, float]:
@@ -60,18 +59,6 @@ def _summary(err: np.ndarray, seconds: float) -> dict:
     return {"faces": len(err), "err": float(err.mean()), "mark": course_mark(float(err.mean())),
             "median_err": float(np.median(err)), "worst_err": float(err.max()),
             "images_per_second": len(err) / seconds}
-
-
-def _bins(expected: np.ndarray, measured: np.ndarray) -> list[dict]:
-    """Equal-count bins of expected err: mean expected against mean measured in each."""
-    order = np.argsort(expected)
-    rows = []
-    for part in np.array_split(order, BINS):
-        e, m = float(expected[part].mean()), float(measured[part].mean())
-        rows.append({"faces": len(part), "confidence": [float(confidence(expected[part]).min()),
-                                                        float(confidence(expected[part]).max())],
-                     "expected_err": e, "measured_err": m, "ratio": m / e})
-    return rows
 
 
 def _cross_fitted(spread: np.ndarray, blur: np.ndarray, err: np.ndarray, fold: np.ndarray) -> np.ndarray:
@@ -137,8 +124,7 @@ def run_framing_bench(model_path, data_dir, cut_dir, not_face_dir, *, name: str 
 
     err = np.concatenate([pooled[k][0].mean(1) for k in pooled])
     expected = np.concatenate([[pooled[k][1][n].expected_err for n in pooled[k][2]] for k in pooled])
-    conf = confidence(expected)
-    worst = np.argsort(conf)[:max(1, int(round(LEAST_CONFIDENT * len(conf))))]
+    worst_faces, worst_share = least_confident_share(expected, err)
     # the signals again, for the cross-fitted calibration (detect_details keeps them per face)
     cal = Calibration.from_dict(load_checkpoint(model_path)["metadata"]["calibration"])
     spread_face = np.concatenate([[pooled[k][1][n].spread for n in pooled[k][2]] for k in pooled])
@@ -152,14 +138,14 @@ def run_framing_bench(model_path, data_dir, cut_dir, not_face_dir, *, name: str 
         "ratios": {"cut_over_uncut": cu["err"] / up["err"], "cut_over_uncut_without_second_try":
                    cu_before["err"] / result_sets["upright"]["without_second_try"]["err"],
                    "turned_over_upright": tu["err"] / up["err"]},
-        "least_confident": {"share_of_faces": LEAST_CONFIDENT, "faces": len(worst),
-                            "share_of_summed_err": float(err[worst].sum() / err.sum())},
+        "least_confident": {"share_of_faces": LEAST_CONFIDENT, "faces": worst_faces,
+                            "share_of_summed_err": worst_share},
         "no_face": {"not_faces": len(not_faces), "flagged": float(np.mean([trust[n].no_face for n in not_faces])),
                     "flagged_by_kind": flagged, "real_faces_flagged": {k: v["with_second_try"]["flagged_no_face"]
                                                                        for k, v in result_sets.items()},
                     "images_per_second": len(not_faces) / seconds},
-        "calibration": {"stored": cal.to_dict(), "bins": _bins(expected, err),
-                        "bins_cross_fitted": _bins(_cross_fitted(spread_face, blur_face, err, fold), err)},
+        "calibration": {"stored": cal.to_dict(), "bins": calibration_bins(expected, err),
+                        "bins_cross_fitted": calibration_bins(_cross_fitted(spread_face, blur_face, err, fold), err)},
         "detect_speed_ratio_upright": up["images_per_second"]
         / result_sets["upright"]["without_second_try"]["images_per_second"],
         "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
