@@ -5,7 +5,8 @@ Edit the package and rerun that command to regenerate this file; add `--check` t
 test whether it is up to date.  Modules, in order:
 
     schema, files, images, gt_csv, dataset, augment, align, model, losses, inference,
-    progress, metrics, confidence, checkpoint, config, budget, train, detect, grader
+    progress, metrics, confidence, checkpoint, config, budget, fit, train, detect,
+    grader
 """
 from __future__ import annotations
 
@@ -77,47 +78,104 @@ OUTER_EYE_CORNERS = (4, 9)
 #
 # ``check_writable`` refuses a target that cannot be written (a folder, a missing or
 # read-only folder) before training or detection is spent on it. ``write_atomically``
-# writes through a temporary file of the writer's own beside the target and renames it
-# over the target at the end, so a reader never sees a half-written file, a failure leaves
-# any earlier file as it was, and two writers of one path cannot collide.
+# writes a regular file through a temporary file of the writer's own beside the target,
+# flushed to disk and renamed over the target at the end, so a reader never sees a
+# half-written file, a failure (a full disk, a signal) leaves any earlier file as it was,
+# and two writers of one path cannot collide. A target that exists and is not a regular
+# file (a FIFO, ``/dev/null``, ``/dev/stdout``, a terminal) is written through instead:
+# it is never replaced by a regular file.
 
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+TEMP_NAME_CHARS = 32        # of the target's name kept in its temporary file's name (a 255-byte
+                            # name limit: a long target name must still leave room for the rest)
+
+
+def is_stream_target(path: Path) -> bool:
+    """True for an existing target that is not a regular file and so is written through:
+    a FIFO, a character device (``/dev/null``, a terminal), a socket, or any path under
+    ``/dev`` or ``/proc`` (``/dev/stdout`` names whatever standard output is)."""
+    for candidate in (path, Path(os.path.abspath(path))):
+        if str(candidate).startswith(("/dev/", "/proc/")):
+            return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:TEMP_NAME_CHARS]}."
+
 
 def check_writable(path: Path, what: str = "output file") -> None:
     """Refuse a file path that cannot be written, naming it as ``what``."""
+    if is_stream_target(path):
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"cannot write the {what} {path}: permission denied")
+        return
     if path.is_dir():
         raise IsADirectoryError(f"{what} {str(path)!r} is a folder: give a file name")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder for the {what} not found: {path.parent}")
+    folder = _real_target(path).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder for the {what} not found: {folder}")
     try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        handle, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".probe", dir=folder)
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
         raise OSError(f"cannot write the {what} {path}: {exc}") from exc
 
 
-def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(temporary_path)``, then rename that file over ``path``.
+def _real_target(path: Path) -> Path:
+    """The file a rename must replace: a symlink's target (the link itself is kept)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
-    The temporary file gets the permissions an ordinary new file would (``mkstemp`` makes
-    it private); on any failure it is removed and the error raised.
+
+def _naming(exc: OSError, path: Path, note: str) -> OSError:
+    """The same error, its message naming the file it was writing."""
+    text = f"could not write {path}: {exc.strerror or exc}{note}"
+    return type(exc)(exc.errno, text) if exc.errno is not None else type(exc)(text)
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(file_path)`` so that ``path`` ends up written whole or not at all.
+
+    For a regular file (or a new one), ``write`` gets a temporary path beside the target,
+    with the permissions an ordinary new file would have (``mkstemp`` makes it private);
+    the result is flushed to disk and renamed over the target. On any failure, a signal
+    turned into an exception included, the temporary file is removed and the error
+    raised; an ``OSError`` names ``path``. A stream target (see ``is_stream_target``) is
+    passed to ``write`` itself.
     """
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = Path(path)
+    if is_stream_target(path):
+        try:
+            write(str(path))
+        except OSError as exc:
+            raise _naming(exc, path, "") from exc
+        return path
+    target = _real_target(path)
+    handle, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(handle)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
+        with open(tmp, "rb+") as written:       # on disk before the rename, or a crash could
+            os.fsync(written.fileno())          # leave an empty file under the old name
+        os.replace(tmp, target)
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and str(path) not in str(exc):
+            raise _naming(exc, path, "; any earlier file there is unchanged") from exc
         raise
     return path
 
@@ -209,7 +267,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):   # NaN and inf are handled below
+            arr = np.asarray(img, dtype=np.float64)
         if img.mode == "F":        # scaled by the finite values: one inf pixel must not blank the rest
             finite = arr[np.isfinite(arr)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
@@ -324,8 +383,8 @@ def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
     if len(row) != NUM_COORDS + 1:
         raise GtFormatError(f"{where}: expected {NUM_COORDS + 1} values (file name and "
                             f"{NUM_COORDS} coordinates), got {len(row)}")
-    name = row[0].strip()
-    if not name:
+    name = row[0]                 # as written: a name may begin or end with spaces
+    if not name.strip():
         raise GtFormatError(f"{where}: empty file name")
     _check_plain_name(name, where)
     values = np.empty(NUM_COORDS, dtype=np.float64)
@@ -415,42 +474,81 @@ def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike, decimals: in
         coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
         if coords.shape != (NUM_COORDS,):
             raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
+        if not np.isfinite(coords).all():       # the reader refuses them: never write one
+            raise ValueError(f"{name}: a coordinate is not a finite number ({coords.tolist()})")
         rows.append([name] + [f"{v:.{decimals}f}" for v in coords])
 
+    return write_csv(path, GT_HEADER, rows)
+
+
+def csv_line(cells) -> str:
+    """One CSV line (with its ``\\n``) that ``csv.reader`` reads back to exactly ``cells``.
+
+    A cell is quoted when it holds a comma, a quote, ``\\n`` or ``\\r`` (``csv.writer``
+    with ``\\n`` line endings leaves a lone ``\\r`` unquoted, and its own reader then
+    splits the line there), or begins or ends with white space (which other readers drop).
+    """
+    out = []
+    for cell in map(str, cells):
+        if any(c in cell for c in ',"\r\n') or cell != cell.strip():
+            cell = '"' + cell.replace('"', '""') + '"'
+        out.append(cell)
+    return ",".join(out) + "\n"
+
+
+def write_csv(path: str | os.PathLike, header, rows) -> Path:
+    """Write a header and rows as a UTF-8 CSV file (``csv_line`` each), whole or not at all.
+
+    File names that are not valid UTF-8 (the operating system gave raw bytes) are
+    written as those bytes.
+    """
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(GT_HEADER)
-            writer.writerows(rows)
+            out.write(csv_line(header))
+            for row in rows:
+                out.write(csv_line(row))
 
-    return write_atomically(path, write)
+    return write_atomically(Path(path), write)
 
 
 def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
-    """Read the course's ``img_shapes.csv`` into ``{filename: (n_rows, n_cols)}``."""
+    """Read the course's ``img_shapes.csv`` into ``{filename: (n_rows, n_cols)}``.
+
+    Refuses with a ``GtFormatError`` naming the line: a wrong number of values, a size
+    that is not a whole number of at least 1 pixel (a size of 0 made the err infinite),
+    a file listed twice (a second row gave an err of millions).
+    """
     shapes: dict[str, tuple[int, int]] = {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row or (line_no == 1 and row[0].strip().lower() in ("img_filename", "filename")):
-                continue
-            if len(row) != 3:
-                raise GtFormatError(f"{path}, line {line_no}: expected 3 values, got {len(row)}")
-            try:
-                shapes[row[0].strip()] = (int(row[1]), int(row[2]))
-            except ValueError as exc:
-                raise GtFormatError(f"{path}, line {line_no}: {exc}") from None
+    first_line: dict[str, int] = {}
+    line_no = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row or (line_no == 1 and row[0].strip().lower() in ("img_filename", "filename")):
+                    continue
+                where = f"{path}, line {line_no}"
+                if len(row) != 3:
+                    raise GtFormatError(f"{where}: expected 3 values, got {len(row)}")
+                name = row[0]
+                try:
+                    rows, cols = int(row[1]), int(row[2])
+                except ValueError as exc:
+                    raise GtFormatError(f"{where}: {exc}") from None
+                if rows < 1 or cols < 1:
+                    raise GtFormatError(f"{where}: image size {rows} x {cols}: sizes are at least 1 pixel")
+                if name in shapes:
+                    raise GtFormatError(f"{where}: file name {name!r} is already listed on line "
+                                        f"{first_line[name]}")
+                shapes[name], first_line[name] = (rows, cols), line_no
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise GtFormatError(f"{path}, after line {line_no}: not a UTF-8 CSV text file: {exc}") from None
     return shapes
 
 
 def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike) -> Path:
     """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format, rows sorted by name."""
-    path = Path(path)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["img_filename", "n_rows", "n_cols"])
-        for name in sorted(shapes):
-            writer.writerow([name, *shapes[name]])
-    return path
+    return write_csv(path, ["img_filename", "n_rows", "n_cols"],
+                     [[name, *shapes[name]] for name in sorted(shapes)])
 
 
 # ---- facepoints_lib/core/dataset.py ----
@@ -1909,8 +2007,10 @@ def calibration_bins(expected: np.ndarray, err: np.ndarray, bins: int = BINS) ->
 # is a pickled object, so loading never runs code from the file.
 
 
+import io
 import os
 import platform
+import re
 import tempfile
 import time
 import zipfile
@@ -1922,6 +2022,7 @@ import torch
 
 
 CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
+_FORMAT_VERSION = re.compile(r"facepoints-checkpoint-(\d+)")
 MODEL_FILENAME = "facepoints_model.pt"
 
 
@@ -1953,12 +2054,28 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
         "state_dict": state,
         "metadata": {**(metadata or {}), "versions": library_versions()},
     }
-    # never a half-written model file, and two saves to one path cannot collide
-    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    return write_payload(payload, path)
 
 
-# Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
-# for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
+def write_payload(payload: dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint's plain data to ``path``, whole or not at all.
+
+    The archive is built in memory first and then written as plain bytes, so a full disk
+    raises an ``OSError`` naming the file (``torch.save`` writing to the file itself fails
+    with a ``RuntimeError: ... unexpected pos``), and the write goes through
+    ``write_atomically``: never a half-written model file, no collision between two saves.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
+
+    def write(target: str) -> None:
+        with open(target, "wb") as out:
+            out.write(data)
+
+    return write_atomically(Path(path), write)
+
+
 def save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
     """Save the trained model; if that fails (a full disk), save it in the temporary folder
     instead and say where, so that the training is not lost."""
@@ -1975,16 +2092,47 @@ def save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable
     log(f"saved {path}")
 
 
+# Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
+# for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
 MAX_CHECKPOINT_BYTES = 4 * MAX_PARAMETERS + 64 * 2**20
 
 
-def _unpacked_bytes(path: Path) -> int:
-    """What a checkpoint's zip archive holds once unpacked (its own size when not a zip)."""
+def unpacked_bytes(path: Path) -> int | None:
+    """What a checkpoint's zip archive holds once unpacked (None: not a zip archive)."""
     try:
         with zipfile.ZipFile(path) as archive:
             return sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, OSError, ValueError):
-        return path.stat().st_size          # not an archive: torch.load reports it below
+        return None
+
+
+def _damaged_member(path: Path) -> str | None:
+    """The first member of the archive whose stored checksum (CRC-32) does not match its
+    bytes, or None when all match."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        return f"? ({exc})"
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse an archive that would unpack to more than any model needs, or whose stored
+    checksums do not match its bytes: one flipped bit in a weight loads without a word
+    otherwise and moves points by hundreds of pixels. A file that is not a zip archive is
+    left to ``torch.load``, which refuses it."""
+    unpacked = unpacked_bytes(path)
+    if unpacked is None and path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        unpacked = path.stat().st_size       # not an archive (torch.load refuses most such files)
+    if unpacked is None:
+        return
+    if unpacked > MAX_CHECKPOINT_BYTES:      # a compressed archive can unpack to gigabytes
+        raise CheckpointError(f"{path} unpacks to {unpacked / 2**20:.0f} MB, more than any model of "
+                              f"this project needs ({MAX_CHECKPOINT_BYTES / 2**20:.0f} MB)")
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: the checksum of its part {damaged!r} does not "
+                              f"match its contents (a changed byte, a bad disk or an incomplete copy)")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -1994,10 +2142,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"model file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
-    unpacked = _unpacked_bytes(path)
-    if unpacked > MAX_CHECKPOINT_BYTES:      # a compressed archive can unpack to gigabytes
-        raise CheckpointError(f"{path} unpacks to {unpacked / 2**20:.0f} MB, more than any model of "
-                              f"this project needs ({MAX_CHECKPOINT_BYTES / 2**20:.0f} MB)")
+    _check_archive(path)
     try:
         # TorchVersion (a str subclass) is allowed: files written before versions were str()'d hold one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
@@ -2006,6 +2151,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"cannot load model file {path} (damaged, truncated, or it holds "
                               f"objects other than weights): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        newer = _FORMAT_VERSION.fullmatch(found) if isinstance(found, str) else None
+        if newer and int(newer.group(1)) > int(_FORMAT_VERSION.fullmatch(CHECKPOINT_FORMAT).group(1)):
+            raise CheckpointError(f"{path} was written by a newer facepoints ({found}); this code reads "
+                                  f"{CHECKPOINT_FORMAT}: update facepoints to load it")
         raise CheckpointError(f"{path} is not a facepoints checkpoint ({CHECKPOINT_FORMAT})")
     return payload
 
@@ -2018,13 +2168,48 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored network config: {exc}") from exc
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
-    if bad:   # NaN/inf weights would give NaN keypoints for every image
-        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
-    if not bool((model.pixel_std > 0).all()):   # images are divided by it: NaN or inf points
-        raise CheckpointError(f"{path}: pixel_std must be positive, got {model.pixel_std.flatten().tolist()}")
+    _check_numbers(model, path)
     model.metadata = payload.get("metadata", {})
     return model.to(device).eval()
+
+
+# Ranges a trained network's statistics lie in: pixels are scaled to [0, 1] (so are their
+# mean and standard deviation; training keeps the deviation at least MIN_PIXEL_STD, see
+# fit._new_model), and the mean shape lies within a few picture sides of the picture.
+MIN_PIXEL_STD = 1 / 255
+MAX_SHAPE_COORDINATE = 10.0
+
+
+def _check_numbers(model: KeypointNet, path: Path) -> None:
+    """Refuse weights that would give non-finite points: NaN or infinite values, a negative
+    batch-norm variance, pixel statistics outside what [0, 1] pixels can have; then run one
+    test picture through the network, which catches finite weights large enough to
+    overflow."""
+    state = model.state_dict()
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:   # NaN/inf weights would give NaN keypoints for every image
+        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
+    negative = [name for name, t in state.items() if name.endswith("running_var") and bool((t < 0).any())]
+    if negative:   # batch norm divides by its square root
+        raise CheckpointError(f"{path}: negative batch-norm variance in {', '.join(negative[:3])}")
+    std, mean = model.pixel_std.flatten(), model.pixel_mean.flatten()
+    if not bool(((std >= MIN_PIXEL_STD) & (std <= 1)).all()):   # images are divided by it
+        raise CheckpointError(f"{path}: pixel_std must lie in [{MIN_PIXEL_STD:.4f}, 1] (pixels are "
+                              f"scaled to [0, 1]), got {std.tolist()}")
+    if not bool(((mean >= 0) & (mean <= 1)).all()):
+        raise CheckpointError(f"{path}: pixel_mean must lie in [0, 1] (pixels are scaled to [0, 1]), "
+                              f"got {mean.tolist()}")
+    if not bool((model.mean_shape.abs() <= MAX_SHAPE_COORDINATE).all()):
+        raise CheckpointError(f"{path}: mean_shape lies more than {MAX_SHAPE_COORDINATE:g} picture "
+                              f"sides from the picture")
+    side = model.config.image_size
+    probe = torch.rand((2, 3, side, side), generator=torch.Generator().manual_seed(0))
+    probe[1] = 0.5                        # noise, and plain grey: pixels in [0, 1] either way
+    with torch.no_grad():
+        points = model.eval()(probe)
+    if not bool(torch.isfinite(points).all()):
+        raise CheckpointError(f"{path}: the network gives non-finite points for a test picture "
+                              f"(weights large enough to overflow): the file is damaged or was altered")
 
 
 # ---- facepoints_lib/core/config.py ----
@@ -2044,6 +2229,8 @@ from typing import Sequence
 
 import torch
 
+
+MAX_MINUTES = 30 * 24 * 60      # a time budget beyond 30 days is a typo (1e308 overflowed the epoch count)
 
 
 @dataclass
@@ -2110,7 +2297,7 @@ class TrainConfig:
         number("eval_every", 1, integer=True)
         number("threads", 1, MAX_THREADS, integer=True, optional=True)
         number("seed", 0, integer=True)
-        number("minutes", 0, optional=True, low_open=True)
+        number("minutes", 0, MAX_MINUTES, optional=True, low_open=True)
         for name, allowed in (("optimizer", ("sgd", "adamw")), ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
@@ -2176,7 +2363,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
 # Training to a time budget (``TrainConfig.minutes``): how many epochs fit, and what the
 # recipe's measured curve says of that many.
 #
-# ``fit`` times a few steps (``train.measure_step_seconds``) and one validation, then
+# ``fit`` times a few steps (``fit.measure_step_seconds``) and one validation, then
 # ``epochs_for_budget`` gives the most epochs that fit; ``predicted_err_note`` tells the
 # user what holdout err the recipe reached at that many epochs in the benchmarks.
 
@@ -2230,16 +2417,16 @@ def predicted_err_note(epochs: int, cfg: TrainConfig) -> str:
     raise AssertionError("unreachable")
 
 
-# ---- facepoints_lib/core/train.py ----
-# Training: the loop (``fit``), one run from a gt table (``train_model``) and the
-# course's ``train_detector``.
+# ---- facepoints_lib/core/fit.py ----
+# The training loop: ``fit`` trains a network on decoded faces, validating as it goes.
 #
-# ``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
-# Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
-# (``config.fast_config``: a subset of the faces, few steps, one thread, CPU) and writes
-# nothing; ``fast_train=False`` trains ``config.full_config`` and saves ``facepoints_model.pt``.
-# The recipe is in ``config``, the loss in ``losses``, prediction in ``inference`` and the
-# time budget in ``budget``.
+# ``fit`` takes faces already decoded (``dataset.FaceSet``) and a recipe (``TrainConfig``)
+# and returns the weight-averaged network and one record per validation; ``train``
+# chooses the faces and saves the result. A step (``train_step``) augments a whole batch
+# with tensor ops, runs the network under bfloat16 autocast where the CPU computes it
+# natively, and takes one optimiser step; its phases are labelled for ``torch.profiler``.
+# A training stopped by Ctrl-C (or a SIGTERM the command line turns into one) raises
+# ``TrainingInterrupted`` with the best weights so far.
 
 
 import copy
@@ -2248,10 +2435,8 @@ import os
 import sys
 import tempfile
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch.profiler import record_function
@@ -2373,14 +2558,33 @@ def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, b
     return (time.perf_counter() - started) / timed
 
 
+STATISTICS_CHUNK = 64       # faces converted to float at a time for the pixel statistics
+
+
+def pixel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of uint8 faces (N, 3, S, S) as [0, 1] pixels.
+
+    Summed in float64 a chunk of faces at a time, so the memory it takes does not grow
+    with the faces (a float copy of every face was four times the decoded faces' size).
+    """
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(images), STATISTICS_CHUNK):
+        chunk = images[start:start + STATISTICS_CHUNK].double().div_(255.0)
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square_().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    variance = (squares - count * mean ** 2).clamp_min(0) / max(count - 1, 1)
+    return mean.float(), variance.sqrt().float()
+
+
 def _new_model(train: FaceSet, cfg: TrainConfig, device: torch.device) -> tuple[KeypointNet, torch.memory_format]:
     """A fresh network holding the training faces' pixel statistics and mean shape, on
     ``device`` in the memory layout it trains in (channels-last where safe)."""
     model = build_model(cfg.model)
-    pixels = train.images.float().div_(255.0)                      # (N, 3, S, S)
-    model.set_statistics(pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)),
-                         train.keypoints.mean(0))
-    del pixels
+    mean, std = pixel_statistics(train.images)
+    model.set_statistics(mean, std.clamp_min(MIN_PIXEL_STD), train.keypoints.mean(0))
     layout = memory_format_for(model)
     return model.to(device, memory_format=layout), layout
 
@@ -2441,6 +2645,11 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
             f"epoch ({1000 * step_seconds:.0f} ms per step measured), so {epochs} "
             f"epoch{'s' if epochs != 1 else ''}; "
             f"{predicted_err_note(epochs, cfg)}")
+        one_epoch = steps_per_epoch * step_seconds + eval_seconds
+        if one_epoch > budget:
+            log(f"warning: the time budget of {cfg.minutes:g} min is shorter than one epoch with its "
+                f"validation ({format_seconds(one_epoch)}); training the one epoch anyway, which "
+                f"overshoots the budget by about {format_seconds(one_epoch - max(budget, 0.0))}")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -2453,43 +2662,90 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
 
     history: list[dict] = []
     step, epoch, eval_seconds_so_far = 0, 0, 0.0
+    best: tuple[dict, dict] | None = None            # (record, EMA weights) of the best validation
     bar = progress(total=total_steps, desc="train", unit="step")
-    while step < total_steps:
-        epoch += 1
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        running, seen = 0.0, 0
-        for b in range(steps_per_epoch):
-            if step >= total_steps:
-                break
-            index = order[b * batch_size:(b + 1) * batch_size]
-            loss = train_step(model, optimizer, train.images[index], train.keypoints[index],
-                              cfg, generator, device, layout, bf16)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
-            scheduler.step()
-            step += 1
-            if ema is not model:
-                _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            running, seen = running + loss.item(), seen + 1
-            bar.update(1)
-            last_val = f" (val err {history[-1]['val_err']:.2f} at epoch {history[-1]['epoch']})" if history else ""
-            bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}{last_val}")
-        last = step >= total_steps
-        if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
-            eval_start = time.monotonic()
-            record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
-                      **_validation_figures(ema, val, track, cfg.flip_tta)}
-            eval_seconds_so_far += time.monotonic() - eval_start
-            record["seconds"] = elapsed = time.monotonic() - start
-            record["train_seconds"] = elapsed - eval_seconds_so_far
-            history.append(record)
-            log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
-                f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
-                f"{format_seconds(elapsed / step * (total_steps - step))} left")
+    try:
+        while step < total_steps:
+            epoch += 1
+            model.train()
+            order = torch.randperm(len(train), generator=generator)
+            running, seen = 0.0, 0
+            for b in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                index = order[b * batch_size:(b + 1) * batch_size]
+                loss = train_step(model, optimizer, train.images[index], train.keypoints[index],
+                                  cfg, generator, device, layout, bf16)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
+                scheduler.step()
+                step += 1
+                if ema is not model:
+                    _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+                running, seen = running + loss.item(), seen + 1
+                bar.update(1)
+                last_val = f" (val err {history[-1]['val_err']:.2f} at epoch {history[-1]['epoch']})" if history else ""
+                bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}{last_val}")
+            last = step >= total_steps
+            if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
+                eval_start = time.monotonic()
+                record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
+                          **_validation_figures(ema, val, track, cfg.flip_tta)}
+                eval_seconds_so_far += time.monotonic() - eval_start
+                record["seconds"] = elapsed = time.monotonic() - start
+                record["train_seconds"] = elapsed - eval_seconds_so_far
+                history.append(record)
+                if best is None or record["val_err"] < best[0]["val_err"]:
+                    best = (record, copy.deepcopy(ema.state_dict()))
+                log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
+                    f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
+                    f"{format_seconds(elapsed / step * (total_steps - step))} left")
+    except KeyboardInterrupt as stop:                # Ctrl-C, or SIGTERM turned into one by the CLI
+        bar.close()
+        if best is not None:
+            ema.load_state_dict(best[1])
+        raise TrainingInterrupted(ema.eval(), history, step, total_steps,
+                                  best[0] if best is not None else None) from stop
     bar.close()
     ema.eval()
     return ema, history
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped (Ctrl-C, or a SIGTERM the command line turns into this) before
+    it finished. ``model`` holds the weights (EMA) of the best validation so far, or the
+    latest ones where none had run yet; ``record`` that validation (None: none yet);
+    ``saved_to`` the file ``train_model`` kept them in (None: nothing kept)."""
+
+    def __init__(self, model: KeypointNet, history: list[dict], step: int, total_steps: int,
+                 record: dict | None):
+        super().__init__(f"training stopped at step {step} of {total_steps}")
+        self.model, self.history, self.step, self.total_steps = model, history, step, total_steps
+        self.record = record
+        self.saved_to: Path | None = None
+
+
+# ---- facepoints_lib/core/train.py ----
+# Training from a folder: one run from a gt table (``train_model``) and the course's
+# ``train_detector``; the loop itself is ``fit.fit``.
+#
+# ``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
+# Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
+# (``config.fast_config``: a subset of the faces, few steps, one thread, CPU) and writes
+# nothing; ``fast_train=False`` trains ``config.full_config`` and saves ``facepoints_model.pt``.
+# The recipe is in ``config``, the loss in ``losses``, prediction in ``inference`` and the
+# time budget in ``budget``.
+
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
 
 
 def _caller_stacklevel() -> int:
@@ -2547,6 +2803,7 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
     path = Path(model_path) if model_path is not None else None
     if path is not None:
         check_writable(path, "model file")                      # before any training is spent on it
+    listed = set(gt)
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
         warnings.warn(f"{len(missing)} files listed in the keypoint table are not in {img_dir} "
@@ -2555,6 +2812,11 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         gt = {name: coords for name, coords in gt.items() if name not in left_out}
     if isinstance(exclude, (str, os.PathLike)):
         raise TypeError("exclude must be a list of file names, not a single name")
+    unmatched = sorted(set(exclude) - set(listed))
+    if unmatched:         # a typo, another data set's list, or a name the table spells otherwise
+        warnings.warn(f"{len(unmatched)} names in the exclusion list match no face in the keypoint "
+                      f"table and leave nothing out: {', '.join(map(repr, unmatched[:5]))}",
+                      stacklevel=_caller_stacklevel())
     left_out = sorted(set(exclude) & set(gt))
     if left_out:
         log(f"leaving out {len(left_out)} faces named in the exclusion list")
@@ -2578,7 +2840,12 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
     with progress(total=len(names), desc="decode", unit="img") as bar:
         train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
         val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
-    model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
+    try:
+        model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
+    except TrainingInterrupted as stop:
+        if path is not None and stop.step > 0:       # keep what was trained, beside the model file
+            _keep_interrupted(stop, path, cfg, len(train_set), val_set, left_out, log)
+        raise
     calibration = None
     if len(val_set) >= 2:                 # the confidence of detect_details, fitted on unseen faces
         calibration = calibrate(fold_batch_norm(model), val_set, cfg.seed).to_dict()   # as detect runs it
@@ -2591,6 +2858,33 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
                                       "excluded": left_out, "calibration": calibration},
                         log)
     return TrainingRun(model, history, train_names, val_names, left_out, path)
+
+
+def interrupted_path(model_path: Path) -> Path:
+    """Where a stopped training keeps its model: ``NAME.interrupted.pt`` beside ``NAME.pt``
+    (the model file itself, and whatever it held before, stay as they were)."""
+    return model_path.with_name(f"{model_path.stem}.interrupted{model_path.suffix or '.pt'}")
+
+
+def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, train_images: int,
+                      val_set: FaceSet, excluded: list[str], log: Callable[[str], None]) -> None:
+    """Save a stopped training's best model so far (see ``TrainingInterrupted``) beside
+    the model file, so that it can be used (it has no confidence calibration: see
+    ``facepoints calibrate``). A failure to save it is reported, not raised over the stop."""
+    keep = interrupted_path(path)
+    where = (f"best validation so far: epoch {stop.record['epoch']}, val err {stop.record['val_err']:.3f}"
+             if stop.record else f"no validation yet; the weights at step {stop.step}")
+    try:
+        save_checkpoint(stop.model, keep, {
+            "train_config": cfg.to_dict(), "history": stop.history, "seed": cfg.seed,
+            "train_images": train_images, "val_images": len(val_set),
+            "val_names": list(val_set.filenames), "excluded": excluded, "calibration": None,
+            "interrupted": {"step": stop.step, "total_steps": stop.total_steps}})
+    except OSError as exc:
+        log(f"training stopped at step {stop.step} of {stop.total_steps}; its model could not be kept: {exc}")
+        return
+    stop.saved_to = keep
+    log(f"training stopped at step {stop.step} of {stop.total_steps}: kept the model ({where}) in {keep}")
 
 
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
@@ -2686,7 +2980,12 @@ def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta:
             on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
         found = predict_details(model, images, flip_tta=flip_tta, bf16=low_precision, second_look=second_look,
                                 second_try=second_try)
-        yield batch_names, normalized_to_pixels(torch.from_numpy(found.points), sizes).numpy(), found
+        pixels = normalized_to_pixels(torch.from_numpy(found.points), sizes).numpy()
+        broken = [name for name, p in zip(batch_names, pixels) if not np.isfinite(p).all()]
+        if broken:       # load_model's checks passed, yet the weights overflow on these pictures
+            raise CheckpointError(f"the model gives non-finite points for {len(broken)} pictures "
+                                  f"({', '.join(broken[:3])}): its weights are damaged; nothing was returned")
+        yield batch_names, pixels, found
         if bar is not None:
             bar.update(len(batch_names))
     if bar is not None:
@@ -2821,17 +3120,28 @@ def compute_err(detected: dict[str, np.ndarray], gt: dict[str, np.ndarray],
     pred = np.stack([np.asarray(detected[n], dtype=np.float64).reshape(-1, 2) for n in names])
     true = np.stack([np.asarray(gt[n], dtype=np.float64).reshape(-1, 2) for n in names])
     sizes = np.array([(img_shapes[n][1], img_shapes[n][0]) for n in names], dtype=np.float64)
-    return float(per_image_err(pred, true, sizes).mean())
+    err = float(per_image_err(pred, true, sizes).mean())
+    if not np.isfinite(err):          # a non-finite detection or answer: no mark can be given
+        raise ValueError(f"the err is {err}: a detection or an answer is not a finite number")
+    return err
 
 
 def find_course_tests(tests_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Pairs ``(NN_*_input, NN_*_gt)`` of a course tests folder, sorted by name."""
+    """Pairs ``(NN_*_input, NN_*_gt)`` of a course tests folder, sorted by name.
+
+    An input folder without its ``_gt`` folder is an error (``FileNotFoundError`` naming
+    it), not a test skipped without a word.
+    """
     tests_dir = Path(tests_dir)
-    pairs = []
+    pairs, orphans = [], []
     for input_dir in sorted(tests_dir.glob("*_input")):
         gt_dir = input_dir.with_name(input_dir.name[: -len("_input")] + "_gt")
-        if input_dir.is_dir() and gt_dir.is_dir():
-            pairs.append((input_dir, gt_dir))
+        if input_dir.is_dir():
+            (pairs if gt_dir.is_dir() else orphans).append((input_dir, gt_dir))
+    if orphans:
+        raise FileNotFoundError(f"{len(orphans)} test input folders have no answers folder beside them, "
+                                f"so they cannot be scored: " +
+                                ", ".join(f"{i.name} (no {g.name})" for i, g in orphans[:5]))
     return pairs
 
 

@@ -45,7 +45,7 @@ def test_top_level_help_lists_every_subcommand(capsys):
         main([])                                   # a sub-command is required
     assert exc.value.code == 2
     args = build_parser().parse_args(["detect", "imgs"])
-    assert (args.command, args.img_dir, args.model, args.out) == ("detect", "imgs", "facepoints_model.pt", "output.csv")
+    assert (args.command, args.img_dir, args.model, args.out) == ("detect", "imgs", None, "output.csv")
 
 
 def test_installed_entry_points_run():

@@ -37,7 +37,6 @@ def course_tests(tmp_path_factory):
     hidden = make_synthetic_faces(root / "01_synth_gt", 10, seed=4)
     (root / "01_synth_input" / "test").mkdir()
     shutil.move(str(hidden / "images"), str(root / "01_synth_input" / "test" / "images"))
-    (root / "02_unpaired_input").mkdir()                   # no _gt partner: not a test
     (root / "notes.txt").write_text("ignored")
     return root
 

@@ -578,12 +578,18 @@ def test_concurrent_saves_use_their_own_temporary_files(hard_model, tmp_path, mo
 def test_a_failed_save_leaves_no_temporary_file(hard_model, tmp_path, monkeypatch):
     from facepoints_lib.core import checkpoint
 
-    def full_disk(obj, path):
-        Path(path).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
+    class FullDisk:
+        def __init__(self, path, mode):
+            Path(path).write_bytes(b"partial")
 
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+        def __enter__(self):
+            raise OSError(28, "No space left on device")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)    # the module's own writes
+    with pytest.raises(OSError, match=r"could not write .*m\.pt: No space left"):
         save_checkpoint(load_model(hard_model), tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
 
@@ -817,7 +823,7 @@ def test_the_unpacked_size_bound_admits_the_largest_allowed_network():
 
     assert checkpoint.MAX_CHECKPOINT_BYTES >= 4 * MAX_PARAMETERS
     shipped = Path(__file__).resolve().parents[1] / "facepoints_model.pt"
-    assert checkpoint._unpacked_bytes(shipped) < 16 * 2**20
+    assert checkpoint.unpacked_bytes(shipped) < 16 * 2**20
 
 
 @pytest.mark.parametrize("name", ["../x.jpg", "/abs/x.jpg", "./a.jpg", "sub\\\\x.jpg", ".."])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import facepoints_lib.core.budget as budget_module
-import facepoints_lib.core.train as train_module
+import facepoints_lib.core.fit as train_module
 from facepoints_lib.tools.bench import time_to_err
 from facepoints_lib.tools.machine import machine_info
 from facepoints_lib.core.dataset import load_faces
@@ -17,7 +17,7 @@ from facepoints_lib.core.model import ModelConfig
 from facepoints_lib.core.inference import cpu_flags, cpu_has_bf16
 from facepoints_lib.core.budget import RECIPE_CURVE, epochs_for_budget, predicted_err_note
 from facepoints_lib.core.config import TrainConfig, full_config
-from facepoints_lib.core.train import fit
+from facepoints_lib.core.fit import fit
 
 from conftest import REPO_ROOT, quiet_progress, tiny_model_config, tiny_train_config, without_retired_settings
 
@@ -120,8 +120,9 @@ def test_time_budget_chooses_and_records_the_epochs(faces64):
 
 
 @pytest.mark.parametrize("setting, message", [
-    (dict(minutes=0), "minutes must be a number above 0, got 0"),
-    (dict(minutes="10"), "minutes must be a number above 0, got '10'"),
+    (dict(minutes=0), "minutes must be a number above 0 to 43200, got 0"),
+    (dict(minutes="10"), "minutes must be a number above 0 to 43200, got '10'"),
+    (dict(minutes=1e308), r"minutes must be a number above 0 to 43200, got 1e\+308"),
 ])
 def test_bad_budget_settings_are_refused(faces64, setting, message):
     with pytest.raises(ValueError, match=message):
@@ -173,7 +174,7 @@ def test_speed_bench_records_rates_per_layout_and_the_cpu(tmp_path):
 
 
 def test_profile_times_the_training_step_itself(tmp_path):
-    """``facepoints profile`` runs ``train.train_step`` (its labelled phases) on faces loaded
+    """``facepoints profile`` runs ``fit.train_step`` (its labelled phases) on faces loaded
     as training loads them, and reports each phase's time and the CPU."""
     from facepoints_lib.tools.speed import profile_training
 

@@ -9,7 +9,7 @@ order below, and imports only torch, numpy, Pillow and the standard library:
 * the network and its inputs: ``augment`` (batch augmentation), ``align`` (the face
   turned upright for the second look), ``model``;
 * training: ``losses``, ``config`` (the recipe as plain data), ``budget`` (epochs for a
-  time budget), ``train`` (the loop and ``train_detector``);
+  time budget), ``fit`` (the loop), ``train`` (choosing the faces, ``train_detector``);
 * prediction: ``inference`` (``predict``, device and precision, used by training and
   detection), ``confidence`` (the expected err of an answer, calibrated on unseen faces),
   ``checkpoint`` (model files), ``detect``;
@@ -23,6 +23,6 @@ Detection imports no training module.
 # the folder must hold exactly these).
 FROZEN_MODULES = (
     "schema", "files", "images", "gt_csv", "dataset", "augment", "align", "model", "losses",
-    "inference", "progress", "metrics", "confidence", "checkpoint", "config", "budget", "train", "detect", "grader",
+    "inference", "progress", "metrics", "confidence", "checkpoint", "config", "budget", "fit", "train", "detect", "grader",
 )
 FROZEN_ENTRY_POINT = 'if __name__ == "__main__":\n    raise SystemExit(grader_main())\n'

@@ -1,7 +1,7 @@
 """Training to a time budget (``TrainConfig.minutes``): how many epochs fit, and what the
 recipe's measured curve says of that many.
 
-``fit`` times a few steps (``train.measure_step_seconds``) and one validation, then
+``fit`` times a few steps (``fit.measure_step_seconds``) and one validation, then
 ``epochs_for_budget`` gives the most epochs that fit; ``predicted_err_note`` tells the
 user what holdout err the recipe reached at that many epochs in the benchmarks.
 """

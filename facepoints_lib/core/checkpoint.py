@@ -8,8 +8,10 @@ is a pickled object, so loading never runs code from the file.
 
 from __future__ import annotations
 
+import io
 import os
 import platform
+import re
 import tempfile
 import time
 import zipfile
@@ -23,6 +25,7 @@ from .files import write_atomically
 from .model import MAX_PARAMETERS, KeypointNet, build_model
 
 CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
+_FORMAT_VERSION = re.compile(r"facepoints-checkpoint-(\d+)")
 MODEL_FILENAME = "facepoints_model.pt"
 
 
@@ -54,12 +57,28 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
         "state_dict": state,
         "metadata": {**(metadata or {}), "versions": library_versions()},
     }
-    # never a half-written model file, and two saves to one path cannot collide
-    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    return write_payload(payload, path)
 
 
-# Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
-# for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
+def write_payload(payload: dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint's plain data to ``path``, whole or not at all.
+
+    The archive is built in memory first and then written as plain bytes, so a full disk
+    raises an ``OSError`` naming the file (``torch.save`` writing to the file itself fails
+    with a ``RuntimeError: ... unexpected pos``), and the write goes through
+    ``write_atomically``: never a half-written model file, no collision between two saves.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
+
+    def write(target: str) -> None:
+        with open(target, "wb") as out:
+            out.write(data)
+
+    return write_atomically(Path(path), write)
+
+
 def save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable[[str], None]) -> None:
     """Save the trained model; if that fails (a full disk), save it in the temporary folder
     instead and say where, so that the training is not lost."""
@@ -76,16 +95,47 @@ def save_or_rescue(model: KeypointNet, path: Path, metadata: dict, log: Callable
     log(f"saved {path}")
 
 
+# Largest unpacked checkpoint loaded: the weights of the largest network a config may ask
+# for (model.MAX_PARAMETERS float32 values) plus 64 MB of metadata. The recipe's is 9 MB.
 MAX_CHECKPOINT_BYTES = 4 * MAX_PARAMETERS + 64 * 2**20
 
 
-def _unpacked_bytes(path: Path) -> int:
-    """What a checkpoint's zip archive holds once unpacked (its own size when not a zip)."""
+def unpacked_bytes(path: Path) -> int | None:
+    """What a checkpoint's zip archive holds once unpacked (None: not a zip archive)."""
     try:
         with zipfile.ZipFile(path) as archive:
             return sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, OSError, ValueError):
-        return path.stat().st_size          # not an archive: torch.load reports it below
+        return None
+
+
+def _damaged_member(path: Path) -> str | None:
+    """The first member of the archive whose stored checksum (CRC-32) does not match its
+    bytes, or None when all match."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        return f"? ({exc})"
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse an archive that would unpack to more than any model needs, or whose stored
+    checksums do not match its bytes: one flipped bit in a weight loads without a word
+    otherwise and moves points by hundreds of pixels. A file that is not a zip archive is
+    left to ``torch.load``, which refuses it."""
+    unpacked = unpacked_bytes(path)
+    if unpacked is None and path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        unpacked = path.stat().st_size       # not an archive (torch.load refuses most such files)
+    if unpacked is None:
+        return
+    if unpacked > MAX_CHECKPOINT_BYTES:      # a compressed archive can unpack to gigabytes
+        raise CheckpointError(f"{path} unpacks to {unpacked / 2**20:.0f} MB, more than any model of "
+                              f"this project needs ({MAX_CHECKPOINT_BYTES / 2**20:.0f} MB)")
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: the checksum of its part {damaged!r} does not "
+                              f"match its contents (a changed byte, a bad disk or an incomplete copy)")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -95,10 +145,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"model file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
-    unpacked = _unpacked_bytes(path)
-    if unpacked > MAX_CHECKPOINT_BYTES:      # a compressed archive can unpack to gigabytes
-        raise CheckpointError(f"{path} unpacks to {unpacked / 2**20:.0f} MB, more than any model of "
-                              f"this project needs ({MAX_CHECKPOINT_BYTES / 2**20:.0f} MB)")
+    _check_archive(path)
     try:
         # TorchVersion (a str subclass) is allowed: files written before versions were str()'d hold one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
@@ -107,6 +154,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"cannot load model file {path} (damaged, truncated, or it holds "
                               f"objects other than weights): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        newer = _FORMAT_VERSION.fullmatch(found) if isinstance(found, str) else None
+        if newer and int(newer.group(1)) > int(_FORMAT_VERSION.fullmatch(CHECKPOINT_FORMAT).group(1)):
+            raise CheckpointError(f"{path} was written by a newer facepoints ({found}); this code reads "
+                                  f"{CHECKPOINT_FORMAT}: update facepoints to load it")
         raise CheckpointError(f"{path} is not a facepoints checkpoint ({CHECKPOINT_FORMAT})")
     return payload
 
@@ -119,10 +171,45 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored network config: {exc}") from exc
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
-    if bad:   # NaN/inf weights would give NaN keypoints for every image
-        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
-    if not bool((model.pixel_std > 0).all()):   # images are divided by it: NaN or inf points
-        raise CheckpointError(f"{path}: pixel_std must be positive, got {model.pixel_std.flatten().tolist()}")
+    _check_numbers(model, path)
     model.metadata = payload.get("metadata", {})
     return model.to(device).eval()
+
+
+# Ranges a trained network's statistics lie in: pixels are scaled to [0, 1] (so are their
+# mean and standard deviation; training keeps the deviation at least MIN_PIXEL_STD, see
+# fit._new_model), and the mean shape lies within a few picture sides of the picture.
+MIN_PIXEL_STD = 1 / 255
+MAX_SHAPE_COORDINATE = 10.0
+
+
+def _check_numbers(model: KeypointNet, path: Path) -> None:
+    """Refuse weights that would give non-finite points: NaN or infinite values, a negative
+    batch-norm variance, pixel statistics outside what [0, 1] pixels can have; then run one
+    test picture through the network, which catches finite weights large enough to
+    overflow."""
+    state = model.state_dict()
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:   # NaN/inf weights would give NaN keypoints for every image
+        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
+    negative = [name for name, t in state.items() if name.endswith("running_var") and bool((t < 0).any())]
+    if negative:   # batch norm divides by its square root
+        raise CheckpointError(f"{path}: negative batch-norm variance in {', '.join(negative[:3])}")
+    std, mean = model.pixel_std.flatten(), model.pixel_mean.flatten()
+    if not bool(((std >= MIN_PIXEL_STD) & (std <= 1)).all()):   # images are divided by it
+        raise CheckpointError(f"{path}: pixel_std must lie in [{MIN_PIXEL_STD:.4f}, 1] (pixels are "
+                              f"scaled to [0, 1]), got {std.tolist()}")
+    if not bool(((mean >= 0) & (mean <= 1)).all()):
+        raise CheckpointError(f"{path}: pixel_mean must lie in [0, 1] (pixels are scaled to [0, 1]), "
+                              f"got {mean.tolist()}")
+    if not bool((model.mean_shape.abs() <= MAX_SHAPE_COORDINATE).all()):
+        raise CheckpointError(f"{path}: mean_shape lies more than {MAX_SHAPE_COORDINATE:g} picture "
+                              f"sides from the picture")
+    side = model.config.image_size
+    probe = torch.rand((2, 3, side, side), generator=torch.Generator().manual_seed(0))
+    probe[1] = 0.5                        # noise, and plain grey: pixels in [0, 1] either way
+    with torch.no_grad():
+        points = model.eval()(probe)
+    if not bool(torch.isfinite(points).all()):
+        raise CheckpointError(f"{path}: the network gives non-finite points for a test picture "
+                              f"(weights large enough to overflow): the file is damaged or was altered")

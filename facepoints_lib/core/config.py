@@ -20,6 +20,8 @@ from .augment import AugmentConfig
 from .inference import MAX_THREADS
 from .model import ModelConfig
 
+MAX_MINUTES = 30 * 24 * 60      # a time budget beyond 30 days is a typo (1e308 overflowed the epoch count)
+
 
 @dataclass
 class TrainConfig:
@@ -85,7 +87,7 @@ class TrainConfig:
         number("eval_every", 1, integer=True)
         number("threads", 1, MAX_THREADS, integer=True, optional=True)
         number("seed", 0, integer=True)
-        number("minutes", 0, optional=True, low_open=True)
+        number("minutes", 0, MAX_MINUTES, optional=True, low_open=True)
         for name, allowed in (("optimizer", ("sgd", "adamw")), ("bf16", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "

@@ -77,7 +77,12 @@ def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta:
             on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
         found = predict_details(model, images, flip_tta=flip_tta, bf16=low_precision, second_look=second_look,
                                 second_try=second_try)
-        yield batch_names, normalized_to_pixels(torch.from_numpy(found.points), sizes).numpy(), found
+        pixels = normalized_to_pixels(torch.from_numpy(found.points), sizes).numpy()
+        broken = [name for name, p in zip(batch_names, pixels) if not np.isfinite(p).all()]
+        if broken:       # load_model's checks passed, yet the weights overflow on these pictures
+            raise CheckpointError(f"the model gives non-finite points for {len(broken)} pictures "
+                                  f"({', '.join(broken[:3])}): its weights are damaged; nothing was returned")
+        yield batch_names, pixels, found
         if bar is not None:
             bar.update(len(batch_names))
     if bar is not None:

@@ -54,17 +54,28 @@ def compute_err(detected: dict[str, np.ndarray], gt: dict[str, np.ndarray],
     pred = np.stack([np.asarray(detected[n], dtype=np.float64).reshape(-1, 2) for n in names])
     true = np.stack([np.asarray(gt[n], dtype=np.float64).reshape(-1, 2) for n in names])
     sizes = np.array([(img_shapes[n][1], img_shapes[n][0]) for n in names], dtype=np.float64)
-    return float(per_image_err(pred, true, sizes).mean())
+    err = float(per_image_err(pred, true, sizes).mean())
+    if not np.isfinite(err):          # a non-finite detection or answer: no mark can be given
+        raise ValueError(f"the err is {err}: a detection or an answer is not a finite number")
+    return err
 
 
 def find_course_tests(tests_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """Pairs ``(NN_*_input, NN_*_gt)`` of a course tests folder, sorted by name."""
+    """Pairs ``(NN_*_input, NN_*_gt)`` of a course tests folder, sorted by name.
+
+    An input folder without its ``_gt`` folder is an error (``FileNotFoundError`` naming
+    it), not a test skipped without a word.
+    """
     tests_dir = Path(tests_dir)
-    pairs = []
+    pairs, orphans = [], []
     for input_dir in sorted(tests_dir.glob("*_input")):
         gt_dir = input_dir.with_name(input_dir.name[: -len("_input")] + "_gt")
-        if input_dir.is_dir() and gt_dir.is_dir():
-            pairs.append((input_dir, gt_dir))
+        if input_dir.is_dir():
+            (pairs if gt_dir.is_dir() else orphans).append((input_dir, gt_dir))
+    if orphans:
+        raise FileNotFoundError(f"{len(orphans)} test input folders have no answers folder beside them, "
+                                f"so they cannot be scored: " +
+                                ", ".join(f"{i.name} (no {g.name})" for i, g in orphans[:5]))
     return pairs
 
 

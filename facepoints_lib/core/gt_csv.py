@@ -50,8 +50,8 @@ def _parse_gt_row(row: list[str], where: str) -> tuple[str, np.ndarray]:
     if len(row) != NUM_COORDS + 1:
         raise GtFormatError(f"{where}: expected {NUM_COORDS + 1} values (file name and "
                             f"{NUM_COORDS} coordinates), got {len(row)}")
-    name = row[0].strip()
-    if not name:
+    name = row[0]                 # as written: a name may begin or end with spaces
+    if not name.strip():
         raise GtFormatError(f"{where}: empty file name")
     _check_plain_name(name, where)
     values = np.empty(NUM_COORDS, dtype=np.float64)
@@ -141,39 +141,78 @@ def write_gt(table: dict[str, np.ndarray], path: str | os.PathLike, decimals: in
         coords = np.asarray(table[name], dtype=np.float64).reshape(-1)
         if coords.shape != (NUM_COORDS,):
             raise ValueError(f"{name}: expected {NUM_COORDS} coordinates, got {coords.size}")
+        if not np.isfinite(coords).all():       # the reader refuses them: never write one
+            raise ValueError(f"{name}: a coordinate is not a finite number ({coords.tolist()})")
         rows.append([name] + [f"{v:.{decimals}f}" for v in coords])
 
+    return write_csv(path, GT_HEADER, rows)
+
+
+def csv_line(cells) -> str:
+    """One CSV line (with its ``\\n``) that ``csv.reader`` reads back to exactly ``cells``.
+
+    A cell is quoted when it holds a comma, a quote, ``\\n`` or ``\\r`` (``csv.writer``
+    with ``\\n`` line endings leaves a lone ``\\r`` unquoted, and its own reader then
+    splits the line there), or begins or ends with white space (which other readers drop).
+    """
+    out = []
+    for cell in map(str, cells):
+        if any(c in cell for c in ',"\r\n') or cell != cell.strip():
+            cell = '"' + cell.replace('"', '""') + '"'
+        out.append(cell)
+    return ",".join(out) + "\n"
+
+
+def write_csv(path: str | os.PathLike, header, rows) -> Path:
+    """Write a header and rows as a UTF-8 CSV file (``csv_line`` each), whole or not at all.
+
+    File names that are not valid UTF-8 (the operating system gave raw bytes) are
+    written as those bytes.
+    """
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(GT_HEADER)
-            writer.writerows(rows)
+            out.write(csv_line(header))
+            for row in rows:
+                out.write(csv_line(row))
 
-    return write_atomically(path, write)
+    return write_atomically(Path(path), write)
 
 
 def read_img_shapes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
-    """Read the course's ``img_shapes.csv`` into ``{filename: (n_rows, n_cols)}``."""
+    """Read the course's ``img_shapes.csv`` into ``{filename: (n_rows, n_cols)}``.
+
+    Refuses with a ``GtFormatError`` naming the line: a wrong number of values, a size
+    that is not a whole number of at least 1 pixel (a size of 0 made the err infinite),
+    a file listed twice (a second row gave an err of millions).
+    """
     shapes: dict[str, tuple[int, int]] = {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row or (line_no == 1 and row[0].strip().lower() in ("img_filename", "filename")):
-                continue
-            if len(row) != 3:
-                raise GtFormatError(f"{path}, line {line_no}: expected 3 values, got {len(row)}")
-            try:
-                shapes[row[0].strip()] = (int(row[1]), int(row[2]))
-            except ValueError as exc:
-                raise GtFormatError(f"{path}, line {line_no}: {exc}") from None
+    first_line: dict[str, int] = {}
+    line_no = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row or (line_no == 1 and row[0].strip().lower() in ("img_filename", "filename")):
+                    continue
+                where = f"{path}, line {line_no}"
+                if len(row) != 3:
+                    raise GtFormatError(f"{where}: expected 3 values, got {len(row)}")
+                name = row[0]
+                try:
+                    rows, cols = int(row[1]), int(row[2])
+                except ValueError as exc:
+                    raise GtFormatError(f"{where}: {exc}") from None
+                if rows < 1 or cols < 1:
+                    raise GtFormatError(f"{where}: image size {rows} x {cols}: sizes are at least 1 pixel")
+                if name in shapes:
+                    raise GtFormatError(f"{where}: file name {name!r} is already listed on line "
+                                        f"{first_line[name]}")
+                shapes[name], first_line[name] = (rows, cols), line_no
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise GtFormatError(f"{path}, after line {line_no}: not a UTF-8 CSV text file: {exc}") from None
     return shapes
 
 
 def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike) -> Path:
     """Write ``{filename: (n_rows, n_cols)}`` in the course's ``img_shapes.csv`` format, rows sorted by name."""
-    path = Path(path)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["img_filename", "n_rows", "n_cols"])
-        for name in sorted(shapes):
-            writer.writerow([name, *shapes[name]])
-    return path
+    return write_csv(path, ["img_filename", "n_rows", "n_cols"],
+                     [[name, *shapes[name]] for name in sorted(shapes)])

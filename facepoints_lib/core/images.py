@@ -86,7 +86,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):   # NaN and inf are handled below
+            arr = np.asarray(img, dtype=np.float64)
         if img.mode == "F":        # scaled by the finite values: one inf pixel must not blank the rest
             finite = arr[np.isfinite(arr)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)

@@ -30,10 +30,12 @@ from ..core.augment import flip_images, flip_keypoints
 from ..core.checkpoint import load_model
 from ..core.dataset import FaceSet, iter_image_chunks, normalized_to_pixels, pixels_to_normalized
 from ..core.detect import DETECT_CHUNK
-from ..core.images import read_image
+from ..core.images import list_images, read_image
 from ..core.inference import predict, use_bf16
 from ..core.model import fold_batch_norm
 from ..core.schema import FLIP_PERMUTATION
+
+ALIGN_MEMORY_BYTES = 256 * 2 ** 20   # align_folder's float crops and sampling grids at a time
 
 LEFT_EYE_CENTRE, RIGHT_EYE_CENTRE = 5, 8
 
@@ -206,6 +208,9 @@ def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, 
     a square, as the detector sees it; ``augment.apply_transform`` moves normalised points
     and ``align.invert_transform`` goes back) and ``points`` (N, 14, 2) the detected points
     in the original pixels. Unreadable images are left out with one warning.
+
+    Memory: the crops returned (``N * S * S * 3`` bytes) plus what ``detect`` needs, plus
+    at most ``ALIGN_MEMORY_BYTES`` of float crops and sampling grids at a time.
     """
     img_dir = Path(img_dir)
     if not img_dir.is_dir():
@@ -216,20 +221,29 @@ def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, 
     side = size or model.config.image_size
     if not isinstance(side, int) or isinstance(side, bool) or not 8 <= side <= 1024:
         raise ValueError(f"size must be an integer from 8 to 1024, got {size!r}")
+    wanted = list(filenames) if filenames is not None else list_images(img_dir)
+    crops = np.empty((len(wanted), side, side, 3), np.uint8)      # the result, filled in place
+    per_face = 4 * side * side * (3 + 2)                          # float crop and sampling grid
+    step = max(1, ALIGN_MEMORY_BYTES // per_face)
     failed: list[str] = []
-    names, crops, transforms, points = [], [], [], []
+    names, transforms, points = [], [], []
     for batch_names, images, sizes in iter_image_chunks(
-            img_dir, model.config.image_size, DETECT_CHUNK, filenames,
+            img_dir, model.config.image_size, DETECT_CHUNK, wanted,
             on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
         norm = torch.from_numpy(predict(model, images, bf16=use_bf16("auto", torch.device("cpu")))).float()
-        aligned, matrices = align_faces(images, norm, model.mean_shape, side)
+        for start in range(0, len(batch_names), step):             # bounded float intermediates
+            part = slice(start, start + step)
+            aligned, matrices = align_faces(images[part], norm[part], model.mean_shape, side)
+            done = len(names) + start
+            crops[done:done + len(aligned)] = (aligned * 255).round_().clamp_(0, 255).to(torch.uint8) \
+                .permute(0, 2, 3, 1).numpy()
+            transforms.append(matrices.double().numpy())
         names += batch_names
-        crops.append((aligned * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-        transforms.append(matrices.double().numpy())
         points.append(normalized_to_pixels(norm.double(), sizes).numpy())
     if failed:
         warnings.warn(f"{len(failed)} images in {img_dir} could not be read: {'; '.join(failed[:5])}",
                       stacklevel=2)
     if not names:
         return [], np.zeros((0, side, side, 3), np.uint8), np.zeros((0, 2, 3)), np.zeros((0, 14, 2))
-    return names, np.concatenate(crops), np.concatenate(transforms), np.concatenate(points)
+    crops = crops[:len(names)] if len(names) < len(crops) else crops
+    return names, crops, np.concatenate(transforms), np.concatenate(points)

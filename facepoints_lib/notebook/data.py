@@ -285,8 +285,8 @@ def progress_bar(**kwargs):
 
 
 def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
-    """``train.fit`` for a notebook's live experiment: first the time it should take on
-    this machine (two steps timed on a throwaway copy, see ``train.measure_step_seconds``),
+    """``fit.fit`` for a notebook's live experiment: first the time it should take on
+    this machine (two steps timed on a throwaway copy, see ``fit.measure_step_seconds``),
     then one redrawn progress line and a one-line summary instead of a log line per
     validation. Returns ``(model, history)``."""
     import torch
@@ -294,7 +294,7 @@ def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
     from ..tools.machine import describe_cpu
     from ..core.model import build_model, memory_format_for
     from ..core.inference import resolve_device, use_bf16
-    from ..core.train import fit, measure_step_seconds
+    from ..core.fit import fit, measure_step_seconds
 
     device = resolve_device(cfg.device)
     if cfg.threads:

@@ -1,7 +1,7 @@
 """The ``facepoints`` command (also ``python -m facepoints_lib``).
 
 Sub-commands: ``demo`` (the main job on synthetic faces), ``train``, ``detect``,
-``calibrate``, ``grade``, ``bench``, ``bench-rotation``, ``bench-framing``, ``freeze``,
+``calibrate``, ``grade``, ``bench``, ``bench-rotation``, ``bench-framing``, ``bench-memory``, ``freeze``,
 ``synth``, ``make-cut``, ``make-not-faces``. Each has ``--help``.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_framing import add_framing_commands
+from .cli_guards import Terminated, check_result_target, interrupted_message, read_names, sigterm_raises
 
 DEFAULT_DATA = Path("data") / "train"
 DEBUG_ENV = "FACEPOINTS_DEBUG"         # set: an unexpected error shows its traceback
@@ -31,48 +32,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.minutes is not None:
         cfg.minutes = args.minutes
     train_detector(data / "gt.csv", data / "images", fast_train=args.fast, config=cfg,
-                   model_path=args.out, exclude=_read_names(args.exclude))
+                   model_path=args.out, exclude=read_names(args.exclude))
     return 0
-
-
-def _read_names(path: str | None) -> list[str]:
-    """File names listed one per line (blank lines and ``#`` comments ignored)."""
-    if not path:
-        return []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from ..core.detect import detect, detect_details
-    from ..core.files import check_writable
+    from ..core.checkpoint import default_model_path
+    from ..core.files import check_writable, is_stream_target
     from ..core.gt_csv import write_gt
     from ..core.progress import TextProgress
     from .confidence_report import no_face_warning, write_confidence
 
-    out, model = Path(args.out), Path(args.model)
+    out, model = Path(args.out), Path(args.model) if args.model else default_model_path()
+    target = Path(args.img_dir)
     outputs = [("--out", out)] + ([("--confidence", Path(args.confidence))] if args.confidence else [])
     for flag, path in outputs:
         check_writable(path, "output file")                  # before detecting, not after
-        if path.exists() and model.exists() and path.resolve() == model.resolve():
-            raise ValueError(f"{flag} {path} is the model file: it would be overwritten")
-    if args.confidence and out.resolve() == Path(args.confidence).resolve():
+        check_result_target(path, flag, model, target)
+    if args.confidence and not is_stream_target(out) and out.resolve() == Path(args.confidence).resolve():
         raise ValueError("--out and --confidence name the same file")
-    target = Path(args.img_dir)
     folder, names = (target.parent, [target.name]) if target.is_file() else (target, None)  # one picture
     progress = None if target.is_file() else TextProgress
     if args.confidence:
-        points, trust = detect_details(args.model, folder, filenames=names, threads=args.threads,
+        points, trust = detect_details(model, folder, filenames=names, threads=args.threads,
                                        progress=progress)
         write_confidence(trust, args.confidence)
         warning = no_face_warning(trust)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     else:
-        points = detect(args.model, folder, filenames=names, threads=args.threads, progress=progress)
+        points = detect(model, folder, filenames=names, threads=args.threads, progress=progress)
     write_gt(points, args.out)
-    print(f"wrote {len(points)} detections to {args.out}"
-          + (f" and their confidence to {args.confidence}" if args.confidence else ""))
+    print(f"wrote {len(points)} detections to {args.out}"        # stdout may be the output itself
+          + (f" and their confidence to {args.confidence}" if args.confidence else ""),
+          file=sys.stderr if is_stream_target(out) else sys.stdout)
     return 0
 
 
@@ -92,7 +86,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .machine import shown_command
 
     run_bench(args.data_dir, name=args.name, overrides=args.set, holdout=args.holdout,
-              exclude=_read_names(args.exclude),
+              exclude=read_names(args.exclude),
               seed=args.seed, split_seed=args.split_seed, time_fast_train=not args.no_fast_train,
               results_dir=args.results_dir, command=shown_command())
     return 0
@@ -118,12 +112,22 @@ def _cmd_bench_rotation(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_detect(args: argparse.Namespace) -> int:
+    from ..core.checkpoint import default_model_path
     from .machine import shown_command
     from .speed import run_detect_bench
 
-    run_detect_bench(args.model, img_dir=args.img_dir, synthetic=args.synthetic, name=args.name,
-                     results_dir=args.results_dir, command=shown_command(),
+    run_detect_bench(args.model or default_model_path(), img_dir=args.img_dir, synthetic=args.synthetic,
+                     name=args.name, results_dir=args.results_dir, command=shown_command(),
                      single_look=args.single_look)
+    return 0
+
+
+def _cmd_bench_memory(args: argparse.Namespace) -> int:
+    from .machine import shown_command
+    from .memory_bench import run_memory_bench
+
+    run_memory_bench(args.data_dir, args.faces, name=args.name, steps=args.steps, threads=args.threads,
+                     overrides=args.set, results_dir=args.results_dir, command=shown_command())
     return 0
 
 
@@ -226,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="detect keypoints in a folder (or one image), write a gt.csv-format file")
     p.add_argument("img_dir", help="folder of images, or one image file")
-    p.add_argument("--model", default="facepoints_model.pt", help="model file")
-    p.add_argument("--out", default="output.csv", help="output csv (default output.csv)")
+    p.add_argument("--model", default=None, help="model file (default: facepoints_model.pt at the root)")
+    p.add_argument("--out", default="output.csv",
+                   help="output csv (default output.csv); an existing FIFO or device, e.g. /dev/stdout, "
+                        "is written through")
     p.add_argument("--confidence", default=None, metavar="CSV",
                    help="also write each picture's expected err and confidence (0-1, 1 = trust it), "
                         "overall and per point, and warn about pictures that look like no face crop")
@@ -278,13 +284,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench_rotation)
 
     p = sub.add_parser("bench-detect", help="detect speed (1 thread) and peak memory, saved as JSON")
-    p.add_argument("--model", default="facepoints_model.pt", help="model file")
+    p.add_argument("--model", default=None, help="model file (default: facepoints_model.pt at the root)")
     p.add_argument("--img-dir", default=None, help="folder of images (default: synthetic faces)")
     p.add_argument("--synthetic", type=int, default=10_000, help="synthetic faces to generate")
     p.add_argument("--single-look", action="store_true", help="without the second look (its cost)")
     p.add_argument("--name", default=None, help="results file name (default detect-<images>)")
     p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     p.set_defaults(func=_cmd_bench_detect)
+
+    p = sub.add_parser("bench-memory", help="peak memory of a short training against the number of "
+                                            "faces, each in a fresh process, saved as JSON")
+    p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA), help=f"train folder (default {DEFAULT_DATA})")
+    p.add_argument("--faces", type=int, nargs="+", default=[2000, 5000, 20000],
+                   help="numbers of faces (more than the folder holds: its pictures repeated)")
+    p.add_argument("--steps", type=int, default=4, help="training steps per run (default 4)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--name", default="train-memory", help="results file name (bench/results/NAME.json)")
+    p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
+    add_set(p)
+    p.set_defaults(func=_cmd_bench_memory)
 
     p = sub.add_parser("bench-speed", help="training and detection throughput per memory layout "
                                            "on this CPU, saved as JSON")
@@ -317,21 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (2: bad input or a failure it names,
+    130: Ctrl-C, 143: SIGTERM, 1: anything unforeseen)."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with sigterm_raises():
+            return args.func(args)
     except (OSError, ValueError, KeyError) as exc:
         print(f"facepoints {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (ArithmeticError, MemoryError, RuntimeError) as exc:   # diverged training, no memory, a torch error
         print(f"facepoints {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"facepoints {args.command}: interrupted. train, detect and bench write their output "
-              f"only when they finish, so none of it was written or replaced (an interrupted "
-              f"train loses its training).", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(args.command, exc), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated) else 130
     except Exception as exc:  # noqa: BLE001 - a message, not a traceback; the variable gives the traceback
         if os.environ.get(DEBUG_ENV):
             raise

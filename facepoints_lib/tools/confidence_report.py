@@ -10,18 +10,14 @@ validation faces (their names are in the file) and writes it back into the file.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
-import torch
-
-from ..core.checkpoint import CheckpointError, load_checkpoint, load_model
+from ..core.checkpoint import CheckpointError, load_checkpoint, load_model, write_payload
 from ..core.confidence import calibrate
 from ..core.dataset import load_faces
 from ..core.detect import FaceConfidence
-from ..core.files import write_atomically
-from ..core.gt_csv import read_gt
+from ..core.gt_csv import read_gt, write_csv
 from ..core.model import fold_batch_norm
 from ..core.schema import POINT_NAMES
 
@@ -37,13 +33,7 @@ def write_confidence(table: dict[str, FaceConfidence], path: str | os.PathLike) 
         rows.append([name, f"{face.expected_err:.3f}", f"{face.confidence:.4f}",
                      *(f"{v:.4f}" for v in face.point_confidence), face.look, int(face.no_face)])
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(CONFIDENCE_HEADER)
-            writer.writerows(rows)
-
-    return write_atomically(Path(path), write)
+    return write_csv(path, CONFIDENCE_HEADER, rows)
 
 
 def no_face_warning(table: dict[str, FaceConfidence], shown: int = 5) -> str | None:
@@ -73,5 +63,5 @@ def calibrate_file(model_path: str | os.PathLike, data_dir: str | os.PathLike, s
     faces = load_faces(data_dir / "images", model.config.image_size, gt, names)
     cal = calibrate(model, faces, seed)
     payload["metadata"]["calibration"] = cal.to_dict()
-    write_atomically(model_path, lambda tmp: torch.save(payload, tmp))
+    write_payload(payload, model_path)
     return cal.to_dict()

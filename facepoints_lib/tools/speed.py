@@ -83,7 +83,7 @@ def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8
     """
     from ..core.model import build_model, fold_batch_norm
     from ..core.inference import use_bf16
-    from ..core.train import make_optimizer, train_step
+    from ..core.fit import make_optimizer, train_step
 
     cfg = full_config()
     size, batch = cfg.model.image_size, 64
@@ -126,7 +126,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
                      overrides: Sequence[str] = (), out: str | os.PathLike | None = None) -> str:
     """Where a training step's time goes: augmentation, forward, backward, optimiser, by op.
 
-    Runs ``train.train_step`` itself (whose phases are labelled) for ``steps`` steps of
+    Runs ``fit.train_step`` itself (whose phases are labelled) for ``steps`` steps of
     the recipe under ``torch.profiler``, on synthetic faces written to a temporary folder
     and loaded as training loads faces (the cost of a step does not depend on the
     pictures), and returns (and optionally writes) a table of the phases and the most
@@ -138,7 +138,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     from ..core.gt_csv import read_gt
     from ..core.inference import use_bf16
     from ..core.model import build_model, memory_format_for
-    from ..core.train import make_optimizer, train_step
+    from ..core.fit import make_optimizer, train_step
     from .synth import make_synthetic_faces
 
     cfg = apply_overrides(full_config(), overrides)
