@@ -266,18 +266,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Convert a PIL image of any mode to 8-bit RGB (see the module docstring)."""
     if img.mode == "RGB":
         return img
-    if img.mode.startswith("I") or img.mode == "F":
-        with np.errstate(invalid="ignore", over="ignore"):   # NaN and inf are handled below
-            arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":        # scaled by the finite values: one inf pixel must not blank the rest
-            finite = arr[np.isfinite(arr)]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-            with np.errstate(invalid="ignore", over="ignore"):
-                arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        else:
-            arr = arr / 257.0
-        arr = np.nan_to_num(np.clip(np.rint(arr), 0, 255)).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        # Scaled by the finite values: one inf pixel must not blank the rest. Non-finite
+        # pixels become 0 before any arithmetic: a damaged file can hold signalling NaNs,
+        # which raise the floating-point "invalid" flag even when merely cast to float64.
+        raw = np.asarray(img)
+        finite = np.isfinite(raw)
+        arr = np.where(finite, raw, np.float32(0)).astype(np.float64)
+        values = arr[finite]
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        arr[~finite] = 0.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode.startswith("I"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 import threading
 import zipfile
 from pathlib import Path
@@ -529,3 +530,22 @@ def test_write_atomically_names_the_file_on_failure(tmp_path):
     with pytest.raises(OSError, match=r"could not write .*keep.csv: No space left on device; any earlier"):
         write_atomically(tmp_path / "keep.csv", failing)
     assert (tmp_path / "keep.csv").read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+# ---- a float picture holding signalling NaNs (a damaged TIFF) ------------------------------
+
+def test_a_signalling_nan_pixel_is_read_without_a_floating_point_warning(tmp_path):
+    """Casting a signalling NaN to float64 raised numpy's "invalid value encountered in
+    cast" (the fuzz tests met one in a damaged TIFF); such pixels now become 0 first."""
+    from PIL import Image
+
+    from facepoints_lib.core.images import read_image_resized
+
+    values = np.linspace(0, 1, 40 * 30, dtype=np.float32).reshape(30, 40)
+    values.view(np.uint32)[3, 4] = 0x7F800001                   # a signalling NaN
+    values[0, 0] = np.inf
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        array, size = read_image_resized(tmp_path / "f.tif", 32)
+    assert size == (40, 30) and 100 < array.mean() < 155 and array.max() > 240
