@@ -1,6 +1,17 @@
 """GENERATED FILE - DO NOT EDIT. Frozen from the package facepoints_lib/core by
 `python -m facepoints_lib freeze`.
 
+Entry points:
+
+    train_detector(train_gt, train_img_dir, fast_train=True, ...)
+        the course's training call: fast_train=True is the grader's short check (train.py)
+    detect(model_filename, test_img_dir, ...)
+        the course's detection call: {file name: 28 coordinates in the picture's pixels} (detect.py)
+    detect_details(model_filename, test_img_dir, ...)
+        detect, with each face's and each point's expected err and confidence (detect.py)
+    grader_main(argv=None)
+        python solution.py DATA: the local grader (err and mark, as the course's run.py) (grader.py)
+
 Edit the package and rerun that command to regenerate this file; add `--check` to
 test whether it is up to date.  Modules, in order:
 
@@ -9,6 +20,33 @@ test whether it is up to date.  Modules, in order:
     grader
 """
 from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import csv
+import functools
+import io
+import math
+import os
+import platform
+import re
+import stat
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.profiler import record_function
 
 
 # ---- facepoints_lib/core/schema.py ----
@@ -86,11 +124,6 @@ OUTER_EYE_CORNERS = (4, 9)
 # it is never replaced by a regular file.
 
 
-import os
-import stat
-import tempfile
-from pathlib import Path
-from typing import Callable
 
 TEMP_NAME_CHARS = 32        # of the target's name kept in its temporary file's name (a 255-byte
                             # name limit: a long target name must still leave room for the rest)
@@ -200,13 +233,7 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> Path:
 #   at a reduced scale by libjpeg, which is accounted for exactly).
 
 
-import os
-import stat
-import warnings
-from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 # 16/32-bit and float images larger than this many times the network's input are shrunk
 # in their own mode (antialiased) before the float64 conversion of ``to_rgb``: that copy
@@ -352,12 +379,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 # passed in memory.
 
 
-import csv
-import math
-import os
-from pathlib import Path
 
-import numpy as np
 
 
 NUM_COORDS = 2 * NUM_POINTS
@@ -564,13 +586,7 @@ def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike
 # coordinate systems; predictions go back to the original pixels through the latter.
 
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
-import numpy as np
-import torch
 
 
 
@@ -707,11 +723,7 @@ def split_names(names: list[str], val_size: int, seed: int) -> tuple[list[str], 
 # Every function takes an explicit ``torch.Generator``, so a seed fixes the batch.
 
 
-import math
-from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 
 
 
@@ -961,7 +973,6 @@ def flip_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
 # (``schema``: the picture spans ``[0, 1]``).
 
 
-import torch
 
 
 MAX_ZOOM = 4.0      # an aligned crop never magnifies or shrinks the face more than this
@@ -1045,12 +1056,7 @@ def align_faces(images: torch.Tensor, keypoints: torch.Tensor, canonical: torch.
 # refinement) are described in bench/README.md, with the commit that can still run them.
 
 
-import copy
-from dataclasses import asdict, dataclass, fields
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 
 
@@ -1361,7 +1367,6 @@ def count_parameters(model: nn.Module) -> int:
 # before turned faces joined the recipe).
 
 
-import torch
 
 
 def keypoint_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -1421,11 +1426,7 @@ def training_loss(pred: torch.Tensor, probs: torch.Tensor | None, targets: torch
 # read ``/proc/cpuinfo`` (see docs/cpu-notes.md).
 
 
-import os
-from dataclasses import dataclass
 
-import numpy as np
-import torch
 
 
 MAX_THREADS = 256                    # torch CPU threads; OpenMP crashed (SIGSEGV) at 100000
@@ -1441,6 +1442,20 @@ NEAR_BORDER = 0.05                   # ... or with a point this close to the bor
 PAD_MARGIN = 0.25                    # the padded look's margin around the picture (share of its side)
 PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most, as estimated (the
                                        # recipe: 3.0 MB a face, 6.0 MB with its mirror, so 42 a batch)
+
+
+def restores_torch_threads(function):
+    """Decorator: the caller's torch thread count is back when ``function`` returns or
+    raises, whatever the function set (``torch.set_num_threads`` is process-wide)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+    return wrapper
 
 
 def resolve_device(name: str) -> torch.device:
@@ -1660,8 +1675,6 @@ def predict(model: KeypointNet, images: torch.Tensor, batch_size: int = 64, flip
 # wherever a ``progress`` factory is accepted, e.g. to get a widget in JupyterLab.
 
 
-import sys
-import time
 
 
 def format_seconds(seconds: float) -> str:
@@ -1751,7 +1764,6 @@ class TextProgress:
 # err needs normalised coordinates (``schema``), or pixel ones plus the images' sizes.
 
 
-import numpy as np
 
 
 # (upper bound of err, mark): err <= 5 earns 10, ..., err > 20 earns 0.
@@ -1834,11 +1846,7 @@ def ced_auc(errors: np.ndarray, threshold: float = 0.08, steps: int = 1000) -> f
 # The fitted numbers (``Calibration``) are stored in the model file's metadata by training.
 
 
-import math
-from dataclasses import asdict, dataclass
 
-import numpy as np
-import torch
 
 
 CONFIDENCE_HALF_ERR = 5.0      # expected err at which the confidence is one half
@@ -2010,18 +2018,7 @@ def calibration_bins(expected: np.ndarray, err: np.ndarray, bins: int = BINS) ->
 # is a pickled object, so loading never runs code from the file.
 
 
-import io
-import os
-import platform
-import re
-import tempfile
-import time
-import zipfile
-from pathlib import Path
-from typing import Callable
 
-import numpy as np
-import torch
 
 
 CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
@@ -2225,12 +2222,7 @@ def _check_numbers(model: KeypointNet, path: Path) -> None:
 # file and result file as ``to_dict()``.
 
 
-import ast
-import math
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Sequence
 
-import torch
 
 
 MAX_MINUTES = 30 * 24 * 60      # a time budget beyond 30 days is a typo (1e308 overflowed the epoch count)
@@ -2371,8 +2363,6 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
 # user what holdout err the recipe reached at that many epochs in the benchmarks.
 
 
-import math
-import time
 
 
 
@@ -2432,17 +2422,7 @@ def predicted_err_note(epochs: int, cfg: TrainConfig) -> str:
 # ``TrainingInterrupted`` with the best weights so far.
 
 
-import copy
-import math
-import os
-import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Callable
 
-import torch
-from torch.profiler import record_function
 
 
 
@@ -2602,6 +2582,7 @@ def _validation_figures(model: KeypointNet, val: FaceSet, track: FaceSet | None,
     return record
 
 
+@restores_torch_threads
 def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         progress: Callable[..., object] = TextProgress,
         log: Callable[[str], None] = print,
@@ -2614,12 +2595,14 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     validation too, as ``track_err``: benchmarks use it for time-to-accuracy on a holdout;
     it never steers training.
 
-    With ``cfg.minutes`` the number of epochs is chosen to fit that budget
-    from a few timed steps (see ``epochs_for_budget``) and written back to ``cfg.epochs``,
-    so that a saved checkpoint records what ran (the count depends on the machine's speed:
-    repeat such a run with that ``epochs`` and no ``minutes``).
+    With ``cfg.minutes`` the number of epochs is chosen to fit that budget from a few
+    timed steps (see ``epochs_for_budget``). ``cfg`` itself is left as it was: the model's
+    ``metadata["train_config"]`` records what ran, that epoch count included, for the
+    checkpoint (the count depends on the machine's speed: repeat such a run with that
+    ``epochs`` and no ``minutes``).
     """
     cfg.validate()
+    cfg = copy.deepcopy(cfg)                  # this run's own: a budget's epochs are written here
     if train.keypoints is None or len(train) == 0:
         raise ValueError("training needs at least one labelled face")
     if train.image_size != cfg.model.image_size:
@@ -2661,7 +2644,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, warmup))
     log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
         f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
-        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
+        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} "
+        f"thread{'s' if torch.get_num_threads() != 1 else ''}")
 
     history: list[dict] = []
     step, epoch, eval_seconds_so_far = 0, 0, 0.0
@@ -2707,9 +2691,11 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         bar.close()
         if best is not None:
             ema.load_state_dict(best[1])
+        ema.metadata = {"train_config": cfg.to_dict()}
         raise TrainingInterrupted(ema.eval(), history, step, total_steps,
                                   best[0] if best is not None else None) from stop
     bar.close()
+    ema.metadata = {"train_config": cfg.to_dict()}                # what ran, for the checkpoint
     ema.eval()
     return ema, history
 
@@ -2740,22 +2726,17 @@ class TrainingInterrupted(KeyboardInterrupt):
 # time budget in ``budget``.
 
 
-import os
-import sys
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
 
-import torch
 
 
 
 def _caller_stacklevel() -> int:
     """The ``stacklevel`` that points a warning raised in this module at the first caller
-    outside it (the user's line, whether it called ``train_detector`` or ``train_model``)."""
+    outside it (the user's line, whether it called ``train_detector`` or ``train_model``;
+    the thread-restoring wrapper of ``inference`` in between is skipped too)."""
+    ours = {__name__, restores_torch_threads.__module__}
     frame, level = sys._getframe(2), 2          # 1: the function that warns
-    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+    while frame.f_back is not None and frame.f_globals.get("__name__") in ours:
         frame, level = frame.f_back, level + 1  # (the outermost frame, at worst: a script's own line)
     return level
 
@@ -2788,6 +2769,7 @@ def _check_inputs(train_gt, train_img_dir) -> tuple[dict, Path]:
     return gt, img_dir
 
 
+@restores_torch_threads
 def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | Path | None = None,
                 progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
                 track: FaceSet | None = None, exclude: Sequence[str] = ()) -> TrainingRun:
@@ -2855,7 +2837,7 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         model.metadata = {**getattr(model, "metadata", {}), "calibration": calibration}
         log(f"confidence calibrated on {calibration['faces']} views of the validation faces")
     if path is not None:
-        save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
+        save_or_rescue(model, path, {"train_config": model.metadata["train_config"], "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
                                       "val_images": len(val_set), "val_names": list(val_set.filenames),
                                       "excluded": left_out, "calibration": calibration},
@@ -2879,7 +2861,7 @@ def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, t
              if stop.record else f"no validation yet; the weights at step {stop.step}")
     try:
         save_checkpoint(stop.model, keep, {
-            "train_config": cfg.to_dict(), "history": stop.history, "seed": cfg.seed,
+            "train_config": stop.model.metadata["train_config"], "history": stop.history, "seed": cfg.seed,
             "train_images": train_images, "val_images": len(val_set),
             "val_names": list(val_set.filenames), "excluded": excluded, "calibration": None,
             "interrupted": {"step": stop.step, "total_steps": stop.total_steps}})
@@ -2922,17 +2904,12 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
 # 28 numbers ``x1, y1, ..., x14, y14``.
 
 
-import os
-import warnings
-from pathlib import Path
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
-import numpy as np
-import torch
 
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
+CALLER = 4                  # the stacklevel of the line that called detect or detect_details (above
+                            # _detect_chunks, the function itself and restores_torch_threads' wrapper)
 
 
 @dataclass
@@ -2974,7 +2951,7 @@ def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta:
     """Yield ``(names, points in pixels (n, 14, 2), Prediction)`` a chunk at a time; one
     warning at the end names the pictures that could not be read."""
     if not names:
-        warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=3)
+        warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=CALLER)
     low_precision = use_bf16(bf16, torch.device(device))
     failed: list[str] = []
     bar = progress(total=len(names), desc="detect", unit="img") if progress else None
@@ -2995,7 +2972,7 @@ def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta:
         bar.close()
     if failed:
         warnings.warn(f"{len(failed)} of {len(names)} images could not be read and have no "
-                      f"prediction: {'; '.join(failed[:5])}", stacklevel=3)
+                      f"prediction: {'; '.join(failed[:5])}", stacklevel=CALLER)
 
 
 def _prepare(model_filename, test_img_dir, filenames, threads, chunk, device):
@@ -3007,6 +2984,7 @@ def _prepare(model_filename, test_img_dir, filenames, threads, chunk, device):
     return model, img_dir, names
 
 
+@restores_torch_threads
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
            filenames: Sequence[str] | None = None, flip_tta: bool = True,
            device: str = "cpu", threads: int | None = None, chunk: int = DETECT_CHUNK,
@@ -3047,6 +3025,7 @@ def model_calibration(model, model_filename) -> Calibration:
         raise CheckpointError(f"{model_filename}: {exc}") from None
 
 
+@restores_torch_threads
 def detect_details(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
                    filenames: Sequence[str] | None = None, device: str = "cpu",
                    threads: int | None = None, chunk: int = DETECT_CHUNK, bf16: str = "auto",
@@ -3094,15 +3073,7 @@ def detect_details(model_filename: str | os.PathLike, test_img_dir: str | os.Pat
 # a holdout the model never saw (``facepoints bench`` does) for an honest figure.
 
 
-import argparse
-import os
-import sys
-import time
-from pathlib import Path
-from typing import Callable, Sequence
 
-import numpy as np
-import torch
 
 
 

@@ -72,14 +72,6 @@ def random_keypoints(n: int, seed: int = 0, low: float = 0.2, high: float = 0.8)
     return low + (high - low) * torch.rand((n, NUM_POINTS, 2), generator=generator)
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Training sets torch's thread count process-wide; give every test the default back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def synth_train(tmp_path_factory) -> Path:
     """A course-format ``train/`` folder of 300 synthetic faces (seed 0)."""

@@ -549,3 +549,54 @@ def test_a_signalling_nan_pixel_is_read_without_a_floating_point_warning(tmp_pat
         warnings.simplefilter("error", RuntimeWarning)
         array, size = read_image_resized(tmp_path / "f.tif", 32)
     assert size == (40, 30) and 100 < array.mean() < 155 and array.max() > 240
+
+
+# ---- no global side effects: the torch thread count ------------------------------------------
+
+@pytest.fixture
+def three_threads():
+    """The caller's own thread count (3); the process gets its count back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("call", ["detect", "detect-failing", "align_folder", "fit"])
+def test_the_callers_thread_count_is_restored(three_threads, small_faces, model_file, synth_train, call):
+    """detect(threads=1), align_folder(threads=1) and a recipe with one thread set torch's
+    process-wide count and left it so."""
+    from facepoints_lib.core.dataset import load_faces
+    from facepoints_lib.core.detect import detect
+    from facepoints_lib.core.fit import fit
+    from facepoints_lib.notebook.analysis import align_folder
+
+    if call == "detect":
+        detect(model_file, small_faces / "images", threads=1)
+    elif call == "detect-failing":
+        with pytest.raises(CheckpointError):
+            detect(small_faces / "gt.csv", small_faces / "images", threads=1)
+    elif call == "align_folder":
+        align_folder(model_file, small_faces / "images", threads=1)
+    else:
+        faces = load_faces(synth_train / "images", 32, synth_train / "gt.csv",
+                           sorted(read_gt(synth_train / "gt.csv"))[:24])
+        cfg = tiny_train_config(threads=1, max_steps=1)
+        fit(faces.subset(range(16)), faces.subset(range(16, 24)), cfg, quiet_progress, lambda line: None)
+    assert torch.get_num_threads() == 3
+
+
+def test_warnings_still_name_the_callers_line(tmp_path, small_faces, model_file):
+    """The thread-restoring wrapper adds a frame: warnings must skip it too."""
+    from facepoints_lib.core.detect import detect
+    from facepoints_lib.notebook.analysis import align_folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"not a picture")
+    with pytest.warns(UserWarning, match="no images to detect") as caught:
+        detect(model_file, empty)
+    with pytest.warns(UserWarning, match="could not be read") as more:
+        align_folder(model_file, tmp_path / "bad")
+    assert [w.filename for w in [*caught, *more]] == [__file__, __file__]

@@ -45,13 +45,6 @@ def repro_data(tmp_path_factory) -> Path:
     return make_synthetic_faces(tmp_path_factory.mktemp("repro") / "train", 60, seed=5)
 
 
-@pytest.fixture(autouse=True)
-def _keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train(data: Path, path: Path, seed: int) -> Path:
     train_detector(data / "gt.csv", data / "images", fast_train=False, config=_recipe(seed),
                    model_path=path, progress=_quiet, log=lambda line: None)

@@ -111,11 +111,13 @@ def test_timing_steps_do_not_change_the_weights(faces64, monkeypatch):
 
 def test_time_budget_chooses_and_records_the_epochs(faces64):
     cfg = _config(minutes=0.05, epochs=500)                              # 3 s
-    _, history, logs = _fit(faces64, cfg)
-    assert 1 <= cfg.epochs < 500                                         # written back for the checkpoint
-    assert history[-1]["epoch"] == cfg.epochs
+    model, history, logs = _fit(faces64, cfg)
+    assert cfg.epochs == 500                                             # the caller's config is its own
+    ran = model.metadata["train_config"]                                 # what ran, for the checkpoint
+    assert 1 <= ran["epochs"] < 500 and ran["minutes"] == 0.05
+    assert history[-1]["epoch"] == ran["epochs"]
     line = next(line for line in logs if line.startswith("time budget 0.05 min"))
-    assert f"so {cfg.epochs} epoch" in line and "ms per step measured" in line
+    assert f"so {ran['epochs']} epoch" in line and "ms per step measured" in line
     assert history[-1]["train_seconds"] <= history[-1]["seconds"]
 
 

@@ -24,9 +24,11 @@ from .confidence import Calibration, confidence, expected_err, looks_like_no_fac
 from .dataset import iter_image_chunks, normalized_to_pixels
 from .model import fold_batch_norm
 from .images import list_images
-from .inference import LOOK_NAMES, MAX_THREADS, Prediction, predict_details, use_bf16
+from .inference import LOOK_NAMES, MAX_THREADS, Prediction, predict_details, restores_torch_threads, use_bf16
 
 DETECT_CHUNK = 256          # images decoded at a time: ~7 MB of uint8 at 96 px
+CALLER = 4                  # the stacklevel of the line that called detect or detect_details (above
+                            # _detect_chunks, the function itself and restores_torch_threads' wrapper)
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta:
     """Yield ``(names, points in pixels (n, 14, 2), Prediction)`` a chunk at a time; one
     warning at the end names the pictures that could not be read."""
     if not names:
-        warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=3)
+        warnings.warn(f"{img_dir}: no images to detect keypoints in", stacklevel=CALLER)
     low_precision = use_bf16(bf16, torch.device(device))
     failed: list[str] = []
     bar = progress(total=len(names), desc="detect", unit="img") if progress else None
@@ -89,7 +91,7 @@ def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta:
         bar.close()
     if failed:
         warnings.warn(f"{len(failed)} of {len(names)} images could not be read and have no "
-                      f"prediction: {'; '.join(failed[:5])}", stacklevel=3)
+                      f"prediction: {'; '.join(failed[:5])}", stacklevel=CALLER)
 
 
 def _prepare(model_filename, test_img_dir, filenames, threads, chunk, device):
@@ -101,6 +103,7 @@ def _prepare(model_filename, test_img_dir, filenames, threads, chunk, device):
     return model, img_dir, names
 
 
+@restores_torch_threads
 def detect(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
            filenames: Sequence[str] | None = None, flip_tta: bool = True,
            device: str = "cpu", threads: int | None = None, chunk: int = DETECT_CHUNK,
@@ -141,6 +144,7 @@ def model_calibration(model, model_filename) -> Calibration:
         raise CheckpointError(f"{model_filename}: {exc}") from None
 
 
+@restores_torch_threads
 def detect_details(model_filename: str | os.PathLike, test_img_dir: str | os.PathLike, *,
                    filenames: Sequence[str] | None = None, device: str = "cpu",
                    threads: int | None = None, chunk: int = DETECT_CHUNK, bf16: str = "auto",

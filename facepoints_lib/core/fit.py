@@ -28,7 +28,7 @@ from .budget import epochs_for_budget, measure_eval_seconds, predicted_err_note
 from .checkpoint import MIN_PIXEL_STD
 from .config import TrainConfig
 from .dataset import FaceSet
-from .inference import predict, resolve_device, use_bf16
+from .inference import predict, resolve_device, restores_torch_threads, use_bf16
 from .losses import training_loss
 from .metrics import ced_auc, course_err, per_image_nme
 from .model import KeypointNet, build_model, count_parameters, memory_format_for
@@ -191,6 +191,7 @@ def _validation_figures(model: KeypointNet, val: FaceSet, track: FaceSet | None,
     return record
 
 
+@restores_torch_threads
 def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         progress: Callable[..., object] = TextProgress,
         log: Callable[[str], None] = print,
@@ -203,12 +204,14 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     validation too, as ``track_err``: benchmarks use it for time-to-accuracy on a holdout;
     it never steers training.
 
-    With ``cfg.minutes`` the number of epochs is chosen to fit that budget
-    from a few timed steps (see ``epochs_for_budget``) and written back to ``cfg.epochs``,
-    so that a saved checkpoint records what ran (the count depends on the machine's speed:
-    repeat such a run with that ``epochs`` and no ``minutes``).
+    With ``cfg.minutes`` the number of epochs is chosen to fit that budget from a few
+    timed steps (see ``epochs_for_budget``). ``cfg`` itself is left as it was: the model's
+    ``metadata["train_config"]`` records what ran, that epoch count included, for the
+    checkpoint (the count depends on the machine's speed: repeat such a run with that
+    ``epochs`` and no ``minutes``).
     """
     cfg.validate()
+    cfg = copy.deepcopy(cfg)                  # this run's own: a budget's epochs are written here
     if train.keypoints is None or len(train) == 0:
         raise ValueError("training needs at least one labelled face")
     if train.image_size != cfg.model.image_size:
@@ -250,7 +253,8 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, warmup))
     log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
         f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
-        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} threads")
+        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} "
+        f"thread{'s' if torch.get_num_threads() != 1 else ''}")
 
     history: list[dict] = []
     step, epoch, eval_seconds_so_far = 0, 0, 0.0
@@ -296,9 +300,11 @@ def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
         bar.close()
         if best is not None:
             ema.load_state_dict(best[1])
+        ema.metadata = {"train_config": cfg.to_dict()}
         raise TrainingInterrupted(ema.eval(), history, step, total_steps,
                                   best[0] if best is not None else None) from stop
     bar.close()
+    ema.metadata = {"train_config": cfg.to_dict()}                # what ran, for the checkpoint
     ema.eval()
     return ema, history
 

@@ -8,6 +8,7 @@ read ``/proc/cpuinfo`` (see docs/cpu-notes.md).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -32,6 +33,20 @@ NEAR_BORDER = 0.05                   # ... or with a point this close to the bor
 PAD_MARGIN = 0.25                    # the padded look's margin around the picture (share of its side)
 PREDICT_MEMORY_BYTES = 256 * 2 ** 20   # feature maps of one predict batch, at most, as estimated (the
                                        # recipe: 3.0 MB a face, 6.0 MB with its mirror, so 42 a batch)
+
+
+def restores_torch_threads(function):
+    """Decorator: the caller's torch thread count is back when ``function`` returns or
+    raises, whatever the function set (``torch.set_num_threads`` is process-wide)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+    return wrapper
 
 
 def resolve_device(name: str) -> torch.device:

@@ -27,15 +27,18 @@ from .dataset import FaceSet, load_faces, split_names
 from .files import check_writable
 from .fit import TrainingInterrupted, fit
 from .gt_csv import check_gt_table, read_gt
+from .inference import restores_torch_threads
 from .model import KeypointNet, fold_batch_norm
 from .progress import TextProgress
 
 
 def _caller_stacklevel() -> int:
     """The ``stacklevel`` that points a warning raised in this module at the first caller
-    outside it (the user's line, whether it called ``train_detector`` or ``train_model``)."""
+    outside it (the user's line, whether it called ``train_detector`` or ``train_model``;
+    the thread-restoring wrapper of ``inference`` in between is skipped too)."""
+    ours = {__name__, restores_torch_threads.__module__}
     frame, level = sys._getframe(2), 2          # 1: the function that warns
-    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+    while frame.f_back is not None and frame.f_globals.get("__name__") in ours:
         frame, level = frame.f_back, level + 1  # (the outermost frame, at worst: a script's own line)
     return level
 
@@ -68,6 +71,7 @@ def _check_inputs(train_gt, train_img_dir) -> tuple[dict, Path]:
     return gt, img_dir
 
 
+@restores_torch_threads
 def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | Path | None = None,
                 progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
                 track: FaceSet | None = None, exclude: Sequence[str] = ()) -> TrainingRun:
@@ -135,7 +139,7 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         model.metadata = {**getattr(model, "metadata", {}), "calibration": calibration}
         log(f"confidence calibrated on {calibration['faces']} views of the validation faces")
     if path is not None:
-        save_or_rescue(model, path, {"train_config": cfg.to_dict(), "history": history,
+        save_or_rescue(model, path, {"train_config": model.metadata["train_config"], "history": history,
                                       "seed": cfg.seed, "train_images": len(train_set),
                                       "val_images": len(val_set), "val_names": list(val_set.filenames),
                                       "excluded": left_out, "calibration": calibration},
@@ -159,7 +163,7 @@ def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, t
              if stop.record else f"no validation yet; the weights at step {stop.step}")
     try:
         save_checkpoint(stop.model, keep, {
-            "train_config": cfg.to_dict(), "history": stop.history, "seed": cfg.seed,
+            "train_config": stop.model.metadata["train_config"], "history": stop.history, "seed": cfg.seed,
             "train_images": train_images, "val_images": len(val_set),
             "val_names": list(val_set.filenames), "excluded": excluded, "calibration": None,
             "interrupted": {"step": stop.step, "total_steps": stop.total_steps}})

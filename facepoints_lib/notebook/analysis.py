@@ -31,7 +31,7 @@ from ..core.checkpoint import load_model
 from ..core.dataset import FaceSet, iter_image_chunks, normalized_to_pixels, pixels_to_normalized
 from ..core.detect import DETECT_CHUNK
 from ..core.images import list_images, read_image
-from ..core.inference import predict, use_bf16
+from ..core.inference import predict, restores_torch_threads, use_bf16
 from ..core.model import fold_batch_norm
 from ..core.schema import FLIP_PERMUTATION
 
@@ -196,6 +196,7 @@ def flip_consistency(model, images: torch.Tensor) -> np.ndarray:
 
 # ---- aligned faces -----------------------------------------------------------------------
 
+@restores_torch_threads
 def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, *,
                  filenames: Sequence[str] | None = None, size: int | None = None,
                  threads: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -242,7 +243,7 @@ def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, 
         points.append(normalized_to_pixels(norm.double(), sizes).numpy())
     if failed:
         warnings.warn(f"{len(failed)} images in {img_dir} could not be read: {'; '.join(failed[:5])}",
-                      stacklevel=2)
+                      stacklevel=3)           # the caller's line (above restores_torch_threads' wrapper)
     if not names:
         return [], np.zeros((0, side, side, 3), np.uint8), np.zeros((0, 2, 3)), np.zeros((0, 14, 2))
     crops = crops[:len(names)] if len(names) < len(crops) else crops

@@ -32,6 +32,7 @@ from ..core.checkpoint import MODEL_FILENAME
 from ..core.dataset import FaceSet, load_faces
 from ..core.gt_csv import read_gt, read_img_shapes
 from ..core.images import read_image_size
+from ..core.inference import restores_torch_threads
 from ..tools.synth import make_synthetic_faces
 
 DATA_ENV = "FACEPOINTS_DATA"
@@ -284,6 +285,7 @@ def progress_bar(**kwargs):
     return TextProgress(stream=sys.stdout, interactive=True, min_interval=1.0, **kwargs)
 
 
+@restores_torch_threads
 def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
     """``fit.fit`` for a notebook's live experiment: first the time it should take on
     this machine (two steps timed on a throwaway copy, see ``fit.measure_step_seconds``),

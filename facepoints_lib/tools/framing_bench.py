@@ -36,6 +36,7 @@ from ..core.dataset import split_names
 from ..core.detect import detect_details
 from ..core.gt_csv import read_gt
 from ..core.images import read_image, read_image_size
+from ..core.inference import restores_torch_threads
 from ..core.metrics import course_mark, per_point_err
 from .machine import RESULTS_DIR, machine_info, shown_command, write_result
 from .rotation_bench import QUARTERS, turn_quarter
@@ -72,6 +73,7 @@ def _cross_fitted(spread: np.ndarray, blur: np.ndarray, err: np.ndarray, fold: n
     return out
 
 
+@restores_torch_threads
 def run_framing_bench(model_path, data_dir, cut_dir, not_face_dir, *, name: str = "framing",
                       holdout: int | None = None, split_seed: int = 0, seed: int = 0,
                       results_dir=RESULTS_DIR, command: str | None = None) -> dict:

@@ -16,6 +16,11 @@ How a package is frozen (all modules end up in ONE shared namespace):
 * Each module's source is kept under a ``# ---- pkg/module.py ----`` comment; its
   docstring becomes a comment, ``__all__`` and top-level ``if __name__ == "__main__":``
   blocks are dropped, and every ``from __future__ import ...`` is hoisted to the top.
+* Every module-level import of the standard library, torch, numpy or PIL is hoisted
+  into one import block at the top (standard library first, then the others; each
+  import once); imports inside functions, classes and ``try:``/``if`` blocks stay put.
+* The header lists the package's ``FROZEN_ENTRY_POINTS`` (``(name, what it is for)``
+  pairs in its ``__init__.py``), each with its signature read from the code.
 * ``from .a import f`` (or ``from pkg.a import f``) is dropped, since ``f`` is already
   the same global; ``from .a import f as g`` becomes ``g = f``.  Module-object imports
   (``from . import a``, ``from pkg import a``, ``import pkg.a as a``) become
@@ -37,12 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .freeze_header import FreezeError, entry_index, import_block, is_external, read_package_constant
+
 ALLOWED_THIRD_PARTY = frozenset({"torch", "numpy", "PIL"})
 DEFAULT_ENTRY_POINT = 'if __name__ == "__main__":\n    raise SystemExit(main())\n'
-
-
-class FreezeError(ValueError):
-    """The package cannot be frozen into one file; the message says where and why."""
 
 
 @dataclass
@@ -56,23 +59,7 @@ class _FreezerModule:
     intra: list[tuple[ast.stmt, list[tuple[str, str, str | None]], str]] = field(default_factory=list)
     edits: list[tuple[ast.stmt, list[str]]] = field(default_factory=list)
     futures: set[str] = field(default_factory=set)
-
-
-def read_package_constant(package_dir: Path, constant: str = "FROZEN_MODULES") -> object:
-    """Return the literal value of ``constant`` assigned in ``package_dir/__init__.py`` (None if absent).
-
-    The file is parsed, not imported, so this works before the package (or torch) can be imported.
-    """
-    init = Path(package_dir) / "__init__.py"
-    if not init.exists():
-        return None
-    for node in ast.parse(init.read_text(encoding="utf-8")).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and any(
-            isinstance(t, ast.Name) and t.id == constant for t in targets
-        ):
-            return ast.literal_eval(node.value)
-    return None
+    hoisted: list[ast.stmt] = field(default_factory=list)   # module-level external imports, moved up
 
 
 def _freezer_is_main_guard(node: ast.stmt) -> bool:
@@ -123,6 +110,9 @@ def _freezer_visit(mod: _FreezerModule, pkg: str, known: Sequence[str], body: li
             continue
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             _freezer_import(mod, pkg, known, node, scope)
+            if top and is_external(node, pkg):
+                mod.hoisted.append(node)
+                mod.edits.append((node, []))
             continue
         if top and "__all__" in _freezer_stored_names(node) \
                 and isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
@@ -311,6 +301,7 @@ def freeze_package(package_dir: Path, modules: Sequence[str] | None = None, entr
     parts = [
         f'"""GENERATED FILE - DO NOT EDIT. Frozen from the package {label} by\n'
         f"`{command}`.\n\n"
+        f"{entry_index(package_dir, mods)}"
         f"Edit the package and rerun that command to regenerate this file; add `--check` to\n"
         f"test whether it is up to date.  Modules, in order:\n\n{listing}\n"
         '"""\n'
@@ -318,6 +309,9 @@ def freeze_package(package_dir: Path, modules: Sequence[str] | None = None, entr
     futures = sorted(set().union(*(m.futures for m in mods.values())))
     if futures:
         parts.append(f"from __future__ import {', '.join(futures)}\n")
+    block = import_block(node for name in order for node in mods[name].hoisted)
+    if block:
+        parts.append(f"\n{block}\n")
     for name in order:
         parts.append(f"\n\n# ---- {label}/{name}.py ----\n{_freezer_render(mods[name])}")
     if entry_point is None:

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.config import apply_overrides, full_config
+from ..core.inference import restores_torch_threads
 from .bench import DETECT_SCRIPT
 from .machine import RESULTS_DIR, describe_cpu, machine_info, run_script, shown_command, write_result
 
@@ -71,6 +72,7 @@ def _rate(work: Callable[[], None], images: int, seconds: float) -> float:
     return calls * images / (time.perf_counter() - started)
 
 
+@restores_torch_threads
 def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8.0,
                     results_dir: str | os.PathLike = RESULTS_DIR, command: str | None = None) -> dict:
     """Throughput of the recipe's network on this CPU, per memory layout.
@@ -122,6 +124,7 @@ def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8
     return result
 
 
+@restores_torch_threads
 def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
                      overrides: Sequence[str] = (), out: str | os.PathLike | None = None) -> str:
     """Where a training step's time goes: augmentation, forward, backward, optimiser, by op.
