@@ -1,25 +1,34 @@
-"""Notebooks saved clean: JupyterLab's saves of the project's notebooks carry no outputs.
+"""Notebooks that stay clean: the outputs of a run never reach the files or a commit.
 
-A student runs a notebook and saves it (autosave does it for them); its outputs would then
-hold pictures of course faces, which must never be committed, and every save would show
-the notebook as modified. JupyterLab saves through the Jupyter server's contents manager,
-which calls its ``pre_save_hook`` first: ``pre_save_hook`` here strips what a run adds
+A student runs a notebook and saves it (JupyterLab's autosave does it for them); its
+outputs then hold pictures of course faces, which must never be committed, and every
+save would show the notebook as modified. ``clean_notebook`` strips what a run adds
 (outputs, execution counts, widget state, the cells' run metadata, the kernel's Python
-version) from any notebook in the project's ``notebooks/`` folder, so the file on disk
-stays exactly as committed while the open notebook keeps showing its outputs. Other
-notebooks the server saves are left alone.
+version), in two places:
 
-The hook is switched on by ``etc/jupyter/jupyter_server_config.d/facepoints.json``, which
-``pip install`` puts into the environment's Jupyter configuration (see pyproject.toml).
-``clean_notebook`` is the same stripping for a notebook as a dict (nbformat 4).
+* **On save, in JupyterLab**: ``pre_save_hook`` is the Jupyter server's
+  ``ContentsManager.pre_save_hook`` for the project's ``notebooks/`` folder (other
+  notebooks pass untouched), so the file on disk stays exactly as committed and
+  ``git status`` shows nothing; the open notebook keeps showing its outputs until it is
+  closed. ``facepoints jupyter-config`` (in the README's install command) merges
+  ``JUPYTER_CONFIG`` into the environment's ``etc/jupyter/jupyter_server_config.json``.
+* **On commit, from any editor**: the module is also a git *clean filter*
+  (``.gitattributes``, ``.gitconfig``; the README's install command includes the latter
+  with ``git config include.path ../.gitconfig``). It runs as
+  ``python3 facepoints_lib/notebook/clean.py`` with the standard library only; ``git add``
+  stores a notebook without outputs whatever saved it. Text that is not a notebook passes
+  through unchanged: the filter never loses anything.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+JUPYTER_CONFIG = {"ContentsManager": {"pre_save_hook": "facepoints_lib.notebook.clean.pre_save_hook"}}
 KEPT_CELL_METADATA = ("tags",)            # what a cell keeps: its tags (nbval-check-output)
 KEPT_NOTEBOOK_METADATA = ("kernelspec", "language_info")
 
@@ -45,18 +54,61 @@ def clean_notebook(notebook: dict) -> dict:
     return notebook
 
 
-def is_project_notebook(path: str | os.PathLike, root_dir: str | os.PathLike,
-                        notebooks: Path = NOTEBOOKS) -> bool:
+def clean_text(text: str) -> str:
+    """A notebook file's text, cleaned and written as Jupyter writes notebooks (sorted keys,
+    indent 1, a final newline); any text that is not a notebook, unchanged."""
+    try:
+        notebook = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        return text
+    return json.dumps(clean_notebook(notebook), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def is_project_notebook(path: str | os.PathLike, root_dir: str | os.PathLike) -> bool:
     """True when ``path`` (relative to the server's ``root_dir``) is a notebook directly in
     the project's ``notebooks/`` folder."""
     where = Path(os.path.realpath(Path(root_dir) / str(path).lstrip("/")))
-    return where.suffix == ".ipynb" and where.parent == notebooks.resolve()
+    return where.suffix == ".ipynb" and where.parent == NOTEBOOKS.resolve()
 
 
 def pre_save_hook(model: dict, path: str, contents_manager, **kwargs) -> None:
     """The Jupyter server's ``ContentsManager.pre_save_hook``: clean a project notebook's
-    content before it is written (``clean_notebook``); anything else passes untouched."""
-    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
-        return
-    if is_project_notebook(path, contents_manager.root_dir):
+    content before it is written; anything else passes untouched."""
+    if model.get("type") == "notebook" and isinstance(model.get("content"), dict) \
+            and is_project_notebook(path, contents_manager.root_dir):
         clean_notebook(model["content"])
+
+
+def write_jupyter_config(prefix: str | os.PathLike = sys.prefix) -> Path:
+    """Switch ``pre_save_hook`` on for the Jupyter server of the environment at ``prefix``:
+    merge ``JUPYTER_CONFIG`` into its ``etc/jupyter/jupyter_server_config.json`` (the
+    environment's own configuration file; other settings in it are kept). Files in
+    ``jupyter_server_config.d`` would not do: the server reads only the extensions they
+    enable."""
+    target = Path(prefix) / "etc" / "jupyter" / "jupyter_server_config.json"
+    config = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{target} does not hold a JSON object: fix or remove it first")
+    for section, values in JUPYTER_CONFIG.items():
+        config.setdefault(section, {}).update(values)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return target
+
+
+def main() -> int:
+    """The git filter: a notebook on standard input, the clean notebook on standard output."""
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        sys.stdout.buffer.write(data)
+        return 0
+    sys.stdout.buffer.write(clean_text(text).encode("utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

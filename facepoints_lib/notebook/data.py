@@ -66,12 +66,16 @@ def project_root() -> Path:
 
 
 def shown_path(path: str | os.PathLike) -> str:
-    """``path`` relative to the project root when it lies inside it (for printing)."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(project_root()).as_posix()
-    except ValueError:
-        return str(path)
+    """``path`` for printing, naming no machine's folders: relative to the project root
+    when it lies inside it (a symlink such as ``data/train`` shown as itself, not as its
+    target), else its last two parts."""
+    plain, root = Path(os.path.abspath(path)), Path(os.path.abspath(project_root()))
+    for inside, base in ((plain, root), (plain.resolve(), root.resolve())):
+        try:
+            return inside.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return Path(*plain.parts[-2:]).as_posix()
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Sub-commands: ``demo`` (the main job on synthetic faces), ``train``, ``detect``,
 ``calibrate``, ``grade``, ``bench``, ``bench-rotation``, ``bench-framing``, ``bench-memory``, ``freeze``,
-``synth``, ``make-cut``, ``make-not-faces``. Each has ``--help``.
+``synth``, ``make-cut``, ``make-not-faces``, ``jupyter-config``. Each has ``--help``.
 """
 
 from __future__ import annotations
@@ -144,6 +144,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .speed import profile_training
 
     print(profile_training(steps=args.steps, threads=args.threads, overrides=args.set, out=args.out))
+    return 0
+
+
+def _cmd_jupyter_config(args: argparse.Namespace) -> int:
+    from ..notebook.clean import write_jupyter_config
+
+    print(f"wrote {write_jupyter_config(args.prefix)}: JupyterLab now saves the project's notebooks "
+          f"without their outputs")
     return 0
 
 
@@ -318,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the table to this file")
     add_set(p)
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("jupyter-config", help="make this environment's JupyterLab save the project's "
+                                              "notebooks without their outputs (a pre-save hook)")
+    p.add_argument("--prefix", default=sys.prefix, help="the environment (default: the running one)")
+    p.set_defaults(func=_cmd_jupyter_config)
 
     p = sub.add_parser("freeze", help="regenerate solution.py from facepoints_lib/core")
     p.add_argument("--check", action="store_true", help="exit 1 when solution.py is out of date")
