@@ -250,6 +250,19 @@ def test_out_dev_stdout_prints_the_table(small_faces, model_file):
     assert "wrote 12 detections to /dev/stdout" in result.stderr
 
 
+def test_out_dev_stdout_redirected_to_a_file_writes_that_file(tmp_path, small_faces, model_file):
+    """Standard output redirected to a file without a suffix is still a stream target, not
+    an existing file that --out would refuse to overwrite."""
+    target = tmp_path / "results"
+    with open(target, "w") as out:
+        result = subprocess.run([sys.executable, "-m", "facepoints_lib", "detect", str(small_faces / "images"),
+                                 "--model", str(model_file), "--out", "/dev/stdout"],
+                                stdout=out, stderr=subprocess.PIPE, text=True, timeout=120, env=CHILD_ENV,
+                                cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert len(read_gt(target)) == 12
+
+
 # ---- 5. names that CSV mangles ------------------------------------------------------------
 
 def test_every_name_written_reads_back_the_same(tmp_path):
@@ -600,3 +613,14 @@ def test_warnings_still_name_the_callers_line(tmp_path, small_faces, model_file)
     with pytest.warns(UserWarning, match="could not be read") as more:
         align_folder(model_file, tmp_path / "bad")
     assert [w.filename for w in [*caught, *more]] == [__file__, __file__]
+
+
+def test_a_symlinked_output_keeps_its_link(tmp_path):
+    """A rename over a symlink would replace the link by a regular file; the file it points
+    to is replaced instead."""
+    real = tmp_path / "real.csv"
+    real.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    write_gt({"a.png": np.zeros(28)}, link)
+    assert link.is_symlink() and list(read_gt(real)) == ["a.png"]

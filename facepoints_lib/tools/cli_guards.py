@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..core.files import is_stream_target
+
 MAX_NAME_LIST_BYTES = 16 * 2 ** 20     # a list of file names: 16 MB holds over 300 000 of them
 
 
@@ -54,7 +56,7 @@ def check_result_target(path: Path, flag: str, model: Path, images: Path) -> Non
     """Refuse an output path that names an input: the model file, a file in the image
     folder (or the one picture), the course's ``gt.csv`` or ``img_shapes.csv``, or an
     existing file that is not a table of results (by its suffix)."""
-    if not path.exists() or not path.is_file():
+    if is_stream_target(path) or not path.is_file():
         return                      # a new file, or a stream (/dev/stdout, a FIFO) written through
     real = path.resolve()
     if model.exists() and real == model.resolve():
