@@ -16,13 +16,11 @@ Edit the package and rerun that command to regenerate this file; add `--check` t
 test whether it is up to date.  Modules, in order:
 
     schema, files, images, gt_csv, dataset, augment, align, model, losses, inference,
-    progress, metrics, confidence, checkpoint, config, budget, fit, train, detect,
-    grader
+    progress, metrics, confidence, checkpoint, config, fit, train, detect, grader
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import csv
 import functools
@@ -37,7 +35,7 @@ import tempfile
 import time
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -46,7 +44,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from torch.profiler import record_function
 
 
 # ---- facepoints_lib/core/schema.py ----
@@ -2213,24 +2210,44 @@ def _check_numbers(model: KeypointNet, path: Path) -> None:
 
 
 # ---- facepoints_lib/core/config.py ----
-# The training recipe as plain data: ``TrainConfig``, the two presets and ``key=value`` overrides.
+# The training recipe and how a run executes it, as plain data.
 #
-# ``full_config()`` is the recipe of the shipped model (README's model card); ``fast_config()``
-# the grader's ``fast_train`` (the same loop, smaller). ``apply_overrides`` sets dotted
-# ``key=value`` strings (``model.head=regression``, ``augment.max_rotation=20``) on a config,
-# for the command line, the benchmarks and notebook 03. A config is stored in every model
-# file and result file as ``to_dict()``.
+# ``TrainConfig`` is the recipe: the network, the augmentation, the optimiser and its
+# schedule, the seed; what decides the model a run gives. ``RunConfig`` is how one run
+# executes it: threads, device, bfloat16, how many faces it takes and validates on, how
+# often it validates, a cap on its steps. ``full_config()`` / ``full_run()`` are the
+# shipped model's (README's model card); ``fast_config()`` / ``fast_run()`` the grader's
+# ``fast_train`` (the same loop, smaller). Both are stored in every model file as
+# ``to_dict()``.
 
 
 
 
 
-MAX_MINUTES = 30 * 24 * 60      # a time budget beyond 30 days is a typo (1e308 overflowed the epoch count)
+
+def _check_number(owner: object, name: str, low: float, high: float = math.inf, integer: bool = False,
+                  optional: bool = False, low_open: bool = False) -> None:
+    """Refuse ``owner.name`` unless it is a finite number (an integer where asked) in range."""
+    value = getattr(owner, name)
+    if optional and value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < low or value > high or (low_open and value == low):
+        kind = "an integer" if integer else "a number"
+        bound = f"above {low:g}" if low_open else f"from {low:g}"
+        raise ValueError(f"{name} must be {kind} {bound}" + (f" to {high:g}" if high < math.inf else "")
+                         + f", got {value!r}")
+
+
+def _check_choice(owner: object, name: str, allowed: tuple) -> None:
+    if getattr(owner, name) not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(owner, name)!r}")
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; stored in the checkpoint."""
+    """The recipe: everything that decides the model a run gives; stored in the checkpoint."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -2243,16 +2260,8 @@ class TrainConfig:
     heatmap_js: float = 0.0          # weight of the heatmap-shape loss (DSNT's Jensen-Shannon term)
     heatmap_sigma: float = 1.0       # its Gaussian target's spread, in heatmap cells
     ema_decay: float = 0.998         # exponential moving average of the weights (0: off)
-    val_size: int = 250              # faces held out for validation
-    max_images: int | None = None    # use at most this many faces (seeded subset)
-    max_steps: int | None = None     # stop after this many optimiser steps
-    eval_every: int = 10             # epochs between validations (the last one is always run)
-    minutes: float | None = None     # time budget: measure the first steps, then fit epochs to it
-    flip_tta: bool = True            # average with the mirrored image's prediction
-    bf16: str = "auto"               # bfloat16 autocast: "auto", "on" or "off"
-    threads: int | None = None       # torch threads (None: leave torch's default)
-    device: str = "auto"             # "auto" (GPU when present), "cpu", "cuda"
-    seed: int = 0
+    flip_tta: bool = True            # validate averaged with the mirrored image's prediction (as detect does)
+    seed: int = 0                    # the faces' split and subset, the weights' start, the augmentation
 
     def to_dict(self) -> dict:
         """Plain-data form for checkpoints and result files."""
@@ -2264,43 +2273,47 @@ class TrainConfig:
         """Refuse settings of the wrong type or out of range, naming the setting (a
         ``--set batch_size=0`` ended in ZeroDivisionError, ``lr=nan`` in a TypeError)."""
         self.model.validate()
-
-        def number(name: str, low: float, high: float = math.inf, integer: bool = False,
-                   optional: bool = False, low_open: bool = False) -> None:
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            kinds = (int,) if integer else (int, float)
-            if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value) \
-                    or value < low or value > high or (low_open and value == low):
-                kind = "an integer" if integer else "a number"
-                bound = f"above {low:g}" if low_open else f"from {low:g}"
-                raise ValueError(f"{name} must be {kind} {bound}" + (f" to {high:g}" if high < math.inf else "")
-                                 + f", got {value!r}")
-
-        number("epochs", 1, integer=True)
-        number("batch_size", 1, integer=True)
-        number("lr", 0, low_open=True)
-        number("weight_decay", 0)
-        number("warmup_epochs", 0)
-        number("heatmap_js", 0)
-        number("heatmap_sigma", 0, low_open=True)
-        number("ema_decay", 0, 0.999999)
-        number("val_size", 0, integer=True)
-        number("max_images", 2, integer=True, optional=True)
-        number("max_steps", 1, integer=True, optional=True)
-        number("eval_every", 1, integer=True)
-        number("threads", 1, MAX_THREADS, integer=True, optional=True)
-        number("seed", 0, integer=True)
-        number("minutes", 0, MAX_MINUTES, optional=True, low_open=True)
-        for name, allowed in (("optimizer", ("sgd", "adamw")), ("bf16", ("auto", "on", "off"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
-                                 f"got {getattr(self, name)!r}")
+        _check_number(self, "epochs", 1, integer=True)
+        _check_number(self, "batch_size", 1, integer=True)
+        _check_number(self, "lr", 0, low_open=True)
+        _check_number(self, "weight_decay", 0)
+        _check_number(self, "warmup_epochs", 0)
+        _check_number(self, "heatmap_js", 0)
+        _check_number(self, "heatmap_sigma", 0, low_open=True)
+        _check_number(self, "ema_decay", 0, 0.999999)
+        _check_number(self, "seed", 0, integer=True)
+        _check_choice(self, "optimizer", ("sgd", "adamw"))
         if self.heatmap_js and self.model.head != "heatmap":
             raise ValueError("heatmap_js needs the heatmap head")
         if not isinstance(self.flip_tta, bool):
             raise ValueError(f"flip_tta must be True or False, got {self.flip_tta!r}")
+
+
+@dataclass
+class RunConfig:
+    """How one run executes a recipe: where and how fast it runs, which faces it takes and
+    validates on. Stored in the checkpoint beside the recipe."""
+
+    threads: int | None = None       # torch threads (None: leave torch's default)
+    device: str = "auto"             # "auto" (GPU when present), "cpu", "cuda"
+    bf16: str = "auto"               # bfloat16 autocast: "auto" (where the CPU computes it natively), "on", "off"
+    max_images: int | None = None    # use at most this many faces (a seeded subset)
+    val_size: int = 250              # faces held out for validation (a fifth of them when fewer than 5x)
+    eval_every: int = 10             # epochs between validations (the last one is always run)
+    max_steps: int | None = None     # stop after this many optimiser steps (the schedule is fitted to them)
+
+    def to_dict(self) -> dict:
+        """Plain-data form for checkpoints and result files."""
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Refuse settings of the wrong type or out of range, naming the setting."""
+        _check_number(self, "threads", 1, MAX_THREADS, integer=True, optional=True)
+        _check_number(self, "max_images", 2, integer=True, optional=True)
+        _check_number(self, "val_size", 0, integer=True)
+        _check_number(self, "eval_every", 1, integer=True)
+        _check_number(self, "max_steps", 1, integer=True, optional=True)
+        _check_choice(self, "bf16", ("auto", "on", "off"))
         try:
             if not isinstance(self.device, str):
                 raise TypeError
@@ -2315,125 +2328,81 @@ def full_config(**overrides) -> TrainConfig:
     return TrainConfig(**overrides)
 
 
+def full_run(**overrides) -> RunConfig:
+    """How the shipped model was trained: every face, 250 of them validating."""
+    return RunConfig(**overrides)
+
+
 def fast_config(**overrides) -> TrainConfig:
-    """The grader's ``fast_train``: same loop, 600 faces, 2 epochs, one CPU thread."""
-    values = dict(epochs=2, batch_size=32, max_images=600, val_size=100, eval_every=1,
-                  threads=1, device="cpu", warmup_epochs=0.5)
+    """The grader's ``fast_train`` recipe: the full one, 2 epochs of batches of 32."""
+    values = dict(epochs=2, batch_size=32, warmup_epochs=0.5)
     values.update(overrides)
     return TrainConfig(**values)
 
 
-def parse_override(text: str) -> tuple[list[str], object]:
-    """``"model.head=regression"`` -> ``(["model", "head"], "regression")``; values are Python literals."""
-    if "=" not in text:
-        raise ValueError(f"override must look like key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """Set ``key=value`` overrides (dotted for ``model.`` / ``augment.``) on ``cfg`` in place."""
-    for text in overrides:
-        path, value = parse_override(text)
-        target = cfg
-        for part in path[:-1]:
-            target = getattr(target, part, None)
-            if not is_dataclass(target):
-                raise ValueError(f"unknown config section in {text!r}")
-        names = {f.name for f in fields(target)}
-        if path[-1] not in names:
-            raise ValueError(f"unknown config key in {text!r}; known: {', '.join(sorted(names))}")
-        if isinstance(value, list):
-            value = tuple(value)
-        setattr(target, path[-1], value)
-    cfg.validate()
-    return cfg
-
-
-# ---- facepoints_lib/core/budget.py ----
-# Training to a time budget (``TrainConfig.minutes``): how many epochs fit, and what the
-# recipe's measured curve says of that many.
-#
-# ``fit`` times a few steps (``fit.measure_step_seconds``) and one validation, then
-# ``epochs_for_budget`` gives the most epochs that fit; ``predicted_err_note`` tells the
-# user what holdout err the recipe reached at that many epochs in the benchmarks.
-
-
-
-
-
-def measure_eval_seconds(model: KeypointNet, faces: FaceSet, cfg: TrainConfig, sample: int = 64) -> float:
-    """Seconds one validation on ``faces`` takes, scaled from a timed sample."""
-    images = faces.images[:sample]
-    predict(model, images[:8], flip_tta=cfg.flip_tta)                  # warm-up
-    started = time.perf_counter()
-    predict(model, images, flip_tta=cfg.flip_tta)
-    return (time.perf_counter() - started) * len(faces) / len(images)
-
-
-def epochs_for_budget(budget_seconds: float, steps_per_epoch: int, step_seconds: float,
-                      cfg: TrainConfig, eval_seconds: float = 0.0) -> int:
-    """The most epochs whose steps and validations fit in ``budget_seconds`` (at least 1)."""
-    per_epoch = steps_per_epoch * step_seconds + eval_seconds / cfg.eval_every
-    return max(int((budget_seconds - eval_seconds) / per_epoch), 1)   # the last validation always runs
-
-
-# Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 faces,
-# the 500-face holdout of split seed 0), as measured in bench/results/<file>.json. A test
-# checks these numbers against those files. Empty: the recipe with cut faces has no such
-# run yet (the one point before it, 3.41 at 90 epochs in turn-seed0.json, is another recipe).
-RECIPE_CURVE: tuple = ()
-_CURVE_FREE_KEYS = {"epochs", "minutes", "seed", "threads", "device", "bf16", "max_steps",
-                    "eval_every", "val_size", "max_images"}
-
-
-def predicted_err_note(epochs: int, cfg: TrainConfig) -> str:
-    """What the recipe's measured err-vs-epochs curve says of ``epochs`` (log-linear in between)."""
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in _CURVE_FREE_KEYS}
-    recipe = {k: v for k, v in full_config().to_dict().items() if k not in _CURVE_FREE_KEYS}
-    if mine != recipe or not RECIPE_CURVE:
-        return "no measured err-vs-epochs curve for this recipe, so no prediction"
-    points = [(e, err) for e, err, _ in RECIPE_CURVE]
-    if epochs <= points[0][0]:
-        return f"the recipe's measured holdout err is {points[0][1]:.2f} at {points[0][0]} epochs; fewer epochs do worse"
-    if epochs >= points[-1][0]:
-        return f"the recipe's measured holdout err is {points[-1][1]:.2f} at {points[-1][0]} epochs"
-    for (e0, err0), (e1, err1) in zip(points, points[1:]):
-        if e0 <= epochs <= e1:
-            t = (math.log(epochs) - math.log(e0)) / (math.log(e1) - math.log(e0))
-            return (f"the recipe's measured err-vs-epochs curve predicts holdout err about "
-                    f"{err0 + t * (err1 - err0):.2f} (measured: {err0:.2f} at {e0}, {err1:.2f} at {e1} epochs)")
-    raise AssertionError("unreachable")
+def fast_run(**overrides) -> RunConfig:
+    """The grader's ``fast_train`` run: 600 faces (100 validating, after each epoch), one
+    CPU thread."""
+    values = dict(max_images=600, val_size=100, eval_every=1, threads=1, device="cpu")
+    values.update(overrides)
+    return RunConfig(**values)
 
 
 # ---- facepoints_lib/core/fit.py ----
 # The training loop: ``fit`` trains a network on decoded faces, validating as it goes.
 #
-# ``fit`` takes faces already decoded (``dataset.FaceSet``) and a recipe (``TrainConfig``)
-# and returns the weight-averaged network and one record per validation; ``train``
-# chooses the faces and saves the result. A step (``train_step``) augments a whole batch
-# with tensor ops, runs the network under bfloat16 autocast where the CPU computes it
-# natively, and takes one optimiser step; its phases are labelled for ``torch.profiler``.
-# A training stopped by Ctrl-C (or a SIGTERM the command line turns into one) raises
-# ``TrainingInterrupted`` with the best weights so far.
+# ``fit`` takes faces already decoded (``dataset.FaceSet``), a recipe (``TrainConfig``)
+# and how to run it (``RunConfig``), and returns the weight-averaged network and one
+# record per validation; ``train`` chooses the faces and saves the result. A step
+# (``train_step``) augments a whole batch with tensor ops, runs the network under bfloat16
+# autocast where the CPU computes it natively, and takes one optimiser step. When training
+# ends and how the learning rate moves is a ``StepSchedule`` (the recipe's epochs); a
+# caller may pass another schedule with the same methods (the command line's time budget
+# does). A training stopped by Ctrl-C (or a SIGTERM the command line turns into
+# one) raises ``TrainingInterrupted`` with the best weights so far.
 
 
 
 
 
 
-def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor per step (multiplies the peak ``lr``): linear warm-up over
-    ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
-    return factor
+class StepSchedule:
+    """Training ends after ``total_steps``; the learning-rate factor (it multiplies the
+    peak ``lr``) rises linearly over ``warmup_steps``, then decays to zero along a cosine.
+
+    The loop asks a schedule ``finished(step)``, ``lr_factor(step)``, ``expected_steps(step)``
+    (the progress bar's total), ``describe()`` (for the log) and ``to_dict()`` (for the
+    model's metadata); the command line's time budget (``tools/budget.py``) answers from
+    the clock instead.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total_steps, self.warmup_steps = total_steps, max(warmup_steps, 1)
+
+    @classmethod
+    def for_recipe(cls, cfg: TrainConfig, run: RunConfig, steps_per_epoch: int) -> "StepSchedule":
+        """The recipe's schedule: ``cfg.epochs`` epochs (at most ``run.max_steps`` steps)."""
+        total = cfg.epochs * steps_per_epoch
+        return cls(min(total, run.max_steps) if run.max_steps else total,
+                   int(cfg.warmup_epochs * steps_per_epoch))
+
+    def finished(self, step: int) -> bool:
+        return step >= self.total_steps
+
+    def describe(self) -> str:
+        return f"{self.total_steps} steps"
+
+    def expected_steps(self, step: int) -> int:
+        return self.total_steps
+
+    def to_dict(self) -> dict:
+        return {"schedule": "steps", "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+    def lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        decay = max(self.total_steps - self.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - self.warmup_steps) / decay))
 
 
 def evaluate(model: KeypointNet, faces: FaceSet, flip_tta: bool = True) -> dict:
@@ -2443,6 +2412,12 @@ def evaluate(model: KeypointNet, faces: FaceSet, flip_tta: bool = True) -> dict:
     sizes = faces.sizes.numpy()[:, None, :]
     nme = per_image_nme(pred * sizes, true * sizes)
     return {"err": course_err(pred, true), "nme": float(nme.mean()), "auc08": ced_auc(nme, 0.08)}
+
+
+def validate(model: KeypointNet, val: FaceSet, flip_tta: bool = True) -> dict:
+    """One validation's figures, as a history records them: ``val_err``, ``val_nme``,
+    ``val_auc08`` (see ``evaluate``)."""
+    return {f"val_{key}": value for key, value in evaluate(model, val, flip_tta).items()}
 
 
 def _ema_update(ema: KeypointNet, model: KeypointNet, decay: float) -> None:
@@ -2499,24 +2474,15 @@ def _import_dynamo_without_tmp() -> None:
 def train_step(model: KeypointNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                keypoints: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
                device: torch.device, layout: torch.memory_format, bf16: bool) -> torch.Tensor:
-    """One optimiser step on a uint8 batch, augmented to the model's input side; returns the loss.
-
-    Its phases are labelled for ``torch.profiler`` (``facepoints profile``), which times
-    this very function.
-    """
-    with record_function("augment"):
-        images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator)
-        images = images.to(device).contiguous(memory_format=layout)
-        targets = targets.to(device)
-    with record_function("forward"):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred, probs = model(images, with_heatmaps=True)        # (N, 14, 2), (N, 14, H, W)
-        loss = training_loss(pred, probs, targets, cfg.heatmap_js, cfg.heatmap_sigma)
-    with record_function("backward"):
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    with record_function("optimizer"):
-        optimizer.step()
+    """One optimiser step on a uint8 batch, augmented to the model's input side; returns the loss."""
+    images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator)
+    images = images.to(device).contiguous(memory_format=layout)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred, probs = model(images, with_heatmaps=True)                # (N, 14, 2), (N, 14, H, W)
+    loss = training_loss(pred, probs, targets.to(device), cfg.heatmap_js, cfg.heatmap_sigma)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
     return loss.detach()
 
 
@@ -2562,142 +2528,150 @@ def pixel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), variance.sqrt().float()
 
 
-def _new_model(train: FaceSet, cfg: TrainConfig, device: torch.device) -> tuple[KeypointNet, torch.memory_format]:
+@dataclass
+class _Trainer:
+    """What one run trains with: the network and its weight average, the optimiser and
+    where and how the steps run."""
+
+    model: KeypointNet
+    ema: KeypointNet                       # the weight average (the network itself when ema_decay is 0)
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator             # the augmentation's and the batches' random numbers
+    device: torch.device
+    layout: torch.memory_format
+    bf16: bool
+    batch_size: int
+    steps_per_epoch: int
+
+
+def _new_trainer(train: FaceSet, cfg: TrainConfig, run: RunConfig) -> _Trainer:
     """A fresh network holding the training faces' pixel statistics and mean shape, on
-    ``device`` in the memory layout it trains in (channels-last where safe)."""
+    the run's device in the memory layout it trains in (channels-last where safe), with
+    its optimiser."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(run.device)
     model = build_model(cfg.model)
     mean, std = pixel_statistics(train.images)
     model.set_statistics(mean, std.clamp_min(MIN_PIXEL_STD), train.keypoints.mean(0))
     layout = memory_format_for(model)
-    return model.to(device, memory_format=layout), layout
+    model = model.to(device, memory_format=layout)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
+    _import_dynamo_without_tmp()                                  # before any torch.optim use
+    batch_size = min(cfg.batch_size, len(train))
+    return _Trainer(model, ema, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed),
+                    device, layout, use_bf16(run.bf16, device), batch_size,
+                    max(len(train) // batch_size, 1))             # whole batches only
 
 
-def _validation_figures(model: KeypointNet, val: FaceSet, track: FaceSet | None, flip_tta: bool) -> dict:
-    """One validation's figures for the history: ``val_err``, ``val_nme``, ``val_auc08``
-    and, with a tracked holdout, ``track_err``."""
-    figures = evaluate(model, val, flip_tta=flip_tta)
-    record = {"val_err": figures["err"], "val_nme": figures["nme"], "val_auc08": figures["auc08"]}
-    if track is not None:
-        record["track_err"] = evaluate(model, track, flip_tta=flip_tta)["err"]
-    return record
+def _check_fit_inputs(train: FaceSet, val: FaceSet | None, cfg: TrainConfig, run: RunConfig) -> None:
+    cfg.validate()
+    run.validate()
+    if train.keypoints is None or len(train) == 0:
+        raise ValueError("training needs at least one labelled face")
+    for faces in (train, val) if val is not None else (train,):
+        if faces.image_size != cfg.model.image_size:
+            raise ValueError(f"faces are {faces.image_size} px, the model expects {cfg.model.image_size}")
+
+
+def _train_epoch(t: _Trainer, train: FaceSet, cfg: TrainConfig, scheduler, done: Callable[[int], bool],
+                 step: int, bar, postfix: str) -> tuple[int, float]:
+    """One pass over the training faces in a new random order, until ``done(step)``;
+    returns the step count and the mean training loss of the pass."""
+    t.model.train()
+    order = torch.randperm(len(train), generator=t.generator)
+    total, seen = 0.0, 0
+    for b in range(t.steps_per_epoch):
+        if done(step):
+            break
+        index = order[b * t.batch_size:(b + 1) * t.batch_size]
+        loss = train_step(t.model, t.optimizer, train.images[index], train.keypoints[index],
+                          cfg, t.generator, t.device, t.layout, t.bf16)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
+        scheduler.step()
+        step += 1
+        if t.ema is not t.model:
+            _ema_update(t.ema, t.model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        total, seen = total + loss.item(), seen + 1
+        bar.update(1)
+        bar.set_postfix_str(f"loss {total / seen:.3f}{postfix}")
+    return step, total / max(seen, 1)
 
 
 @restores_torch_threads
-def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
-        progress: Callable[..., object] = TextProgress,
-        log: Callable[[str], None] = print,
-        track: FaceSet | None = None) -> tuple[KeypointNet, list[dict]]:
-    """Train a network on ``train``, validating on ``val``; return (model, history).
+def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig, run: RunConfig | None = None, *,
+        schedule=None, progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
+        on_validation: Callable[[KeypointNet, dict], None] | None = None) -> tuple[KeypointNet, list[dict]]:
+    """Train a network on ``train`` by the recipe ``cfg``, validating on ``val``; return
+    (model, history).
 
-    The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode.
-    ``history`` has one dict per validation: epoch, step, train loss, val figures, time (``seconds``, and
-    ``train_seconds`` without the evaluations). ``track`` (optional) is scored at each
-    validation too, as ``track_err``: benchmarks use it for time-to-accuracy on a holdout;
-    it never steers training.
-
-    With ``cfg.minutes`` the number of epochs is chosen to fit that budget from a few
-    timed steps (see ``epochs_for_budget``). ``cfg`` itself is left as it was: the model's
-    ``metadata["train_config"]`` records what ran, that epoch count included, for the
-    checkpoint (the count depends on the machine's speed: repeat such a run with that
-    ``epochs`` and no ``minutes``).
+    The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode;
+    its ``metadata`` records the recipe, the run and the steps taken. ``history`` has one
+    dict per validation: epoch, step, train loss, ``val_err``, ``val_nme``, ``val_auc08``,
+    time (``seconds``, and ``train_seconds`` without the validations). ``run`` (default
+    ``RunConfig()``) sets threads, device, bfloat16, validation and a step cap;
+    ``schedule(cfg, run, steps_per_epoch)`` (default ``StepSchedule.for_recipe``) gives the
+    schedule: when training ends and how the learning rate moves. ``on_validation(model,
+    record)`` runs at each validation and may add figures to the record (benchmarks score
+    a holdout there); it never steers training.
     """
-    cfg.validate()
-    cfg = copy.deepcopy(cfg)                  # this run's own: a budget's epochs are written here
-    if train.keypoints is None or len(train) == 0:
-        raise ValueError("training needs at least one labelled face")
-    if train.image_size != cfg.model.image_size:
-        raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    bf16 = use_bf16(cfg.bf16, device)
+    run = run if run is not None else RunConfig()
+    _check_fit_inputs(train, val, cfg, run)
+    val = val if val is not None and len(val) else None
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    t = _new_trainer(train, cfg, run)
+    schedule = (schedule or StepSchedule.for_recipe)(cfg, run, t.steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(t.optimizer, schedule.lr_factor)
+    threads = torch.get_num_threads()
+    log(f"training {count_parameters(t.model) / 1e6:.2f}M parameters on {len(train)} faces "
+        f"({len(val) if val is not None else 0} for validation), batches of {t.batch_size}, "
+        f"{schedule.describe()}, {t.device.type}{' bf16' if t.bf16 else ''}, {threads} thread{'s' if threads != 1 else ''}")
 
-    model, layout = _new_model(train, cfg, device)
-    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
-    _import_dynamo_without_tmp()                                  # before any torch.optim use
-    optimizer = make_optimizer(model, cfg)
-
-    batch_size = min(cfg.batch_size, len(train))
-    steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
-    start = time.monotonic()                                      # the timing steps count too
-    if cfg.minutes:
-        step_seconds = measure_step_seconds(model, train, cfg, batch_size, device, layout, bf16)
-        eval_seconds = measure_eval_seconds(ema, val, cfg) if val is not None and len(val) else 0.0
-        budget = cfg.minutes * 60 - (time.monotonic() - start)
-        cfg.epochs = epochs = epochs_for_budget(budget, steps_per_epoch, step_seconds, cfg, eval_seconds)
-        log(f"time budget {cfg.minutes:g} min: {format_seconds(steps_per_epoch * step_seconds)} per "
-            f"epoch ({1000 * step_seconds:.0f} ms per step measured), so {epochs} "
-            f"epoch{'s' if epochs != 1 else ''}; "
-            f"{predicted_err_note(epochs, cfg)}")
-        one_epoch = steps_per_epoch * step_seconds + eval_seconds
-        if one_epoch > budget:
-            log(f"warning: the time budget of {cfg.minutes:g} min is shorter than one epoch with its "
-                f"validation ({format_seconds(one_epoch)}); training the one epoch anyway, which "
-                f"overshoots the budget by about {format_seconds(one_epoch - max(budget, 0.0))}")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, warmup))
-    log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
-        f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
-        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} "
-        f"thread{'s' if torch.get_num_threads() != 1 else ''}")
+    def done(step: int) -> bool:
+        return schedule.finished(step) or (run.max_steps is not None and step >= run.max_steps)
 
     history: list[dict] = []
-    step, epoch, eval_seconds_so_far = 0, 0, 0.0
     best: tuple[dict, dict] | None = None            # (record, EMA weights) of the best validation
-    bar = progress(total=total_steps, desc="train", unit="step")
+    step, epoch, started, validating = 0, 0, time.monotonic(), 0.0
+    bar = progress(total=schedule.expected_steps(0), desc="train", unit="step")
     try:
-        while step < total_steps:
+        while not done(step):
             epoch += 1
-            model.train()
-            order = torch.randperm(len(train), generator=generator)
-            running, seen = 0.0, 0
-            for b in range(steps_per_epoch):
-                if step >= total_steps:
-                    break
-                index = order[b * batch_size:(b + 1) * batch_size]
-                loss = train_step(model, optimizer, train.images[index], train.keypoints[index],
-                                  cfg, generator, device, layout, bf16)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
-                scheduler.step()
-                step += 1
-                if ema is not model:
-                    _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-                running, seen = running + loss.item(), seen + 1
-                bar.update(1)
-                last_val = f" (val err {history[-1]['val_err']:.2f} at epoch {history[-1]['epoch']})" if history else ""
-                bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}{last_val}")
-            last = step >= total_steps
-            if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
-                eval_start = time.monotonic()
-                record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
-                          **_validation_figures(ema, val, track, cfg.flip_tta)}
-                eval_seconds_so_far += time.monotonic() - eval_start
-                record["seconds"] = elapsed = time.monotonic() - start
-                record["train_seconds"] = elapsed - eval_seconds_so_far
-                history.append(record)
-                if best is None or record["val_err"] < best[0]["val_err"]:
-                    best = (record, copy.deepcopy(ema.state_dict()))
-                log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
-                    f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
-                    f"{format_seconds(elapsed / step * (total_steps - step))} left")
+            last = f" (val err {history[-1]['val_err']:.2f} at epoch {history[-1]['epoch']})" if history else ""
+            step, loss = _train_epoch(t, train, cfg, scheduler, done, step, bar, f", epoch {epoch}{last}")
+            bar.total = schedule.expected_steps(step)
+            if val is None or not (done(step) or epoch % run.eval_every == 0):
+                continue
+            began = time.monotonic()
+            record = {"epoch": epoch, "step": step, "train_loss": loss, **validate(t.ema, val, cfg.flip_tta)}
+            if on_validation is not None:
+                on_validation(t.ema, record)
+            validating += time.monotonic() - began
+            record["seconds"] = elapsed = time.monotonic() - started
+            record["train_seconds"] = elapsed - validating
+            history.append(record)
+            if best is None or record["val_err"] < best[0]["val_err"]:
+                best = (record, copy.deepcopy(t.ema.state_dict()))
+            log(f"epoch {epoch}: train loss {loss:.3f}, val err {record['val_err']:.3f}, "
+                f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
+                f"{format_seconds(elapsed / step * (schedule.expected_steps(step) - step))} left")
     except KeyboardInterrupt as stop:                # Ctrl-C, or SIGTERM turned into one by the CLI
         bar.close()
         if best is not None:
-            ema.load_state_dict(best[1])
-        ema.metadata = {"train_config": cfg.to_dict()}
-        raise TrainingInterrupted(ema.eval(), history, step, total_steps,
+            t.ema.load_state_dict(best[1])
+        t.ema.metadata = _what_ran(cfg, run, schedule, step, t.steps_per_epoch)
+        raise TrainingInterrupted(t.ema.eval(), history, step, schedule.expected_steps(step),
                                   best[0] if best is not None else None) from stop
     bar.close()
-    ema.metadata = {"train_config": cfg.to_dict()}                # what ran, for the checkpoint
-    ema.eval()
-    return ema, history
+    t.ema.metadata = _what_ran(cfg, run, schedule, step, t.steps_per_epoch)
+    return t.ema.eval(), history
+
+
+def _what_ran(cfg: TrainConfig, run: RunConfig, schedule, steps: int, steps_per_epoch: int) -> dict:
+    """The model's ``metadata``: the recipe, the run, and the steps the schedule gave."""
+    return {"train_config": cfg.to_dict(), "run_config": run.to_dict(),
+            "trained": {"steps": steps, "epochs": round(steps / steps_per_epoch, 3), **schedule.to_dict()}}
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -2715,15 +2689,16 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 # ---- facepoints_lib/core/train.py ----
-# Training from a folder: one run from a gt table (``train_model``) and the course's
-# ``train_detector``; the loop itself is ``fit.fit``.
+# Training from a folder: ``choose_faces`` picks the training and validation faces of a
+# gt table, ``train_model`` decodes and trains them (the loop itself is ``fit.fit``), and
+# the course's ``train_detector`` calls both.
 #
 # ``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
-# Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
-# (``config.fast_config``: a subset of the faces, few steps, one thread, CPU) and writes
-# nothing; ``fast_train=False`` trains ``config.full_config`` and saves ``facepoints_model.pt``.
-# The recipe is in ``config``, the loss in ``losses``, prediction in ``inference`` and the
-# time budget in ``budget``.
+# Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe and run
+# (``config.fast_config``, ``config.fast_run``: a subset of the faces, few steps, one
+# thread, CPU) and writes nothing; ``fast_train=False`` trains ``config.full_config`` and
+# saves ``facepoints_model.pt``. The recipe is in ``config``, the loss in ``losses`` and
+# prediction in ``inference``.
 
 
 
@@ -2739,6 +2714,18 @@ def _caller_stacklevel() -> int:
     while frame.f_back is not None and frame.f_globals.get("__name__") in ours:
         frame, level = frame.f_back, level + 1  # (the outermost frame, at worst: a script's own line)
     return level
+
+
+@dataclass
+class FaceChoice:
+    """The faces one run trains and validates on (``choose_faces``), those the exclusion
+    list left out, and their keypoint table."""
+
+    gt: dict
+    img_dir: Path
+    train_names: list[str]
+    val_names: list[str]
+    excluded: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -2769,25 +2756,27 @@ def _check_inputs(train_gt, train_img_dir) -> tuple[dict, Path]:
     return gt, img_dir
 
 
-@restores_torch_threads
-def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | Path | None = None,
-                progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
-                track: FaceSet | None = None, exclude: Sequence[str] = ()) -> TrainingRun:
-    """Train ``cfg`` on the labelled faces of a folder; save the model to ``model_path`` if given.
+def validation_size(faces: int, run: RunConfig) -> int:
+    """How many of ``faces`` (after ``run.max_images``) validate: ``run.val_size``, or a
+    fifth of them when there are fewer than five times as many (the rest train)."""
+    faces = min(faces, run.max_images) if run.max_images else faces
+    if faces < 5 * run.val_size:
+        return min(run.val_size, max(faces // 5, 1))
+    return run.val_size
 
-    With validation faces, the trained model's confidence is calibrated on them at the end
-    (``confidence.calibrate``) and stored with it (``model.metadata["calibration"]``).
+
+def choose_faces(train_gt, train_img_dir, run: RunConfig, seed: int = 0, exclude: Sequence[str] = (),
+                 log: Callable[[str], None] = print) -> FaceChoice:
+    """The faces of a labelled folder one run trains and validates on.
+
     ``train_gt`` is ``{filename: 28 coordinates}`` or the path of a gt.csv. Rows for files
     missing from the folder are dropped with a warning; a malformed table raises
-    ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``exclude``: file names
-    to leave out (faces whose labels look wrong, see notebook 01's label audit); the model
-    file records them. ``track``: see ``fit`` (benchmarks only).
+    ``GtFormatError``. ``exclude``: file names to leave out (faces whose labels look
+    wrong, see notebook 01's label audit). Then at most ``run.max_images`` faces (a subset
+    seeded by ``seed``), of which ``run.val_size`` validate (a fifth of them when there
+    are fewer than five times as many), split by ``seed``.
     """
-    cfg.validate()                                                # before any image is decoded
     gt, img_dir = _check_inputs(train_gt, train_img_dir)
-    path = Path(model_path) if model_path is not None else None
-    if path is not None:
-        check_writable(path, "model file")                      # before any training is spent on it
     listed = set(gt)
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
@@ -2797,52 +2786,72 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         gt = {name: coords for name, coords in gt.items() if name not in left_out}
     if isinstance(exclude, (str, os.PathLike)):
         raise TypeError("exclude must be a list of file names, not a single name")
-    unmatched = sorted(set(exclude) - set(listed))
+    unmatched = sorted(set(exclude) - listed)
     if unmatched:         # a typo, another data set's list, or a name the table spells otherwise
         warnings.warn(f"{len(unmatched)} names in the exclusion list match no face in the keypoint "
                       f"table and leave nothing out: {', '.join(map(repr, unmatched[:5]))}",
                       stacklevel=_caller_stacklevel())
-    left_out = sorted(set(exclude) & set(gt))
-    if left_out:
-        log(f"leaving out {len(left_out)} faces named in the exclusion list")
-        drop = set(left_out)
-        gt = {name: coords for name, coords in gt.items() if name not in drop}
+    excluded = sorted(set(exclude) & set(gt))
+    if excluded:
+        log(f"leaving out {len(excluded)} faces named in the exclusion list")
+        gt = {name: coords for name, coords in gt.items() if name not in set(excluded)}
     if len(gt) < 2:
         raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
     names = sorted(gt)
-    if cfg.max_images and len(names) > cfg.max_images:
-        keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))
-        names = sorted(names[i] for i in keep[:cfg.max_images].tolist())
-    val_size = cfg.val_size
-    if len(names) < 5 * val_size:        # few faces: a fifth validates, the rest trains
-        val_size = min(val_size, max(len(names) // 5, 1))
-        log(f"only {len(names)} faces: validating on {val_size} of them (val_size={cfg.val_size} would leave "
-            f"{max(len(names) - cfg.val_size, 1)} to train on)")
-    train_names, val_names = split_names(names, val_size, cfg.seed)
+    if run.max_images and len(names) > run.max_images:
+        keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))
+        names = sorted(names[i] for i in keep[:run.max_images].tolist())
+    val_size = validation_size(len(names), run)
+    if val_size < run.val_size:
+        log(f"only {len(names)} faces: validating on {val_size} of them (val_size={run.val_size} would leave "
+            f"{max(len(names) - run.val_size, 1)} to train on)")
+    train_names, val_names = split_names(names, val_size, seed)
+    return FaceChoice(gt, img_dir, train_names, val_names, excluded)
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    with progress(total=len(names), desc="decode", unit="img") as bar:
-        train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
-        val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
+
+@restores_torch_threads
+def train_model(train_gt, train_img_dir, cfg: TrainConfig, run: RunConfig | None = None, *,
+                model_path: str | Path | None = None, schedule=None,
+                progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
+                on_validation: Callable[[KeypointNet, dict], None] | None = None,
+                exclude: Sequence[str] = ()) -> TrainingRun:
+    """Train ``cfg`` on the labelled faces of a folder; save the model to ``model_path`` if given.
+
+    The faces are ``choose_faces``'s (``train_gt``, ``exclude`` and ``run`` as there); an
+    unreadable listed image raises ``ImageReadError``. With validation faces, the trained
+    model's confidence is calibrated on them at the end (``confidence.calibrate``) and
+    stored with it (``model.metadata["calibration"]``); the model file records the faces
+    and the exclusions too. ``schedule`` and ``on_validation``: see ``fit``.
+    """
+    run = run if run is not None else RunConfig()
+    cfg.validate()                                                # before any image is decoded
+    run.validate()
+    path = Path(model_path) if model_path is not None else None
+    if path is not None:
+        check_writable(path, "model file")                      # before any training is spent on it
+    faces = choose_faces(train_gt, train_img_dir, run, cfg.seed, exclude, log)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    with progress(total=len(faces.train_names) + len(faces.val_names), desc="decode", unit="img") as bar:
+        train_set = load_faces(faces.img_dir, cfg.model.image_size, faces.gt, faces.train_names, bar.update)
+        val_set = load_faces(faces.img_dir, cfg.model.image_size, faces.gt, faces.val_names, bar.update)
+    about = {"seed": cfg.seed, "train_images": len(train_set), "val_images": len(val_set),
+             "val_names": list(val_set.filenames), "excluded": faces.excluded}
     try:
-        model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
+        model, history = fit(train_set, val_set, cfg, run, schedule=schedule, progress=progress, log=log,
+                             on_validation=on_validation)
     except TrainingInterrupted as stop:
         if path is not None and stop.step > 0:       # keep what was trained, beside the model file
-            _keep_interrupted(stop, path, cfg, len(train_set), val_set, left_out, log)
+            _keep_interrupted(stop, path, about, log)
         raise
-    calibration = None
     if len(val_set) >= 2:                 # the confidence of detect_details, fitted on unseen faces
         calibration = calibrate(fold_batch_norm(model), val_set, cfg.seed).to_dict()   # as detect runs it
-        model.metadata = {**getattr(model, "metadata", {}), "calibration": calibration}
+        model.metadata = {**model.metadata, "calibration": calibration}
         log(f"confidence calibrated on {calibration['faces']} views of the validation faces")
     if path is not None:
-        save_or_rescue(model, path, {"train_config": model.metadata["train_config"], "history": history,
-                                      "seed": cfg.seed, "train_images": len(train_set),
-                                      "val_images": len(val_set), "val_names": list(val_set.filenames),
-                                      "excluded": left_out, "calibration": calibration},
-                        log)
-    return TrainingRun(model, history, train_names, val_names, left_out, path)
+        save_or_rescue(model, path, {**model.metadata, "history": history, **about,
+                                      "calibration": model.metadata.get("calibration")}, log)
+    return TrainingRun(model, history, faces.train_names, faces.val_names, faces.excluded, path)
 
 
 def interrupted_path(model_path: Path) -> Path:
@@ -2851,8 +2860,7 @@ def interrupted_path(model_path: Path) -> Path:
     return model_path.with_name(f"{model_path.stem}.interrupted{model_path.suffix or '.pt'}")
 
 
-def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, train_images: int,
-                      val_set: FaceSet, excluded: list[str], log: Callable[[str], None]) -> None:
+def _keep_interrupted(stop: TrainingInterrupted, path: Path, about: dict, log: Callable[[str], None]) -> None:
     """Save a stopped training's best model so far (see ``TrainingInterrupted``) beside
     the model file, so that it can be used (it has no confidence calibration: see
     ``facepoints calibrate``). A failure to save it is reported, not raised over the stop."""
@@ -2860,11 +2868,9 @@ def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, t
     where = (f"best validation so far: epoch {stop.record['epoch']}, val err {stop.record['val_err']:.3f}"
              if stop.record else f"no validation yet; the weights at step {stop.step}")
     try:
-        save_checkpoint(stop.model, keep, {
-            "train_config": stop.model.metadata["train_config"], "history": stop.history, "seed": cfg.seed,
-            "train_images": train_images, "val_images": len(val_set),
-            "val_names": list(val_set.filenames), "excluded": excluded, "calibration": None,
-            "interrupted": {"step": stop.step, "total_steps": stop.total_steps}})
+        save_checkpoint(stop.model, keep, {**stop.model.metadata, "history": stop.history, **about,
+                                           "calibration": None,
+                                           "interrupted": {"step": stop.step, "total_steps": stop.total_steps}})
     except OSError as exc:
         log(f"training stopped at step {stop.step} of {stop.total_steps}; its model could not be kept: {exc}")
         return
@@ -2873,7 +2879,8 @@ def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, t
 
 
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
-                   config: TrainConfig | None = None, model_path: str | Path | None = None,
+                   config: TrainConfig | None = None, run: RunConfig | None = None,
+                   model_path: str | Path | None = None, schedule=None,
                    progress: Callable[..., object] = TextProgress,
                    log: Callable[[str], None] = print, exclude: Sequence[str] = ()) -> KeypointNet:
     """Train a keypoint detector on the course's data and return it (in eval mode).
@@ -2882,15 +2889,19 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     run.py reads it) or the path of a gt.csv; ``train_img_dir`` the folder of the images.
     With ``fast_train=True`` a short run on one CPU thread checks that training works and
     writes nothing; with ``fast_train=False`` the full recipe runs and the model is saved
-    to ``model_path`` (default: ``facepoints_model.pt`` beside the code). ``config``
-    replaces the recipe; the rest as in ``train_model``, which returns the history too.
+    to ``model_path`` (default: ``facepoints_model.pt`` beside the code). ``config`` and
+    ``run`` replace the recipe and the run; the rest as in ``train_model``, which returns
+    the history too (so does this model's ``metadata["history"]``).
     """
     if not isinstance(fast_train, bool):
         raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
     cfg = config if config is not None else (fast_config() if fast_train else full_config())
+    run = run if run is not None else (fast_run() if fast_train else full_run())
     path = None if fast_train else (model_path if model_path is not None else default_model_path())
-    return train_model(train_gt, train_img_dir, cfg, model_path=path, progress=progress, log=log,
-                       exclude=exclude).model
+    result = train_model(train_gt, train_img_dir, cfg, run, model_path=path, schedule=schedule,
+                         progress=progress, log=log, exclude=exclude)
+    result.model.metadata["history"] = result.history
+    return result.model
 
 
 # ---- facepoints_lib/core/detect.py ----
@@ -3119,11 +3130,12 @@ def find_course_tests(tests_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None],
-                       progress: Callable[..., object]) -> dict:
+def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None]) -> dict:
+    """The course grader's check that training runs: ``train_detector(gt, img_dir,
+    fast_train=True)``, called exactly as the course calls it; returns its time and the
+    validation err of the small model it trains (not the one scored)."""
     started = time.monotonic()
-    # what train_detector(gt, img_dir, fast_train=True) runs, with the history kept
-    history = train_model(gt, img_dir, fast_config(), log=log, progress=progress).history
+    history = train_detector(gt, img_dir, fast_train=True).metadata["history"]
     seconds = time.monotonic() - started
     val_err = history[-1]["val_err"] if history else float("nan")
     log(f"fast_train (the grader's check that training runs; it trains a small model of its own, "
@@ -3133,8 +3145,7 @@ def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None],
 
 def grade_course_tests(tests_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
                        fast_train: bool = True, output_dir: str | os.PathLike | None = None,
-                       log: Callable[[str], None] = print,
-                       progress: Callable[..., object] = TextProgress) -> list[dict]:
+                       log: Callable[[str], None] = print) -> list[dict]:
     """Run every test of a course tests folder; return one result dict per test."""
     pairs = find_course_tests(tests_dir)
     if not pairs:
@@ -3146,8 +3157,7 @@ def grade_course_tests(tests_dir: str | os.PathLike, model_path: str | os.PathLi
         result: dict = {"test": input_dir.name}
         if fast_train:
             train_dir = input_dir / "train"
-            result.update(_grader_fast_train(read_gt(train_dir / "gt.csv"), train_dir / "images",
-                                             log, progress))
+            result.update(_grader_fast_train(read_gt(train_dir / "gt.csv"), train_dir / "images", log))
         started = time.monotonic()
         detected = detect(model_path, input_dir / "test" / "images")
         result["detect_seconds"] = time.monotonic() - started
@@ -3164,8 +3174,7 @@ def grade_course_tests(tests_dir: str | os.PathLike, model_path: str | os.PathLi
 
 def grade_train_folder(train_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
                        holdout: int = 500, seed: int = 0, fast_train: bool = True,
-                       log: Callable[[str], None] = print,
-                       progress: Callable[..., object] = TextProgress) -> dict:
+                       log: Callable[[str], None] = print) -> dict:
     """Grade on a plain ``train/`` folder: fast-train on all but a seeded holdout, detect the holdout."""
     train_dir = Path(train_dir)
     gt = read_gt(train_dir / "gt.csv")
@@ -3173,7 +3182,7 @@ def grade_train_folder(train_dir: str | os.PathLike, model_path: str | os.PathLi
     rest, held = split_names(sorted(gt), holdout, seed)
     result: dict = {"test": train_dir.name, "holdout": len(held)}
     if fast_train:
-        result.update(_grader_fast_train({n: gt[n] for n in rest}, img_dir, log, progress))
+        result.update(_grader_fast_train({n: gt[n] for n in rest}, img_dir, log))
     model_path = Path(model_path) if model_path is not None else default_model_path()
     started = time.monotonic()
     detected = detect(model_path, img_dir, filenames=held)
@@ -3218,18 +3227,16 @@ def _faces_seen(model_path: Path, held: list[str], outside: int) -> tuple[int, b
 
 def grade(data_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
           holdout: int = 500, seed: int = 0, fast_train: bool = True,
-          log: Callable[[str], None] = print,
-          progress: Callable[..., object] = TextProgress) -> list[dict]:
+          log: Callable[[str], None] = print) -> list[dict]:
     """Grade ``data_dir``, whichever of the two layouts it has (see the module docstring)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise NotADirectoryError(f"data folder not found: {data_dir}")
     if (data_dir / "gt.csv").is_file() and (data_dir / "images").is_dir():
         return [grade_train_folder(data_dir, model_path, holdout=holdout, seed=seed,
-                                   fast_train=fast_train, log=log, progress=progress)]
+                                   fast_train=fast_train, log=log)]
     if find_course_tests(data_dir):
-        return grade_course_tests(data_dir, model_path, fast_train=fast_train, log=log,
-                                  progress=progress)
+        return grade_course_tests(data_dir, model_path, fast_train=fast_train, log=log)
     raise FileNotFoundError(f"{data_dir} is neither a train folder (gt.csv + images/) nor a "
                             f"course tests folder (NN_*_input + NN_*_gt)")
 

@@ -17,7 +17,7 @@ from facepoints_lib.core.checkpoint import save_checkpoint
 from facepoints_lib.core.model import ModelConfig, build_model
 from facepoints_lib.core.schema import NUM_POINTS
 from facepoints_lib.tools.synth import make_synthetic_faces
-from facepoints_lib.core.config import TrainConfig
+from facepoints_lib.core.config import RunConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,12 +29,15 @@ HOLDOUT_FACES = 100      # a held-out folder drawn with another seed
 # older model and result files still carry them: the value each must hold for the run to
 # be what the code does now, or None where only a retired variant read it.
 RETIRED_SETTINGS = {"schedule": "cosine", "loss": "l1", "heatmap_loss": None}
+# settings of how a run executes the recipe, stored in the recipe by older model and result
+# files (they now form RunConfig, and the time budget lives with the command line)
+MOVED_TO_THE_RUN = ("threads", "device", "bf16", "max_images", "val_size", "eval_every", "max_steps", "minutes")
 
 
 def without_retired_settings(config: dict) -> dict:
     """A stored training config (``TrainConfig.to_dict`` of an older run) without its
     retired settings, after checking that each held the value that means today's code."""
-    config = dict(config)
+    config = {k: v for k, v in config.items() if k not in MOVED_TO_THE_RUN}
     for key, now in RETIRED_SETTINGS.items():
         if key in config:
             value = config.pop(key)
@@ -52,11 +55,17 @@ def tiny_model_config(image_size: int = 32, head: str = "heatmap") -> ModelConfi
 
 
 def tiny_train_config(**overrides) -> TrainConfig:
-    """A training recipe that finishes in a second or two: tiny net, one epoch, one thread."""
-    values = dict(model=tiny_model_config(), epochs=1, batch_size=16, max_images=80, val_size=16,
-                  eval_every=1, threads=1, device="cpu", bf16="off", warmup_epochs=0.5)
+    """A training recipe that finishes in a second or two: tiny net, one epoch."""
+    values = dict(model=tiny_model_config(), epochs=1, batch_size=16, warmup_epochs=0.5)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def tiny_run(**overrides) -> RunConfig:
+    """How the tiny recipe runs: 80 faces (16 validating, after each epoch), one thread, CPU, float32."""
+    values = dict(max_images=80, val_size=16, eval_every=1, threads=1, device="cpu", bf16="off")
+    values.update(overrides)
+    return RunConfig(**values)
 
 
 def quiet_progress(**kwargs):
@@ -119,6 +128,45 @@ def constant_model_path(tmp_path_factory) -> Path:
     shape = torch.tensor([0.25, 0.75]).expand(NUM_POINTS, 2).clone()
     return save_tiny_model(tmp_path_factory.mktemp("models") / "constant.pt", head="regression",
                            mean_shape=shape)
+
+
+@pytest.fixture(scope="session")
+def read_only_fast_train(tmp_path_factory) -> dict:
+    """The grader's fast_train run once in a whole read-only file system, as user 65534,
+    its address space capped (``sandbox_harness.fast_train_in_read_only_sandbox``):
+    ``test_sandbox.py`` and ``test_hardening_sandbox.py`` both check this one run.
+    ``{"skip": reason}`` where that sandbox cannot be built here."""
+    from sandbox_harness import fast_train_in_read_only_sandbox
+
+    return fast_train_in_read_only_sandbox(tmp_path_factory.mktemp("read_only_sandbox"))
+
+
+# ---- the bad-input tests' network and folders (helpers in bad_inputs.py) ----------------
+
+@pytest.fixture(scope="session")
+def hard_model(tmp_path_factory) -> Path:
+    """The narrowest test network (``bad_inputs.HARD_MODEL``), untrained, saved."""
+    from bad_inputs import save_hard_model
+
+    return save_hard_model(tmp_path_factory.mktemp("hard_models") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def messy_folder(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """Readable images of many kinds, unreadable ones and non-images, side by side
+    (``bad_inputs.make_messy_folder``); do not add to it."""
+    from bad_inputs import make_messy_folder
+
+    return make_messy_folder(tmp_path_factory.mktemp("messy"))
+
+
+@pytest.fixture(scope="session")
+def labelled_folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """Ten labelled faces, one with points outside its frame (``bad_inputs.make_labelled_folder``);
+    copy the table before changing it."""
+    from bad_inputs import make_labelled_folder
+
+    return make_labelled_folder(tmp_path_factory.mktemp("labelled"))
 
 
 def as_points(table: dict[str, np.ndarray], names) -> np.ndarray:

@@ -16,9 +16,14 @@ so it imports ``facepoints_lib``; it runs in the notebooks' CI mode on synthetic
 * ``04_error_analysis.ipynb``: run all cells; the CED plot must render as an image.
 * ``01_data_exploration.ipynb`` and ``03_architecture_experiments.ipynb``: run all cells;
   no cell may show an error or a warning box, and every figure cell shows a drawn image.
+* In all four, every figure on screen is saved as a screenshot and must be shown at its
+  natural size (not scaled down to the output area), so its text shows at the size
+  ``tests/test_figure_legibility.py`` checks. The window is 1280 x 1000 CSS px with
+  JupyterLab's default layout (file browser open): the output area is then
+  ``figure_layout.OUTPUT_WIDTH_PX`` wide, the narrowest of the common layouts.
 
 Screenshots are saved to ``$FACEPOINTS_BROWSER_ARTIFACTS`` (default ``artifacts/browser/``,
-git-ignored). Run only these tests with ``python -m pytest -m browser``; they are
+git-ignored), with ``<notebook>_figures.json``: each figure's natural and shown width. Run only these tests with ``python -m pytest -m browser``; they are
 skipped, with the reason, when Chromium, Playwright or JupyterLab is missing.
 """
 
@@ -53,6 +58,7 @@ SERVER_START_TIMEOUT = 90        # seconds for JupyterLab to answer
 RUN_ALL_TIMEOUT = 150            # seconds for "Run All Cells" of one notebook
 REDRAW_TIMEOUT = 20              # seconds for a widget's figure to be redrawn
 CHANGED_PIXELS = 0.01            # fraction of the face panel that must change on screen
+WINDOW = {"width": 1280, "height": 1000}   # CSS px: a laptop's browser window
 
 CHROMIUM_ARGS = [                # headless, as root, on a machine with no outside network
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
@@ -223,7 +229,7 @@ def browser(chromium_path):
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
                 profile, executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1400, "height": 1000})
+                viewport=WINDOW)
             try:
                 yield context
             finally:
@@ -431,6 +437,7 @@ def test_augmentation_sliders_move_the_face(browser, lab):
         notebook.shot("2_after_flip")
         notebook.assert_no_errors("after ticking flip")
         assert_face_changed(notebook, "flip ticked", rotated, flipped, redrawn)
+        assert_figures_drawn(notebook, 5)
     except BaseException:
         notebook.shot_quietly("failure")
         raise
@@ -475,6 +482,7 @@ def test_error_analysis_draws_the_ced_plot(browser, lab):
         assert drawn > 0.02, f"the CED figure looks blank ({drawn:.2%} drawn); see {figure}"
         assert blue >= 10 and orange >= 10, (
             f"the CED panel does not show its two curves ({blue} blue, {orange} orange pixels); see {figure}")
+        assert_figures_drawn(notebook, 10)
     except BaseException:
         notebook.shot_quietly("failure")
         raise
@@ -482,21 +490,42 @@ def test_error_analysis_draws_the_ced_plot(browser, lab):
         notebook.close()
 
 
+FIGURE_JS = """e => {
+    const cell = e.closest('.jp-CodeCell');
+    const prompt = cell && cell.querySelector('.jp-InputPrompt');
+    return {natural: e.naturalWidth, shown: e.getBoundingClientRect().width,
+            area: e.closest('.jp-OutputArea-output').getBoundingClientRect().width,
+            cell: prompt ? prompt.textContent.trim() : ''};
+}"""
+
+
 def assert_figures_drawn(notebook: Notebook, minimum: int) -> None:
-    """At least ``minimum`` output images, none blank, and no stderr box (a warning shows
-    as a pink box in JupyterLab: a student reads it as something gone wrong)."""
+    """At least ``minimum`` output images, each saved as a screenshot, none blank, each
+    shown at its natural size (a figure wider than the output area is scaled down, and
+    its text with it), and no stderr box (a warning shows as a pink box in JupyterLab: a
+    student reads it as something gone wrong)."""
     from PIL import Image
 
     page = notebook.page
     images = page.locator(".jp-OutputArea-output img")
     count = images.count()
     assert count >= minimum, f"{notebook.name}: {count} figures on screen, expected at least {minimum}"
+    sizes = []
     for index in range(count):
         image = images.nth(index)
         image.scroll_into_view_if_needed()
         shot = notebook.shot(f"figure_{index}", image)
         drawn = float((np.asarray(Image.open(shot).convert("L")) < 200).mean())
         assert drawn > 0.01, f"{notebook.name}: figure {index} looks blank ({drawn:.2%} drawn); see {shot}"
+        sizes.append({"figure": index, **image.evaluate(FIGURE_JS)})
+    (notebook.folder / f"{notebook.stem}_figures.json").write_text(json.dumps(sizes, indent=1))
+    for size in sizes:
+        print(f"{notebook.stem} figure {size['figure']} (cell {size['cell']}): {size['natural']} px, "
+              f"shown {size['shown']:.0f} px in an output area of {size['area']:.0f} px")
+    scaled = [f"figure {s['figure']} (cell {s['cell']}): {s['natural']} px shown at {s['shown']:.0f}"
+              for s in sizes if s["shown"] < s["natural"] - 0.5]
+    assert not scaled, (f"{notebook.name}: figures wider than the output area, scaled down with their text "
+                        f"(see {notebook.folder}): " + "; ".join(scaled))
     pink = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     texts = [pink.nth(i).inner_text()[:300] for i in range(pink.count())]
     assert not texts, f"{notebook.name}: {len(texts)} stderr box(es) on screen: {texts}"

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import facepoints_lib.core.train
+import facepoints_lib.core.config
 from facepoints_lib.core.checkpoint import load_model
 from facepoints_lib.tools.cli import build_parser, main
 from facepoints_lib.core.detect import detect
 from facepoints_lib.core.gt_csv import GT_HEADER, read_gt
 
-from conftest import REPO_ROOT, tiny_train_config
+from conftest import REPO_ROOT, tiny_run, tiny_train_config
 
 SUBCOMMANDS = ["demo", "train", "detect", "grade", "bench", "freeze", "synth"]
 TINY_SETS = ["epochs=1", "batch_size=16", "max_images=40", "val_size=8", "threads=1", "bf16='off'",
@@ -89,7 +89,7 @@ def test_detect_accepts_one_image_file(tmp_path, small_faces, tiny_model_path, c
     out = tmp_path / "one.csv"
     picture = sorted((small_faces / "images").iterdir())[3]
     assert main(["detect", str(picture), "--model", str(tiny_model_path), "--out", str(out)]) == 0
-    assert "wrote 1 detections" in capsys.readouterr().out
+    assert "wrote 1 detection to" in capsys.readouterr().out
     table = read_gt(out)
     assert list(table) == [picture.name]
     np.testing.assert_allclose(table[picture.name], detect(tiny_model_path, small_faces / "images")[picture.name],
@@ -114,7 +114,8 @@ def test_train_with_overrides_saves_a_model(tmp_path, synth_train, capsys):
 
 
 def test_train_fast_writes_nothing(tmp_path, synth_train, monkeypatch, capsys):
-    monkeypatch.setattr(facepoints_lib.core.train, "fast_config", tiny_train_config)
+    monkeypatch.setattr(facepoints_lib.core.config, "fast_config", tiny_train_config)
+    monkeypatch.setattr(facepoints_lib.core.config, "fast_run", tiny_run)
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(synth_train), "--fast", "--out", str(tmp_path / "m.pt")]) == 0
     assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ from facepoints_lib.core.train import train_model
 from facepoints_lib.tools.cli import main
 from facepoints_lib.tools.confidence_report import CONFIDENCE_HEADER, calibrate_file
 
-from conftest import quiet_progress, save_tiny_model, tiny_train_config
+from conftest import quiet_progress, save_tiny_model, tiny_run, tiny_train_config
 
 
 def test_power_law_fit_recovers_the_law_and_follows_the_mean():
@@ -133,7 +133,7 @@ def test_near_border_and_the_second_try_on_doubted_faces(tmp_path):
 def calibrated_model(tmp_path_factory, synth_train):
     """A tiny network trained one epoch on synthetic faces: its file carries a calibration."""
     path = tmp_path_factory.mktemp("cal") / "m.pt"
-    train_model(synth_train / "gt.csv", synth_train / "images", tiny_train_config(), model_path=path,
+    train_model(synth_train / "gt.csv", synth_train / "images", tiny_train_config(), tiny_run(), model_path=path,
                 progress=quiet_progress, log=lambda s: None)
     return path
 
@@ -244,6 +244,6 @@ def test_training_learns_from_faces_whose_points_lie_outside_the_picture(tmp_pat
     _, moved = augment_batch(faces.images[outside][:16], faces.keypoints[outside][:16], AugmentConfig(), 32,
                              torch.Generator().manual_seed(0))
     assert bool(((moved >= 0) & (moved <= 1)).all())                 # every label inside the frame
-    run = train_model(gt, tmp_path / "cut" / "images", tiny_train_config(), progress=quiet_progress,
-                      log=lambda s: None)
+    run = train_model(gt, tmp_path / "cut" / "images", tiny_train_config(), tiny_run(),
+                      progress=quiet_progress, log=lambda s: None)
     assert all(math.isfinite(r["val_err"]) for r in run.history)

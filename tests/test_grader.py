@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import facepoints_lib.core.grader
+import facepoints_lib.core.train
 from facepoints_lib.core.detect import detect
 from facepoints_lib.core.grader import (compute_err, find_course_tests, grade, grade_course_tests,
                                    grade_train_folder, grader_main)
@@ -13,19 +14,21 @@ from facepoints_lib.core.gt_csv import read_gt, read_img_shapes
 from facepoints_lib.core.metrics import course_err, course_mark
 from facepoints_lib.tools.synth import make_synthetic_faces
 
-from conftest import as_points, quiet_progress, tiny_train_config
+from conftest import as_points, tiny_run, tiny_train_config
 
 
 @pytest.fixture()
 def tiny_fast_train(monkeypatch):
-    """Make the grader's fast_train use the tiny recipe (same code path, a second long)."""
+    """Make the grader's fast_train use the tiny recipe and run (the same call of
+    train_detector, a second long)."""
     calls = []
 
     def fake_fast_config(**overrides):
         calls.append(overrides)
         return tiny_train_config(**overrides)
 
-    monkeypatch.setattr(facepoints_lib.core.grader, "fast_config", fake_fast_config)
+    monkeypatch.setattr(facepoints_lib.core.train, "fast_config", fake_fast_config)
+    monkeypatch.setattr(facepoints_lib.core.train, "fast_run", tiny_run)
     return calls
 
 
@@ -74,7 +77,7 @@ def test_find_course_tests(course_tests):
 
 def test_grade_course_layout(course_tests, tiny_model_path, tiny_fast_train, tmp_path):
     lines = []
-    results = grade(course_tests, tiny_model_path, log=lines.append, progress=quiet_progress)
+    results = grade(course_tests, tiny_model_path, log=lines.append)
     assert tiny_fast_train == [{}]                      # fast_train ran once, with the recipe's defaults
     assert len(results) == 1
     result = results[0]
@@ -103,8 +106,7 @@ def test_course_layout_output_csv_without_training(course_tests, tiny_model_path
 
 def test_grade_plain_train_folder(synth_train, tiny_model_path, tiny_fast_train):
     lines = []
-    results = grade(synth_train, tiny_model_path, holdout=20, seed=5, log=lines.append,
-                    progress=quiet_progress)
+    results = grade(synth_train, tiny_model_path, holdout=20, seed=5, log=lines.append)
     assert len(tiny_fast_train) == 1 and len(results) == 1
     result = results[0]
     assert result["holdout"] == 20 and result["images"] == 20

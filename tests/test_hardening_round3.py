@@ -24,14 +24,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_tiny_model, tiny_model_config, tiny_train_config, quiet_progress
+from conftest import quiet_progress, save_tiny_model, tiny_model_config, tiny_run, tiny_train_config
 from facepoints_lib.core.checkpoint import (CheckpointError, load_checkpoint, load_model,
                                             save_checkpoint, write_payload)
 from facepoints_lib.core.files import write_atomically
 from facepoints_lib.core.gt_csv import GtFormatError, read_gt, read_img_shapes, write_gt
 from facepoints_lib.core.grader import find_course_tests, grader_main
 from facepoints_lib.core.fit import pixel_statistics
-from facepoints_lib.core.train import train_model
 from facepoints_lib.tools import cli, cli_guards
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +67,6 @@ needs_tmpfs = pytest.mark.skipif(not _can_mount_tmpfs(),
                                  reason="needs root and unshare -m to mount a small full tmpfs")
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("round3") / "tiny.pt")
-
-
 # ---- 1. a real full disk while saving a trained model ------------------------------------
 
 @needs_tmpfs
@@ -105,7 +99,7 @@ def test_a_full_disk_while_saving_rescues_the_model_and_leaves_no_temporary_file
 
 
 @needs_tmpfs
-def test_detect_out_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, small_faces, model_file):
+def test_detect_out_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, small_faces, tiny_model_path):
     full = tmp_path / "full"
     full.mkdir()
     result = _run_python(f"""
@@ -119,7 +113,7 @@ def test_detect_out_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path
             except OSError:
                 pass
         from facepoints_lib.tools.cli import main
-        status = main(["detect", {str(small_faces / "images")!r}, "--model", {str(model_file)!r},
+        status = main(["detect", {str(small_faces / "images")!r}, "--model", {str(tiny_model_path)!r},
                        "--out", {str(full / "out.csv")!r}])
         print("STATUS", status)
         print("OLD", open({str(full / "out.csv")!r}).read().strip())
@@ -133,8 +127,8 @@ def test_detect_out_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path
 
 # ---- 2. finite but poisonous numbers; 3. a flipped bit --------------------------------------
 
-def _poisoned(model_file: Path, tmp_path: Path, change) -> Path:
-    payload = load_checkpoint(model_file)
+def _poisoned(tiny_model_path: Path, tmp_path: Path, change) -> Path:
+    payload = load_checkpoint(tiny_model_path)
     change(payload["state_dict"])
     path = tmp_path / "poisoned.pt"
     write_payload(payload, path)
@@ -160,10 +154,10 @@ def _first(suffix: str):
     (_set("pixel_std", 1e-44), r"pixel_std must lie in \[0.0039, 1\]"),
     (_set("backbone.stem.0.weight", 3e38), "non-finite points for a test picture"),
 ])
-def test_model_files_with_poisonous_numbers_are_refused(model_file, tmp_path, small_faces, capsys,
+def test_model_files_with_poisonous_numbers_are_refused(tiny_model_path, tmp_path, small_faces, capsys,
                                                         change, message):
     """They loaded, and every point was NaN: detect --out wrote nan with exit 0."""
-    path = _poisoned(model_file, tmp_path, change)
+    path = _poisoned(tiny_model_path, tmp_path, change)
     with pytest.raises(CheckpointError, match=message):
         load_model(path)
     out = tmp_path / "out.csv"
@@ -189,21 +183,21 @@ def _member_data_offset(path: Path, member: str) -> int:
     return info.header_offset + 30 + name_length + extra_length
 
 
-def test_one_flipped_bit_in_a_weight_is_refused(model_file, tmp_path):
+def test_one_flipped_bit_in_a_weight_is_refused(tiny_model_path, tmp_path):
     """It loaded without a word and moved points by up to hundreds of pixels."""
-    with zipfile.ZipFile(model_file) as archive:
+    with zipfile.ZipFile(tiny_model_path) as archive:
         member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    data = bytearray(model_file.read_bytes())
-    data[_member_data_offset(model_file, member.filename) + member.file_size // 2] ^= 0x40  # an exponent bit
+    data = bytearray(tiny_model_path.read_bytes())
+    data[_member_data_offset(tiny_model_path, member.filename) + member.file_size // 2] ^= 0x40  # an exponent bit
     damaged = tmp_path / "flipped.pt"
     damaged.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"flipped.pt is damaged: the checksum of its part .* does not match"):
         load_model(damaged)
-    load_model(model_file)                                    # the intact file still loads
+    load_model(tiny_model_path)                                    # the intact file still loads
 
 
-def test_a_newer_format_says_so(model_file, tmp_path):
-    payload = load_checkpoint(model_file)
+def test_a_newer_format_says_so(tiny_model_path, tmp_path):
+    payload = load_checkpoint(tiny_model_path)
     payload["format"] = "facepoints-checkpoint-7"
     write_payload(payload, tmp_path / "newer.pt")
     with pytest.raises(CheckpointError, match=r"newer.pt was written by a newer facepoints "
@@ -213,14 +207,14 @@ def test_a_newer_format_says_so(model_file, tmp_path):
 
 # ---- 4. outputs that are not regular files ----------------------------------------------------
 
-def test_a_fifo_with_a_reader_is_written_through(tmp_path, small_faces, model_file):
+def test_a_fifo_with_a_reader_is_written_through(tmp_path, small_faces, tiny_model_path):
     """It was replaced by a regular file, and the reader got nothing."""
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
     received: list[bytes] = []
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    assert cli.main(["detect", str(small_faces / "images"), "--model", str(model_file),
+    assert cli.main(["detect", str(small_faces / "images"), "--model", str(tiny_model_path),
                      "--out", str(fifo)]) == 0
     reader.join(30)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
@@ -229,20 +223,20 @@ def test_a_fifo_with_a_reader_is_written_through(tmp_path, small_faces, model_fi
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="mknod of a character device needs root")
-def test_a_device_node_is_written_through_never_replaced(tmp_path, small_faces, model_file):
+def test_a_device_node_is_written_through_never_replaced(tmp_path, small_faces, tiny_model_path):
     """As root, --out /dev/null replaced the device node with a regular file."""
     null = tmp_path / "null"
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))      # a private /dev/null
-    assert cli.main(["detect", str(small_faces / "images"), "--model", str(model_file),
+    assert cli.main(["detect", str(small_faces / "images"), "--model", str(tiny_model_path),
                      "--out", str(null)]) == 0
     assert stat.S_ISCHR(os.lstat(null).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
 
 
-def test_out_dev_stdout_prints_the_table(small_faces, model_file):
+def test_out_dev_stdout_prints_the_table(small_faces, tiny_model_path):
     """It printed nothing yet reported success."""
     result = subprocess.run([sys.executable, "-m", "facepoints_lib", "detect", str(small_faces / "images"),
-                             "--model", str(model_file), "--out", "/dev/stdout"],
+                             "--model", str(tiny_model_path), "--out", "/dev/stdout"],
                             capture_output=True, text=True, timeout=120, env=CHILD_ENV, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -250,13 +244,13 @@ def test_out_dev_stdout_prints_the_table(small_faces, model_file):
     assert "wrote 12 detections to /dev/stdout" in result.stderr
 
 
-def test_out_dev_stdout_redirected_to_a_file_writes_that_file(tmp_path, small_faces, model_file):
+def test_out_dev_stdout_redirected_to_a_file_writes_that_file(tmp_path, small_faces, tiny_model_path):
     """Standard output redirected to a file without a suffix is still a stream target, not
     an existing file that --out would refuse to overwrite."""
     target = tmp_path / "results"
     with open(target, "w") as out:
         result = subprocess.run([sys.executable, "-m", "facepoints_lib", "detect", str(small_faces / "images"),
-                                 "--model", str(model_file), "--out", "/dev/stdout"],
+                                 "--model", str(tiny_model_path), "--out", "/dev/stdout"],
                                 stdout=out, stderr=subprocess.PIPE, text=True, timeout=120, env=CHILD_ENV,
                                 cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
@@ -276,20 +270,20 @@ def test_every_name_written_reads_back_the_same(tmp_path):
     assert all(np.allclose(back[name], table[name]) for name in table)
 
 
-def test_detect_writes_a_carriage_return_name_it_can_read_back(tmp_path, small_faces, model_file):
+def test_detect_writes_a_carriage_return_name_it_can_read_back(tmp_path, small_faces, tiny_model_path):
     folder = tmp_path / "images"
     folder.mkdir()
     source = sorted((small_faces / "images").iterdir())[0]
     for name in ("x\ry.png", " lead.png"):
         (folder / name).write_bytes(source.read_bytes())
     out = tmp_path / "out.csv"
-    assert cli.main(["detect", str(folder), "--model", str(model_file), "--out", str(out)]) == 0
+    assert cli.main(["detect", str(folder), "--model", str(tiny_model_path), "--out", str(out)]) == 0
     assert sorted(read_gt(out)) == [" lead.png", "x\ry.png"]
 
 
 # ---- 6. align_folder memory -------------------------------------------------------------
 
-def test_align_folder_memory_is_bounded(small_faces, model_file):
+def test_align_folder_memory_is_bounded(small_faces, tiny_model_path):
     """size=768 on 128 pictures peaked at +2 GB: every float crop and sampling grid of a
     256-picture chunk at once. Now the float part stays within ALIGN_MEMORY_BYTES."""
     result = _run_python(f"""
@@ -298,9 +292,9 @@ def test_align_folder_memory_is_bounded(small_faces, model_file):
         analysis.ALIGN_MEMORY_BYTES = 16 * 2**20
         images = {str(small_faces / "images")!r}
         names = sorted(__import__("os").listdir(images))
-        analysis.align_folder({str(model_file)!r}, images, filenames=names[:2], size=768, threads=1)
+        analysis.align_folder({str(tiny_model_path)!r}, images, filenames=names[:2], size=768, threads=1)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out = analysis.align_folder({str(model_file)!r}, images, filenames=names * 4, size=768, threads=1)
+        out = analysis.align_folder({str(tiny_model_path)!r}, images, filenames=names * 4, size=768, threads=1)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print("CROPS_MB", out[1].nbytes / 2**20, "GROWN_MB", grown / 1024)
     """)
@@ -367,13 +361,6 @@ def test_a_huge_exclusion_list_is_refused(tmp_path, monkeypatch):
 
 # ---- weak spots: the time budget ------------------------------------------------------------
 
-def test_a_budget_shorter_than_one_epoch_says_so(synth_train):
-    lines: list[str] = []
-    train_model(synth_train / "gt.csv", synth_train / "images", tiny_train_config(minutes=1e-9),
-                progress=quiet_progress, log=lines.append)
-    assert any("shorter than one epoch" in line and "overshoots the budget" in line for line in lines)
-
-
 def test_an_absurd_budget_is_refused_before_any_image_is_decoded(tmp_path, synth_train, capsys):
     assert cli.main(["train", str(synth_train), "--out", str(tmp_path / "m.pt"), "--minutes", "1e308"]) == 2
     assert "minutes must be a number above 0 to 43200, got 1e+308" in capsys.readouterr().err
@@ -381,7 +368,7 @@ def test_an_absurd_budget_is_refused_before_any_image_is_decoded(tmp_path, synth
 
 # ---- weak spots: SIGTERM ------------------------------------------------------------------
 
-def test_sigterm_during_a_save_removes_the_temporary_file(tmp_path, small_faces, model_file):
+def test_sigterm_during_a_save_removes_the_temporary_file(tmp_path, small_faces, tiny_model_path):
     """SIGTERM (timeout, docker stop, systemd, Slurm) left .NAME.XXXX.tmp for ever."""
     out = tmp_path / "out.csv"
     result = _run_python(f"""
@@ -394,7 +381,7 @@ def test_sigterm_during_a_save_removes_the_temporary_file(tmp_path, small_faces,
             real_replace(src, dst)
         files.os.replace = terminated_replace
         from facepoints_lib.tools.cli import main
-        raise SystemExit(main(["detect", {str(small_faces / "images")!r}, "--model", {str(model_file)!r},
+        raise SystemExit(main(["detect", {str(small_faces / "images")!r}, "--model", {str(tiny_model_path)!r},
                                "--out", {str(out)!r}]))
     """)
     assert result.returncode == 143, result.stderr
@@ -458,7 +445,7 @@ def test_pixel_statistics_match_the_float_computation_without_a_float_copy():
     ("gt", "is a keypoint or image-size table of the course data"),
     ("solution", "exists and is not a table of results"),
 ])
-def test_out_naming_an_input_is_refused(tmp_path, small_faces, model_file, capsys, target, message):
+def test_out_naming_an_input_is_refused(tmp_path, small_faces, tiny_model_path, capsys, target, message):
     """--out pointing at an input image, gt.csv or solution.py was overwritten silently."""
     copy = tmp_path / "data"
     (copy / "images").mkdir(parents=True)
@@ -469,7 +456,7 @@ def test_out_naming_an_input_is_refused(tmp_path, small_faces, model_file, capsy
     path = {"image": next((copy / "images").iterdir()), "gt": copy / "gt.csv",
             "solution": tmp_path / "solution.py"}[target]
     before = path.read_bytes()
-    assert cli.main(["detect", str(copy / "images"), "--model", str(model_file), "--out", str(path)]) == 2
+    assert cli.main(["detect", str(copy / "images"), "--model", str(tiny_model_path), "--out", str(path)]) == 2
     assert message in capsys.readouterr().err
     assert path.read_bytes() == before
 
@@ -496,13 +483,13 @@ def _course_folder(root: Path, small_faces: Path) -> Path:
     return tests
 
 
-def test_the_grader_refuses_a_test_without_answers(tmp_path, small_faces, model_file, capsys):
+def test_the_grader_refuses_a_test_without_answers(tmp_path, small_faces, tiny_model_path, capsys):
     """A missing NN_gt skipped the test silently with exit 0."""
     tests = _course_folder(tmp_path, small_faces)
     (tests / "02_b_input" / "test" / "images").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"02_b_input \(no 02_b_gt\)"):
         find_course_tests(tests)
-    assert grader_main([str(tests), "--model", str(model_file), "--no-fast-train"]) == 2
+    assert grader_main([str(tests), "--model", str(tiny_model_path), "--no-fast-train"]) == 2
     assert "cannot be scored" in capsys.readouterr().err
 
 
@@ -511,14 +498,14 @@ def test_the_grader_refuses_a_test_without_answers(tmp_path, small_faces, model_
      r"line 2: image size 0 x 40: sizes are at least 1 pixel"),
     (lambda lines: [*lines, lines[1]], r"line 14: file name '\d+\.\w+' is already listed on line 2"),
 ])
-def test_the_grader_refuses_damaged_image_sizes(tmp_path, small_faces, model_file, capsys, damage, message):
+def test_the_grader_refuses_damaged_image_sizes(tmp_path, small_faces, tiny_model_path, capsys, damage, message):
     """A size of 0 gave err inf, a duplicate row err 4e6, both with exit 0."""
     tests = _course_folder(tmp_path, small_faces)
     shapes = tests / "01_a_gt" / "img_shapes.csv"
     shapes.write_text("\n".join(damage(shapes.read_text().splitlines())) + "\n")
     with pytest.raises(GtFormatError, match=message):
         read_img_shapes(shapes)
-    assert grader_main([str(tests), "--model", str(model_file), "--no-fast-train"]) == 2
+    assert grader_main([str(tests), "--model", str(tiny_model_path), "--no-fast-train"]) == 2
     err = capsys.readouterr().err
     assert "img_shapes.csv, line" in err and ("sizes are at least" in err or "already listed" in err)
 
@@ -576,7 +563,7 @@ def three_threads():
 
 
 @pytest.mark.parametrize("call", ["detect", "detect-failing", "align_folder", "fit"])
-def test_the_callers_thread_count_is_restored(three_threads, small_faces, model_file, synth_train, call):
+def test_the_callers_thread_count_is_restored(three_threads, small_faces, tiny_model_path, synth_train, call):
     """detect(threads=1), align_folder(threads=1) and a recipe with one thread set torch's
     process-wide count and left it so."""
     from facepoints_lib.core.dataset import load_faces
@@ -585,21 +572,21 @@ def test_the_callers_thread_count_is_restored(three_threads, small_faces, model_
     from facepoints_lib.notebook.analysis import align_folder
 
     if call == "detect":
-        detect(model_file, small_faces / "images", threads=1)
+        detect(tiny_model_path, small_faces / "images", threads=1)
     elif call == "detect-failing":
         with pytest.raises(CheckpointError):
             detect(small_faces / "gt.csv", small_faces / "images", threads=1)
     elif call == "align_folder":
-        align_folder(model_file, small_faces / "images", threads=1)
+        align_folder(tiny_model_path, small_faces / "images", threads=1)
     else:
         faces = load_faces(synth_train / "images", 32, synth_train / "gt.csv",
                            sorted(read_gt(synth_train / "gt.csv"))[:24])
-        cfg = tiny_train_config(threads=1, max_steps=1)
-        fit(faces.subset(range(16)), faces.subset(range(16, 24)), cfg, quiet_progress, lambda line: None)
+        fit(faces.subset(range(16)), faces.subset(range(16, 24)), tiny_train_config(), tiny_run(max_steps=1),
+            progress=quiet_progress, log=lambda line: None)
     assert torch.get_num_threads() == 3
 
 
-def test_warnings_still_name_the_callers_line(tmp_path, small_faces, model_file):
+def test_warnings_still_name_the_callers_line(tmp_path, small_faces, tiny_model_path):
     """The thread-restoring wrapper adds a frame: warnings must skip it too."""
     from facepoints_lib.core.detect import detect
     from facepoints_lib.notebook.analysis import align_folder
@@ -609,9 +596,9 @@ def test_warnings_still_name_the_callers_line(tmp_path, small_faces, model_file)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.jpg").write_bytes(b"not a picture")
     with pytest.warns(UserWarning, match="no images to detect") as caught:
-        detect(model_file, empty)
+        detect(tiny_model_path, empty)
     with pytest.warns(UserWarning, match="could not be read") as more:
-        align_folder(model_file, tmp_path / "bad")
+        align_folder(tiny_model_path, tmp_path / "bad")
     assert [w.filename for w in [*caught, *more]] == [__file__, __file__]
 
 

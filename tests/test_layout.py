@@ -52,7 +52,7 @@ def test_importing_the_package_loads_nothing_until_asked():
 
 def test_detection_does_not_import_training():
     loaded = _loaded_after("from facepoints_lib.core.detect import detect")
-    training = {"train", "fit", "config", "budget", "losses"}
+    training = {"train", "fit", "config", "losses"}
     assert not [m for m in loaded if m.rsplit(".", 1)[-1] in training], loaded
     assert not [m for m in loaded if m.startswith(("facepoints_lib.notebook", "facepoints_lib.tools"))], loaded
 

@@ -61,9 +61,9 @@ try:
 except FileNotFoundError:
     temp_usable = False
 log_lines = []
-config = solution.fast_config(max_images=40, val_size=8)     # fast_train's recipe, smaller
+run = solution.fast_run(max_images=40, val_size=8)     # fast_train's run, on fewer faces
 model = solution.train_detector(os.path.join(data_dir, "gt.csv"), os.path.join(data_dir, "images"),
-                                fast_train=True, config=config, log=log_lines.append)
+                                fast_train=True, run=run, log=log_lines.append)
 report(temp_usable=temp_usable, log=log_lines, training=model.training,
        cache_env=os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
 '''
@@ -86,7 +86,7 @@ def test_fast_train_with_read_only_temp_folders(tmp_path):
     assert result["temp_usable"] is False          # the sandbox really had no usable temp folder
     assert set(result["probes"].values()) <= {"OSError", "PermissionError"}, result["probes"]
     assert result["training"] is False
-    history = validations(result["log"])           # fast_config validates after each of 2 epochs
+    history = validations(result["log"])           # fast_run validates after each of fast_config's 2 epochs
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(0 < h["val_err"] < float("inf") for h in history)
     assert any("(8 for validation)" in line for line in result["log"])

@@ -22,13 +22,13 @@ from facepoints_lib.core.checkpoint import load_checkpoint, load_model
 from facepoints_lib.core.model import ModelConfig
 from facepoints_lib.core.progress import TextProgress
 from facepoints_lib.tools.synth import make_synthetic_faces
-from facepoints_lib.core.config import full_config
+from facepoints_lib.core.config import full_config, full_run
 from facepoints_lib.core.train import train_detector
 
 REPRO_MODEL = dict(image_size=32, stem_width=4, widths=[4, 8, 8, 8], depths=[1, 1, 1, 1],
                    decoder_width=4, hidden=8, dropout=0.0)
-REPRO_RECIPE = dict(epochs=1, max_steps=5, val_size=10, batch_size=8, threads=1, device="cpu",
-                    eval_every=1)
+REPRO_RECIPE = dict(epochs=1, batch_size=8)
+REPRO_RUN = dict(max_steps=5, val_size=10, threads=1, device="cpu", eval_every=1)
 
 
 def _recipe(seed: int):
@@ -46,7 +46,7 @@ def repro_data(tmp_path_factory) -> Path:
 
 
 def _train(data: Path, path: Path, seed: int) -> Path:
-    train_detector(data / "gt.csv", data / "images", fast_train=False, config=_recipe(seed),
+    train_detector(data / "gt.csv", data / "images", fast_train=False, config=_recipe(seed), run=full_run(**REPRO_RUN),
                    model_path=path, progress=_quiet, log=lambda line: None)
     return path
 
@@ -85,12 +85,13 @@ def test_a_fresh_process_gives_the_same_weights(two_runs, repro_data, tmp_path):
         import sys
         from facepoints_lib.core.model import ModelConfig
         from facepoints_lib.core.progress import TextProgress
-        from facepoints_lib.core.config import full_config
+        from facepoints_lib.core.config import full_config, full_run
         from facepoints_lib.core.train import train_detector
         model = ModelConfig(**{{k: tuple(v) if isinstance(v, list) else v
                                for k, v in {json.dumps(REPRO_MODEL)}.items()}})
         cfg = full_config(model=model, seed=3, **{json.dumps(REPRO_RECIPE)})
-        train_detector(sys.argv[1] + "/gt.csv", sys.argv[1] + "/images", fast_train=False, config=cfg,
+        run = full_run(**{json.dumps(REPRO_RUN)})
+        train_detector(sys.argv[1] + "/gt.csv", sys.argv[1] + "/images", fast_train=False, config=cfg, run=run,
                        model_path=sys.argv[2], progress=lambda **kw: TextProgress(disable=True, **kw),
                        log=lambda line: None)
     """)
@@ -104,8 +105,8 @@ def test_checkpoint_records_seed_recipe_and_versions(two_runs):
     meta = payload["metadata"]
     assert meta["seed"] == 3
     assert meta["train_config"]["seed"] == 3
-    assert meta["train_config"]["threads"] == 1
-    assert len(meta["val_names"]) == meta["val_images"] == REPRO_RECIPE["val_size"]
+    assert meta["run_config"]["threads"] == 1 and "threads" not in meta["train_config"]
+    assert len(meta["val_names"]) == meta["val_images"] == REPRO_RUN["val_size"]
     assert all(isinstance(n, str) and n.endswith(".jpg") for n in meta["val_names"])
     assert meta["train_config"]["model"] == payload["model_config"] == REPRO_MODEL | {"head": "heatmap", "second_look": True}
     assert meta["versions"] == {"python": platform.python_version(), "torch": str(torch.__version__),
@@ -117,7 +118,7 @@ def test_checkpoint_records_seed_recipe_and_versions(two_runs):
 
 def test_saved_weights_equal_the_returned_model(repro_data, tmp_path):
     model = train_detector(repro_data / "gt.csv", repro_data / "images", fast_train=False,
-                           config=_recipe(3), model_path=tmp_path / "m.pt", progress=_quiet,
+                           config=_recipe(3), run=full_run(**REPRO_RUN), model_path=tmp_path / "m.pt", progress=_quiet,
                            log=lambda line: None)
     loaded = load_model(tmp_path / "m.pt")
     returned = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -1,4 +1,4 @@
-"""Progressive resizing, the time budget (``minutes``), time-to-accuracy and CPU facts."""
+"""The time budget (``facepoints train --minutes``), time-to-accuracy and CPU facts."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ import json
 import pytest
 import torch
 
-import facepoints_lib.core.budget as budget_module
-import facepoints_lib.core.fit as train_module
+import facepoints_lib.core.fit as fit_module
+import facepoints_lib.tools.budget as budget_module
 from facepoints_lib.tools.bench import time_to_err
+from facepoints_lib.tools.budget import (RECIPE_CURVE, TimeBudget, WARMUP_SHARE, estimate_reserve_seconds,
+                                         predicted_err_note)
 from facepoints_lib.tools.machine import machine_info
 from facepoints_lib.core.dataset import load_faces
 from facepoints_lib.core.gt_csv import read_gt
 from facepoints_lib.core.model import ModelConfig
 from facepoints_lib.core.inference import cpu_flags, cpu_has_bf16
-from facepoints_lib.core.budget import RECIPE_CURVE, epochs_for_budget, predicted_err_note
-from facepoints_lib.core.config import TrainConfig, full_config
+from facepoints_lib.core.config import full_config
 from facepoints_lib.core.fit import fit
 
-from conftest import REPO_ROOT, quiet_progress, tiny_model_config, tiny_train_config, without_retired_settings
+from conftest import (REPO_ROOT, quiet_progress, tiny_model_config, tiny_run, tiny_train_config,
+                      without_retired_settings)
 
 
 @pytest.fixture(scope="module")
@@ -31,31 +33,106 @@ def faces64(synth_train):
             load_faces(synth_train / "images", 64, gt, names[48:56]))
 
 
-def _config(**overrides) -> TrainConfig:
-    values = dict(model=tiny_model_config(64), batch_size=8, val_size=8, epochs=2, ema_decay=0.0)
-    values.update(overrides)
-    return tiny_train_config(**values)
+class FakeClock:
+    """A clock that moves only when told: each training step costs ``step_seconds[i]``."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def _fit(faces, cfg, **kwargs):
-    logs: list[str] = []
-    model, history = fit(faces[0], faces[1], cfg, progress=quiet_progress, log=logs.append, **kwargs)
-    return model, history, logs
+def _budget_fit(faces, monkeypatch, minutes: float, step_costs, reserve: float = 0.0, **run):
+    """Train the tiny recipe on a time budget read from a fake clock that each training step
+    moves on by the next of ``step_costs`` (the last repeats): returns (model, history, log
+    lines, clock, steps taken)."""
+    clock, logs, taken = FakeClock(), [], []
+    real_step = fit_module.train_step
+
+    def costly_step(*args, **kwargs):
+        clock.now += step_costs[min(len(taken), len(step_costs) - 1)]
+        taken.append(clock.now)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_step", costly_step)
+    budget = TimeBudget(minutes, reserve, log=logs.append, clock=clock)
+    cfg = tiny_train_config(model=tiny_model_config(64), batch_size=8, epochs=500, ema_decay=0.0)
+    model, history = fit(faces[0], faces[1], cfg, tiny_run(val_size=8, eval_every=1000, **run),
+                         schedule=budget.schedule, progress=quiet_progress, log=logs.append)
+    return model, history, logs, clock, len(taken)
 
 
-def test_epochs_for_budget_counts_steps_and_validations():
-    cfg = TrainConfig(eval_every=10)
-    # 10 steps of 1 s, plus a 5 s validation every 10 epochs (and the last one)
-    assert epochs_for_budget(1000, 10, 1.0, cfg, eval_seconds=5.0) == int(995 / 10.5)
-    assert epochs_for_budget(1000, 10, 0.5, TrainConfig(eval_every=1)) == 200
-    assert epochs_for_budget(3, 10, 1.0, TrainConfig()) == 1               # never below one epoch
+def test_a_time_budget_stops_on_time_when_the_steps_slow_down(faces64, monkeypatch):
+    """--minutes is a promise: the steps get three times slower after the first ten (a busier
+    machine), and training still stops on time, with fewer steps than the first rate promised."""
+    costs = [1.0] * 10 + [3.0]
+    model, history, logs, clock, steps = _budget_fit(faces64, monkeypatch, minutes=1.0, step_costs=costs)
+    # 60 s: ten steps of 1 s, then 3 s each; the step that crosses 60 s is the last
+    assert steps == 10 + 17 and clock.now - 1000.0 == pytest.approx(61.0)
+    rate_line = next(line for line in logs if line.startswith("time budget 1 min: 1000 ms per step measured"))
+    assert "about 10.0 epochs fit" in rate_line                    # 6 steps an epoch, at the first rate
+    end_line = next(line for line in logs if line.startswith("time budget: 27 steps (4.5 epochs)"))
+    assert "set aside" in end_line
+    assert history[-1]["step"] == 27                               # the last validation always runs
+    trained = model.metadata["trained"]
+    assert trained == {"steps": 27, "epochs": 4.5, "schedule": "time", "minutes": 1.0, "reserve_seconds": 0.0}
+    assert model.metadata["train_config"]["epochs"] == 500         # the recipe as given, not rewritten
+
+
+def test_the_learning_rate_follows_the_clock(monkeypatch):
+    clock = FakeClock()
+    budget = TimeBudget(10.0, reserve_seconds=60.0, log=lambda _: None, clock=clock)
+    schedule = budget.schedule(full_config(), tiny_run(), steps_per_epoch=10)
+    span = 10 * 60 - 60                                             # the reserve is set aside first
+    factors = []
+    for fraction in (0.0, WARMUP_SHARE / 2, WARMUP_SHARE, 0.5 + WARMUP_SHARE / 2, 1.0):
+        clock.now = 1000.0 + fraction * span
+        factors.append(schedule.lr_factor(step=123))                # the step count does not matter
+    assert factors[1] == pytest.approx(0.5) and factors[2] == pytest.approx(1.0)
+    assert factors[3] == pytest.approx(0.5) and factors[4] == pytest.approx(0.0, abs=1e-12)
+    assert 0 < factors[0] < 0.1
+    assert not schedule.finished(0)                                 # at least one step, always
+    assert schedule.finished(1) and schedule.to_dict()["minutes"] == 10.0
+
+
+def test_a_budget_spent_before_training_says_so_and_trains_one_step(faces64, monkeypatch):
+    _, history, logs, clock, steps = _budget_fit(faces64, monkeypatch, minutes=0.01, step_costs=[1.0],
+                                                 reserve=30.0)
+    assert steps == 1 and history[-1]["step"] == 1
+    assert any(line.startswith("warning: the time budget of 0.01 min is spent before training starts")
+               and "overshoots the budget" in line for line in logs)
+
+
+def test_a_step_cap_still_applies_under_a_time_budget(faces64, monkeypatch):
+    _, history, _, _, steps = _budget_fit(faces64, monkeypatch, minutes=10.0, step_costs=[1.0], max_steps=4)
+    assert steps == 4 and history[-1]["step"] == 4
+
+
+def test_the_reserve_counts_validation_calibration_and_saving():
+    cfg = tiny_train_config(model=tiny_model_config(32))
+    none = estimate_reserve_seconds(cfg, tiny_run(), 0)
+    some, more = estimate_reserve_seconds(cfg, tiny_run(), 50), estimate_reserve_seconds(cfg, tiny_run(), 5000)
+    assert none == budget_module.SAVE_SECONDS < some < more
+
+
+@pytest.mark.parametrize("minutes, message", [
+    (0, "minutes must be a number above 0 to 43200, got 0"),
+    ("10", "minutes must be a number above 0 to 43200, got '10'"),
+    (1e308, r"minutes must be a number above 0 to 43200, got 1e\+308"),
+    (float("nan"), "minutes must be a number above 0 to 43200, got nan"),
+])
+def test_bad_budgets_are_refused(minutes, message):
+    with pytest.raises(ValueError, match=message):
+        TimeBudget(minutes)
 
 
 def test_predicted_err_follows_the_measured_curve(monkeypatch):
-    if not RECIPE_CURVE:     # the shipped recipe measured at no budget yet: no number is made up
+    if len(RECIPE_CURVE) < 3:   # fewer than three measured points: no number is made up
         assert predicted_err_note(90, full_config()).startswith("no measured")
-    monkeypatch.setattr(budget_module, "RECIPE_CURVE", ((30, 3.5, "a"), (90, 3.2, "b")))
-    assert "3.20 at 90 epochs" in predicted_err_note(90, full_config(seed=3, threads=1))
+    curve = ((10, 4.0, "a"), (30, 3.5, "b"), (90, 3.2, "c"))
+    monkeypatch.setattr(budget_module, "RECIPE_CURVE", curve)
+    assert "3.20 at 90 epochs" in predicted_err_note(90, full_config(seed=3))
     assert "fewer epochs do worse" in predicted_err_note(1, full_config())
     # between two measured budgets: log-linear interpolation
     middle = predicted_err_note(60, full_config())
@@ -64,10 +141,13 @@ def test_predicted_err_follows_the_measured_curve(monkeypatch):
     other = full_config(model=ModelConfig(head="regression"))
     assert predicted_err_note(45, other).startswith("no measured")
     assert predicted_err_note(45, full_config(lr=0.1)).startswith("no measured")
+    monkeypatch.setattr(budget_module, "RECIPE_CURVE", curve[:2])
+    assert predicted_err_note(45, full_config()).startswith("no measured")   # two points are no curve
 
 
 def test_recipe_curve_is_read_from_the_bench_results():
     """The curve quotes bench/results: the numbers, the epochs and the recipe must match."""
+    assert len(RECIPE_CURVE) >= 3
     free = budget_module._CURVE_FREE_KEYS
     recipe = {k: v for k, v in full_config().to_dict().items() if k not in free}
     for epochs, err, name in RECIPE_CURVE:
@@ -75,66 +155,27 @@ def test_recipe_curve_is_read_from_the_bench_results():
         assert result["config"]["epochs"] == epochs, name
         assert round(result["holdout"]["err"], 2) == err, name
         stored = {k: v for k, v in without_retired_settings(result["config"]).items() if k not in free}
-        # a setting since removed from the code (progressive resizing) was off in the run
-        if "early_size" in stored:
-            assert stored.pop("early_size") is None, name
-            stored.pop("early_fraction")
-        # older files lack settings added since at the values the recipe still has
-        model, recipe_model = stored.pop("model"), recipe["model"]
-        assert set(recipe_model) <= set(model), name
-        assert model == {k: v for k, v in recipe_model.items() if k in model}, name
-        assert stored == {k: v for k, v in recipe.items() if k in stored}, name
+        assert stored == recipe, name
         assert result["data"] == {"dir": "train", "faces": 5000, "train": 4500, "holdout": 500,
                                   "split_seed": 0}, name
+    assert [e for e, _, _ in RECIPE_CURVE] == sorted(e for e, _, _ in RECIPE_CURVE)
 
 
-def test_timing_steps_do_not_change_the_weights(faces64, monkeypatch):
-    """The throwaway timing run uses its own random numbers: the trained weights are those
-    of a run that timed nothing (both given the same number of epochs)."""
-    step_seconds = []
-    real = train_module.measure_step_seconds
+def test_benchmarks_score_a_holdout_at_each_validation(faces64):
+    """fit's ``on_validation`` hook (how ``facepoints bench`` tracks its holdout) sees each
+    validation's model and record, and what it adds is kept in the history."""
+    from facepoints_lib.core.fit import evaluate
 
-    def timed(*args, **kwargs):
-        step_seconds.append(real(*args, **kwargs))
-        return step_seconds[-1]
+    seen = []
 
-    monkeypatch.setattr(train_module, "measure_step_seconds", timed)
-    monkeypatch.setattr(train_module, "measure_eval_seconds", lambda *args, **kwargs: 0.0)
-    monkeypatch.setattr(train_module, "epochs_for_budget", lambda *args, **kwargs: 2)   # same schedule
-    first, _, _ = _fit(faces64, _config(minutes=0.05, epochs=500))
-    monkeypatch.setattr(train_module, "measure_step_seconds", lambda *args, **kwargs: step_seconds[0])
-    second, _, _ = _fit(faces64, _config(minutes=0.05, epochs=500))
-    assert len(step_seconds) == 1
-    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
-        assert torch.equal(a, b), name
+    def score(model, record):
+        seen.append(record["epoch"])
+        record["track_err"] = evaluate(model, faces64[1])["err"]
 
-
-def test_time_budget_chooses_and_records_the_epochs(faces64):
-    cfg = _config(minutes=0.05, epochs=500)                              # 3 s
-    model, history, logs = _fit(faces64, cfg)
-    assert cfg.epochs == 500                                             # the caller's config is its own
-    ran = model.metadata["train_config"]                                 # what ran, for the checkpoint
-    assert 1 <= ran["epochs"] < 500 and ran["minutes"] == 0.05
-    assert history[-1]["epoch"] == ran["epochs"]
-    line = next(line for line in logs if line.startswith("time budget 0.05 min"))
-    assert f"so {ran['epochs']} epoch" in line and "ms per step measured" in line
-    assert history[-1]["train_seconds"] <= history[-1]["seconds"]
-
-
-@pytest.mark.parametrize("setting, message", [
-    (dict(minutes=0), "minutes must be a number above 0 to 43200, got 0"),
-    (dict(minutes="10"), "minutes must be a number above 0 to 43200, got '10'"),
-    (dict(minutes=1e308), r"minutes must be a number above 0 to 43200, got 1e\+308"),
-])
-def test_bad_budget_settings_are_refused(faces64, setting, message):
-    with pytest.raises(ValueError, match=message):
-        _fit(faces64, _config(**setting))
-
-
-def test_tracked_faces_are_scored_at_each_validation(faces64):
-    cfg = _config(epochs=2, eval_every=1)
-    _, history, _ = _fit(faces64, cfg, track=faces64[1])
-    assert [r["epoch"] for r in history] == [1, 2]
+    cfg = tiny_train_config(model=tiny_model_config(64), batch_size=8, epochs=2, ema_decay=0.0)
+    _, history = fit(faces64[0], faces64[1], cfg, tiny_run(val_size=8), progress=quiet_progress,
+                     log=lambda _: None, on_validation=score)
+    assert seen == [1, 2] and [r["epoch"] for r in history] == [1, 2]
     assert all(r["track_err"] == pytest.approx(r["val_err"]) for r in history)   # the same faces
 
 
@@ -176,15 +217,17 @@ def test_speed_bench_records_rates_per_layout_and_the_cpu(tmp_path):
 
 
 def test_profile_times_the_training_step_itself(tmp_path):
-    """``facepoints profile`` runs ``fit.train_step`` (its labelled phases) on faces loaded
-    as training loads them, and reports each phase's time and the CPU."""
+    """``facepoints profile`` runs ``fit.train_step`` (its phases labelled from outside) on
+    faces loaded as training loads them, and reports each phase's time and the CPU."""
     from facepoints_lib.tools.speed import profile_training
 
     tiny = ["model.image_size=32", "model.stem_width=8", "model.widths=(8,12,16,16)",
             "model.depths=(1,1,1,1)", "model.decoder_width=8", "bf16='off'"]
+    before = (fit_module.augment_batch, fit_module.train_step)
     text = profile_training(steps=2, batch_size=8, threads=1, overrides=tiny, out=tmp_path / "p.txt")
     assert (tmp_path / "p.txt").read_text() == text
-    assert "heatmap head, 32 px, batch 8, 1 threads, bf16=False" in text and "flags:" in text
+    assert "heatmap head, 32 px, batch 8, 1 thread, bf16=False" in text and "flags:" in text
+    assert (fit_module.augment_batch, fit_module.train_step) == before      # the labels are gone again
     phases = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
               if line.startswith("  ") and line.rstrip().endswith("ms/step")}
     assert set(phases) == {"augment", "forward", "backward", "optimizer"}

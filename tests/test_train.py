@@ -15,18 +15,18 @@ from facepoints_lib.core.detect import detect
 from facepoints_lib.core.gt_csv import read_gt, read_img_shapes
 from facepoints_lib.core.metrics import course_err
 from facepoints_lib.core.checkpoint import default_model_path
-from facepoints_lib.core.config import fast_config, full_config
+from facepoints_lib.core.config import fast_config, fast_run, full_config, full_run
 from facepoints_lib.core.dataset import split_names
 from facepoints_lib.core.inference import predict, resolve_device, use_bf16
 from facepoints_lib.core.losses import gaussian_log_targets, heatmap_js_loss, keypoint_loss
 from facepoints_lib.core.model import expected_coordinates
 from facepoints_lib.core.model import ModelConfig
-from facepoints_lib.core.fit import fit, lr_schedule
+from facepoints_lib.core.fit import StepSchedule, fit
 from facepoints_lib.core.train import train_detector, train_model
 from facepoints_lib.tools.rotation_bench import QUARTERS, turn_quarter
 
 from sandbox_harness import validations
-from conftest import (REPO_ROOT, as_points, quiet_progress, tiny_model_config, tiny_train_config,
+from conftest import (REPO_ROOT, as_points, quiet_progress, tiny_model_config, tiny_run, tiny_train_config,
                       without_retired_settings)
 
 
@@ -38,19 +38,22 @@ def _snapshot(folder):
 # ---- recipe pieces ----
 
 def test_fast_config_is_the_graders_short_run():
-    cfg = fast_config()
-    assert (cfg.epochs, cfg.max_images, cfg.val_size, cfg.threads, cfg.device) == (2, 600, 100, 1, "cpu")
-    assert cfg.eval_every == 1
+    cfg, run = fast_config(), fast_run()
+    assert (cfg.epochs, cfg.batch_size) == (2, 32)
+    assert (run.max_images, run.val_size, run.threads, run.device, run.eval_every) == (600, 100, 1, "cpu", 1)
     assert fast_config(epochs=5, seed=3).epochs == 5 and fast_config(seed=3).seed == 3
-    full = full_config(epochs=7)
-    assert full.epochs == 7 and full.threads is None and full.max_images is None
+    full, full_run_ = full_config(epochs=7), full_run()
+    assert full.epochs == 7 and full_run_.threads is None and full_run_.max_images is None
     with pytest.raises(TypeError):
         full_config(no_such_setting=1)
+    with pytest.raises(TypeError):
+        full_config(threads=1)                  # a setting of the run, not of the recipe
 
 
 def test_train_config_to_dict_is_plain_data():
     data = tiny_train_config().to_dict()
     assert json.loads(json.dumps(data)) == data
+    assert json.loads(json.dumps(tiny_run().to_dict())) == tiny_run().to_dict()
     assert data["model"] == tiny_model_config().to_dict()
     assert data["augment"]["flip_prob"] == 0.5
 
@@ -89,7 +92,7 @@ def test_heatmap_js_loss_is_zero_on_target_and_bounded_by_log2():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    cosine = lr_schedule(total_steps=100, warmup_steps=10)
+    cosine = StepSchedule(total_steps=100, warmup_steps=10).lr_factor
     assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
     assert cosine(55) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0, abs=1e-12)
     values = [cosine(s) for s in range(10, 101)]
@@ -101,14 +104,14 @@ def test_heatmap_loss_trains_and_needs_the_heatmap_head(synth_train):
     gt = read_gt(synth_train / "gt.csv")
     names = sorted(gt)[:32]
     faces = load_faces(synth_train / "images", 32, gt, names)
-    cfg = tiny_train_config(heatmap_js=5.0, max_steps=2)
-    model, _ = fit(faces, None, cfg, quiet_progress, log=lambda _: None)
+    cfg, run = tiny_train_config(heatmap_js=5.0), tiny_run(max_steps=2)
+    model, _ = fit(faces, None, cfg, run, progress=quiet_progress, log=lambda _: None)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(ValueError, match="heatmap head"):
-        fit(faces, None, tiny_train_config(heatmap_js=1.0, model=tiny_model_config(head="regression")),
-            quiet_progress, log=lambda _: None)
+        fit(faces, None, tiny_train_config(heatmap_js=1.0, model=tiny_model_config(head="regression")), run,
+            progress=quiet_progress, log=lambda _: None)
     # the term changes what is learnt: the same seed without it gives other weights
-    plain, _ = fit(faces, None, tiny_train_config(max_steps=2), quiet_progress, log=lambda _: None)
+    plain, _ = fit(faces, None, tiny_train_config(), run, progress=quiet_progress, log=lambda _: None)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))
 
 
@@ -157,7 +160,7 @@ def test_fast_train_writes_nothing_and_validates(synth_train, tmp_path, monkeypa
     lines = []
     gt = read_gt(synth_train / "gt.csv")
     model = train_detector(gt, synth_train / "images", fast_train=True, config=tiny_train_config(),
-                           model_path=tmp_path / "should_not_exist.pt", progress=quiet_progress,
+                           run=tiny_run(), model_path=tmp_path / "should_not_exist.pt", progress=quiet_progress,
                            log=lines.append)
     assert not model.training
     assert _snapshot(synth_train) == before
@@ -167,20 +170,21 @@ def test_fast_train_writes_nothing_and_validates(synth_train, tmp_path, monkeypa
     assert len(history) == 1 and history[0]["epoch"] == 1 and np.isfinite(history[0]["val_err"])
     assert any("64 faces (16 for validation)" in line for line in lines)    # max_images 80
     assert any("val err" in line for line in lines)
-    assert any(line.endswith(", 1 thread") for line in lines)               # the recipe's one thread
+    assert any(line.endswith(", 1 thread") for line in lines)               # the run's one thread
     assert torch.get_num_threads() == 3                                     # and the caller's count is back
 
 
 def test_full_train_saves_a_loadable_model(synth_train, tmp_path):
     path = tmp_path / "out" / "model.pt"
     path.parent.mkdir()
-    cfg = tiny_train_config(epochs=2, eval_every=5, optimizer="sgd", lr=0.01)
+    cfg, run = tiny_train_config(epochs=2, optimizer="sgd", lr=0.01), tiny_run(eval_every=5)
     model = train_detector(synth_train / "gt.csv", synth_train / "images", fast_train=False,
-                           config=cfg, model_path=path, progress=quiet_progress, log=lambda s: None)
+                           config=cfg, run=run, model_path=path, progress=quiet_progress, log=lambda s: None)
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]
     payload = load_checkpoint(path)
     meta = payload["metadata"]
-    assert meta["train_config"] == cfg.to_dict()
+    assert meta["train_config"] == cfg.to_dict() and meta["run_config"] == run.to_dict()
+    assert meta["trained"] == {"steps": 8, "epochs": 2.0, "schedule": "steps", "total_steps": 8, "warmup_steps": 2}
     assert meta["train_images"] == 64 and meta["val_images"] == 16
     assert len(meta["history"]) == 1 and meta["history"][0]["epoch"] == 2   # the last epoch always validates
     loaded = load_model(path)
@@ -198,12 +202,12 @@ def test_train_detector_refuses_bad_input(synth_train, tmp_path):
     with pytest.raises(TypeError, match="fast_train"):
         train_detector(gt, images, fast_train="yes")
     with pytest.raises(NotADirectoryError, match="nothere"):
-        train_detector(gt, tmp_path / "nothere", config=tiny_train_config())
+        train_detector(gt, tmp_path / "nothere", config=tiny_train_config(), run=tiny_run())
     one = {"00000.jpg": gt["00000.jpg"]}
     with pytest.raises(ValueError, match="at least 2"):
-        train_detector(one, images, config=tiny_train_config(), progress=quiet_progress)
+        train_detector(one, images, config=tiny_train_config(), run=tiny_run(), progress=quiet_progress)
     with pytest.raises(ValueError, match="optimizer"):
-        train_detector(gt, images, config=tiny_train_config(optimizer="adam?"),
+        train_detector(gt, images, config=tiny_train_config(optimizer="adam?"), run=tiny_run(),
                        progress=quiet_progress, log=lambda s: None)
 
 
@@ -212,12 +216,12 @@ def test_missing_images_are_warned_about_and_left_out(synth_train):
     gt["ghost_face.jpg"] = gt["00000.jpg"]
     lines = []
     with pytest.warns(UserWarning, match="ghost_face.jpg") as caught:
-        train_detector(gt, synth_train / "images", config=tiny_train_config(val_size=5),
+        train_detector(gt, synth_train / "images", config=tiny_train_config(), run=tiny_run(val_size=5),
                        progress=quiet_progress, log=lines.append)
     assert any("on 25 faces (5 for validation)" in line for line in lines)
     assert [w.filename for w in caught] == [__file__]          # the warning names the caller's line
     with pytest.warns(UserWarning, match="ghost_face.jpg") as caught:
-        train_model(gt, synth_train / "images", tiny_train_config(val_size=5, max_steps=1),
+        train_model(gt, synth_train / "images", tiny_train_config(), tiny_run(val_size=5, max_steps=1),
                     progress=quiet_progress, log=lines.append)
     assert [w.filename for w in caught] == [__file__]
 
@@ -249,11 +253,11 @@ def test_end_to_end_training_beats_the_mean_shape(synth_train, synth_holdout, tm
     # 250 training faces in batches of 32: 7 steps an epoch, 700 optimiser steps (the recipe's
     # learning rate; a share of the batches are turned faces). One thread: small convolutions
     # gain little from a second one, and it keeps a busy machine usable.
-    cfg = full_config(model=model_config, epochs=100, batch_size=32, val_size=50, eval_every=20,
-                      warmup_epochs=1.0, bf16="off", device="cpu", threads=1, seed=0)
+    cfg = full_config(model=model_config, epochs=100, batch_size=32, warmup_epochs=1.0, seed=0)
     path = tmp_path / "e2e_model.pt"
     started = time.monotonic()
-    run = train_model(synth_train / "gt.csv", synth_train / "images", cfg, model_path=path,
+    run = train_model(synth_train / "gt.csv", synth_train / "images", cfg,
+                      full_run(val_size=50, eval_every=20, bf16="off", device="cpu", threads=1), model_path=path,
                       progress=quiet_progress, log=lambda s: None)
     seconds = time.monotonic() - started
     assert path.is_file() and run.model_path == path
@@ -293,18 +297,14 @@ def test_end_to_end_training_beats_the_mean_shape(synth_train, synth_holdout, tm
 
 def test_shipped_model_is_the_documented_recipe():
     """facepoints_model.pt was trained by full_config() (README's model card), only the seed
-    and thread count set on the command line."""
+    set on the command line."""
     from facepoints_lib.core.checkpoint import load_checkpoint
 
     metadata = load_checkpoint(REPO_ROOT / "facepoints_model.pt")["metadata"]
     stored = without_retired_settings(metadata["train_config"])
-    expected = full_config(seed=metadata["seed"], threads=stored["threads"]).to_dict()
-    # a setting added since may be missing where it cannot have changed the run: the time
-    # budget while the recipe leaves it off
-    assert set(expected) - set(stored) <= {"minutes"}
-    assert stored["model"]["head"] == "heatmap" and expected["minutes"] is None
-    assert stored == {k: v for k, v in expected.items() if k in stored}, \
-        "retrain the shipped model with the current recipe (see README)"
+    expected = full_config(seed=metadata["seed"]).to_dict()
+    assert stored["model"]["head"] == "heatmap"
+    assert stored == expected, "retrain the shipped model with the current recipe (see README)"
     assert metadata["train_images"] + metadata["val_images"] == 5000
     assert metadata["history"][-1]["epoch"] == expected["epochs"]
 
@@ -318,7 +318,7 @@ def test_exclusion_list_leaves_faces_out_and_is_recorded(synth_train, tmp_path):
     with pytest.warns(UserWarning, match=r"1 names in the exclusion list match no face in the keypoint "
                                          r"table and leave nothing out: 'not-in-the-table.jpg'"):
         train_detector(synth_train / "gt.csv", synth_train / "images", fast_train=False,
-                       config=tiny_train_config(max_images=None, max_steps=1), model_path=path,
+                       config=tiny_train_config(), run=tiny_run(max_images=None, max_steps=1), model_path=path,
                        progress=quiet_progress, log=lines.append, exclude=dropped)
     meta = load_checkpoint(path)["metadata"]
     assert meta["excluded"] == names[:5]
@@ -326,7 +326,8 @@ def test_exclusion_list_leaves_faces_out_and_is_recorded(synth_train, tmp_path):
     assert not set(meta["val_names"]) & set(names[:5])
     assert any("leaving out 5 faces" in line for line in lines)
     with pytest.raises(TypeError, match="list of file names"):
-        train_detector(synth_train / "gt.csv", synth_train / "images", config=tiny_train_config(max_steps=1),
+        train_detector(synth_train / "gt.csv", synth_train / "images", config=tiny_train_config(),
+                       run=tiny_run(max_steps=1),
                        progress=quiet_progress, log=lines.append, exclude="00001.jpg")
 
 
@@ -336,7 +337,8 @@ def test_few_faces_validate_on_a_fifth(synth_train, tmp_path):
     few = {name: gt[name] for name in sorted(gt)[:30]}
     lines = []
     path = tmp_path / "few.pt"
-    train_detector(few, synth_train / "images", fast_train=False, config=tiny_train_config(max_steps=1, val_size=16),
+    train_detector(few, synth_train / "images", fast_train=False, config=tiny_train_config(),
+                   run=tiny_run(max_steps=1, val_size=16),
                    model_path=path, progress=quiet_progress, log=lines.append)
     meta = load_checkpoint(path)["metadata"]
     assert (meta["train_images"], meta["val_images"]) == (24, 6)

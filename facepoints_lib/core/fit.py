@@ -1,12 +1,14 @@
 """The training loop: ``fit`` trains a network on decoded faces, validating as it goes.
 
-``fit`` takes faces already decoded (``dataset.FaceSet``) and a recipe (``TrainConfig``)
-and returns the weight-averaged network and one record per validation; ``train``
-chooses the faces and saves the result. A step (``train_step``) augments a whole batch
-with tensor ops, runs the network under bfloat16 autocast where the CPU computes it
-natively, and takes one optimiser step; its phases are labelled for ``torch.profiler``.
-A training stopped by Ctrl-C (or a SIGTERM the command line turns into one) raises
-``TrainingInterrupted`` with the best weights so far.
+``fit`` takes faces already decoded (``dataset.FaceSet``), a recipe (``TrainConfig``)
+and how to run it (``RunConfig``), and returns the weight-averaged network and one
+record per validation; ``train`` chooses the faces and saves the result. A step
+(``train_step``) augments a whole batch with tensor ops, runs the network under bfloat16
+autocast where the CPU computes it natively, and takes one optimiser step. When training
+ends and how the learning rate moves is a ``StepSchedule`` (the recipe's epochs); a
+caller may pass another schedule with the same methods (the command line's time budget
+does). A training stopped by Ctrl-C (or a SIGTERM the command line turns into
+one) raises ``TrainingInterrupted`` with the best weights so far.
 """
 
 from __future__ import annotations
@@ -17,16 +19,15 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.profiler import record_function
 
 from .augment import augment_batch
-from .budget import epochs_for_budget, measure_eval_seconds, predicted_err_note
 from .checkpoint import MIN_PIXEL_STD
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .dataset import FaceSet
 from .inference import predict, resolve_device, restores_torch_threads, use_bf16
 from .losses import training_loss
@@ -35,14 +36,43 @@ from .model import KeypointNet, build_model, count_parameters, memory_format_for
 from .progress import TextProgress, format_seconds
 
 
-def lr_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor per step (multiplies the peak ``lr``): linear warm-up over
-    ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total_steps - warmup_steps, 1)))
-    return factor
+class StepSchedule:
+    """Training ends after ``total_steps``; the learning-rate factor (it multiplies the
+    peak ``lr``) rises linearly over ``warmup_steps``, then decays to zero along a cosine.
+
+    The loop asks a schedule ``finished(step)``, ``lr_factor(step)``, ``expected_steps(step)``
+    (the progress bar's total), ``describe()`` (for the log) and ``to_dict()`` (for the
+    model's metadata); the command line's time budget (``tools/budget.py``) answers from
+    the clock instead.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total_steps, self.warmup_steps = total_steps, max(warmup_steps, 1)
+
+    @classmethod
+    def for_recipe(cls, cfg: TrainConfig, run: RunConfig, steps_per_epoch: int) -> "StepSchedule":
+        """The recipe's schedule: ``cfg.epochs`` epochs (at most ``run.max_steps`` steps)."""
+        total = cfg.epochs * steps_per_epoch
+        return cls(min(total, run.max_steps) if run.max_steps else total,
+                   int(cfg.warmup_epochs * steps_per_epoch))
+
+    def finished(self, step: int) -> bool:
+        return step >= self.total_steps
+
+    def describe(self) -> str:
+        return f"{self.total_steps} steps"
+
+    def expected_steps(self, step: int) -> int:
+        return self.total_steps
+
+    def to_dict(self) -> dict:
+        return {"schedule": "steps", "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+    def lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        decay = max(self.total_steps - self.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - self.warmup_steps) / decay))
 
 
 def evaluate(model: KeypointNet, faces: FaceSet, flip_tta: bool = True) -> dict:
@@ -52,6 +82,12 @@ def evaluate(model: KeypointNet, faces: FaceSet, flip_tta: bool = True) -> dict:
     sizes = faces.sizes.numpy()[:, None, :]
     nme = per_image_nme(pred * sizes, true * sizes)
     return {"err": course_err(pred, true), "nme": float(nme.mean()), "auc08": ced_auc(nme, 0.08)}
+
+
+def validate(model: KeypointNet, val: FaceSet, flip_tta: bool = True) -> dict:
+    """One validation's figures, as a history records them: ``val_err``, ``val_nme``,
+    ``val_auc08`` (see ``evaluate``)."""
+    return {f"val_{key}": value for key, value in evaluate(model, val, flip_tta).items()}
 
 
 def _ema_update(ema: KeypointNet, model: KeypointNet, decay: float) -> None:
@@ -108,24 +144,15 @@ def _import_dynamo_without_tmp() -> None:
 def train_step(model: KeypointNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                keypoints: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
                device: torch.device, layout: torch.memory_format, bf16: bool) -> torch.Tensor:
-    """One optimiser step on a uint8 batch, augmented to the model's input side; returns the loss.
-
-    Its phases are labelled for ``torch.profiler`` (``facepoints profile``), which times
-    this very function.
-    """
-    with record_function("augment"):
-        images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator)
-        images = images.to(device).contiguous(memory_format=layout)
-        targets = targets.to(device)
-    with record_function("forward"):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred, probs = model(images, with_heatmaps=True)        # (N, 14, 2), (N, 14, H, W)
-        loss = training_loss(pred, probs, targets, cfg.heatmap_js, cfg.heatmap_sigma)
-    with record_function("backward"):
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    with record_function("optimizer"):
-        optimizer.step()
+    """One optimiser step on a uint8 batch, augmented to the model's input side; returns the loss."""
+    images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator)
+    images = images.to(device).contiguous(memory_format=layout)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred, probs = model(images, with_heatmaps=True)                # (N, 14, 2), (N, 14, H, W)
+    loss = training_loss(pred, probs, targets.to(device), cfg.heatmap_js, cfg.heatmap_sigma)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
     return loss.detach()
 
 
@@ -171,142 +198,150 @@ def pixel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), variance.sqrt().float()
 
 
-def _new_model(train: FaceSet, cfg: TrainConfig, device: torch.device) -> tuple[KeypointNet, torch.memory_format]:
+@dataclass
+class _Trainer:
+    """What one run trains with: the network and its weight average, the optimiser and
+    where and how the steps run."""
+
+    model: KeypointNet
+    ema: KeypointNet                       # the weight average (the network itself when ema_decay is 0)
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator             # the augmentation's and the batches' random numbers
+    device: torch.device
+    layout: torch.memory_format
+    bf16: bool
+    batch_size: int
+    steps_per_epoch: int
+
+
+def _new_trainer(train: FaceSet, cfg: TrainConfig, run: RunConfig) -> _Trainer:
     """A fresh network holding the training faces' pixel statistics and mean shape, on
-    ``device`` in the memory layout it trains in (channels-last where safe)."""
+    the run's device in the memory layout it trains in (channels-last where safe), with
+    its optimiser."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(run.device)
     model = build_model(cfg.model)
     mean, std = pixel_statistics(train.images)
     model.set_statistics(mean, std.clamp_min(MIN_PIXEL_STD), train.keypoints.mean(0))
     layout = memory_format_for(model)
-    return model.to(device, memory_format=layout), layout
+    model = model.to(device, memory_format=layout)
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
+    _import_dynamo_without_tmp()                                  # before any torch.optim use
+    batch_size = min(cfg.batch_size, len(train))
+    return _Trainer(model, ema, make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed),
+                    device, layout, use_bf16(run.bf16, device), batch_size,
+                    max(len(train) // batch_size, 1))             # whole batches only
 
 
-def _validation_figures(model: KeypointNet, val: FaceSet, track: FaceSet | None, flip_tta: bool) -> dict:
-    """One validation's figures for the history: ``val_err``, ``val_nme``, ``val_auc08``
-    and, with a tracked holdout, ``track_err``."""
-    figures = evaluate(model, val, flip_tta=flip_tta)
-    record = {"val_err": figures["err"], "val_nme": figures["nme"], "val_auc08": figures["auc08"]}
-    if track is not None:
-        record["track_err"] = evaluate(model, track, flip_tta=flip_tta)["err"]
-    return record
+def _check_fit_inputs(train: FaceSet, val: FaceSet | None, cfg: TrainConfig, run: RunConfig) -> None:
+    cfg.validate()
+    run.validate()
+    if train.keypoints is None or len(train) == 0:
+        raise ValueError("training needs at least one labelled face")
+    for faces in (train, val) if val is not None else (train,):
+        if faces.image_size != cfg.model.image_size:
+            raise ValueError(f"faces are {faces.image_size} px, the model expects {cfg.model.image_size}")
+
+
+def _train_epoch(t: _Trainer, train: FaceSet, cfg: TrainConfig, scheduler, done: Callable[[int], bool],
+                 step: int, bar, postfix: str) -> tuple[int, float]:
+    """One pass over the training faces in a new random order, until ``done(step)``;
+    returns the step count and the mean training loss of the pass."""
+    t.model.train()
+    order = torch.randperm(len(train), generator=t.generator)
+    total, seen = 0.0, 0
+    for b in range(t.steps_per_epoch):
+        if done(step):
+            break
+        index = order[b * t.batch_size:(b + 1) * t.batch_size]
+        loss = train_step(t.model, t.optimizer, train.images[index], train.keypoints[index],
+                          cfg, t.generator, t.device, t.layout, t.bf16)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
+        scheduler.step()
+        step += 1
+        if t.ema is not t.model:
+            _ema_update(t.ema, t.model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        total, seen = total + loss.item(), seen + 1
+        bar.update(1)
+        bar.set_postfix_str(f"loss {total / seen:.3f}{postfix}")
+    return step, total / max(seen, 1)
 
 
 @restores_torch_threads
-def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig,
-        progress: Callable[..., object] = TextProgress,
-        log: Callable[[str], None] = print,
-        track: FaceSet | None = None) -> tuple[KeypointNet, list[dict]]:
-    """Train a network on ``train``, validating on ``val``; return (model, history).
+def fit(train: FaceSet, val: FaceSet | None, cfg: TrainConfig, run: RunConfig | None = None, *,
+        schedule=None, progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
+        on_validation: Callable[[KeypointNet, dict], None] | None = None) -> tuple[KeypointNet, list[dict]]:
+    """Train a network on ``train`` by the recipe ``cfg``, validating on ``val``; return
+    (model, history).
 
-    The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode.
-    ``history`` has one dict per validation: epoch, step, train loss, val figures, time (``seconds``, and
-    ``train_seconds`` without the evaluations). ``track`` (optional) is scored at each
-    validation too, as ``track_err``: benchmarks use it for time-to-accuracy on a holdout;
-    it never steers training.
-
-    With ``cfg.minutes`` the number of epochs is chosen to fit that budget from a few
-    timed steps (see ``epochs_for_budget``). ``cfg`` itself is left as it was: the model's
-    ``metadata["train_config"]`` records what ran, that epoch count included, for the
-    checkpoint (the count depends on the machine's speed: repeat such a run with that
-    ``epochs`` and no ``minutes``).
+    The returned model is the weight average (EMA) when ``ema_decay > 0``, in eval mode;
+    its ``metadata`` records the recipe, the run and the steps taken. ``history`` has one
+    dict per validation: epoch, step, train loss, ``val_err``, ``val_nme``, ``val_auc08``,
+    time (``seconds``, and ``train_seconds`` without the validations). ``run`` (default
+    ``RunConfig()``) sets threads, device, bfloat16, validation and a step cap;
+    ``schedule(cfg, run, steps_per_epoch)`` (default ``StepSchedule.for_recipe``) gives the
+    schedule: when training ends and how the learning rate moves. ``on_validation(model,
+    record)`` runs at each validation and may add figures to the record (benchmarks score
+    a holdout there); it never steers training.
     """
-    cfg.validate()
-    cfg = copy.deepcopy(cfg)                  # this run's own: a budget's epochs are written here
-    if train.keypoints is None or len(train) == 0:
-        raise ValueError("training needs at least one labelled face")
-    if train.image_size != cfg.model.image_size:
-        raise ValueError(f"faces are {train.image_size} px, the model expects {cfg.model.image_size}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    bf16 = use_bf16(cfg.bf16, device)
+    run = run if run is not None else RunConfig()
+    _check_fit_inputs(train, val, cfg, run)
+    val = val if val is not None and len(val) else None
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    t = _new_trainer(train, cfg, run)
+    schedule = (schedule or StepSchedule.for_recipe)(cfg, run, t.steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(t.optimizer, schedule.lr_factor)
+    threads = torch.get_num_threads()
+    log(f"training {count_parameters(t.model) / 1e6:.2f}M parameters on {len(train)} faces "
+        f"({len(val) if val is not None else 0} for validation), batches of {t.batch_size}, "
+        f"{schedule.describe()}, {t.device.type}{' bf16' if t.bf16 else ''}, {threads} thread{'s' if threads != 1 else ''}")
 
-    model, layout = _new_model(train, cfg, device)
-    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
-    _import_dynamo_without_tmp()                                  # before any torch.optim use
-    optimizer = make_optimizer(model, cfg)
-
-    batch_size = min(cfg.batch_size, len(train))
-    steps_per_epoch = max(len(train) // batch_size, 1)            # whole batches only
-    start = time.monotonic()                                      # the timing steps count too
-    if cfg.minutes:
-        step_seconds = measure_step_seconds(model, train, cfg, batch_size, device, layout, bf16)
-        eval_seconds = measure_eval_seconds(ema, val, cfg) if val is not None and len(val) else 0.0
-        budget = cfg.minutes * 60 - (time.monotonic() - start)
-        cfg.epochs = epochs = epochs_for_budget(budget, steps_per_epoch, step_seconds, cfg, eval_seconds)
-        log(f"time budget {cfg.minutes:g} min: {format_seconds(steps_per_epoch * step_seconds)} per "
-            f"epoch ({1000 * step_seconds:.0f} ms per step measured), so {epochs} "
-            f"epoch{'s' if epochs != 1 else ''}; "
-            f"{predicted_err_note(epochs, cfg)}")
-        one_epoch = steps_per_epoch * step_seconds + eval_seconds
-        if one_epoch > budget:
-            log(f"warning: the time budget of {cfg.minutes:g} min is shorter than one epoch with its "
-                f"validation ({format_seconds(one_epoch)}); training the one epoch anyway, which "
-                f"overshoots the budget by about {format_seconds(one_epoch - max(budget, 0.0))}")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup = max(int(cfg.warmup_epochs * steps_per_epoch), 1)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, warmup))
-    log(f"training {count_parameters(model) / 1e6:.2f}M parameters on {len(train)} faces "
-        f"({len(val) if val is not None else 0} for validation), {total_steps} steps of "
-        f"{batch_size}, {device.type}{' bf16' if bf16 else ''}, {torch.get_num_threads()} "
-        f"thread{'s' if torch.get_num_threads() != 1 else ''}")
+    def done(step: int) -> bool:
+        return schedule.finished(step) or (run.max_steps is not None and step >= run.max_steps)
 
     history: list[dict] = []
-    step, epoch, eval_seconds_so_far = 0, 0, 0.0
     best: tuple[dict, dict] | None = None            # (record, EMA weights) of the best validation
-    bar = progress(total=total_steps, desc="train", unit="step")
+    step, epoch, started, validating = 0, 0, time.monotonic(), 0.0
+    bar = progress(total=schedule.expected_steps(0), desc="train", unit="step")
     try:
-        while step < total_steps:
+        while not done(step):
             epoch += 1
-            model.train()
-            order = torch.randperm(len(train), generator=generator)
-            running, seen = 0.0, 0
-            for b in range(steps_per_epoch):
-                if step >= total_steps:
-                    break
-                index = order[b * batch_size:(b + 1) * batch_size]
-                loss = train_step(model, optimizer, train.images[index], train.keypoints[index],
-                                  cfg, generator, device, layout, bf16)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
-                scheduler.step()
-                step += 1
-                if ema is not model:
-                    _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-                running, seen = running + loss.item(), seen + 1
-                bar.update(1)
-                last_val = f" (val err {history[-1]['val_err']:.2f} at epoch {history[-1]['epoch']})" if history else ""
-                bar.set_postfix_str(f"epoch {epoch} loss {running / seen:.3f}{last_val}")
-            last = step >= total_steps
-            if val is not None and len(val) and (last or epoch % cfg.eval_every == 0):
-                eval_start = time.monotonic()
-                record = {"epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
-                          **_validation_figures(ema, val, track, cfg.flip_tta)}
-                eval_seconds_so_far += time.monotonic() - eval_start
-                record["seconds"] = elapsed = time.monotonic() - start
-                record["train_seconds"] = elapsed - eval_seconds_so_far
-                history.append(record)
-                if best is None or record["val_err"] < best[0]["val_err"]:
-                    best = (record, copy.deepcopy(ema.state_dict()))
-                log(f"epoch {epoch}: train loss {record['train_loss']:.3f}, val err {record['val_err']:.3f}, "
-                    f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
-                    f"{format_seconds(elapsed / step * (total_steps - step))} left")
+            last = f" (val err {history[-1]['val_err']:.2f} at epoch {history[-1]['epoch']})" if history else ""
+            step, loss = _train_epoch(t, train, cfg, scheduler, done, step, bar, f", epoch {epoch}{last}")
+            bar.total = schedule.expected_steps(step)
+            if val is None or not (done(step) or epoch % run.eval_every == 0):
+                continue
+            began = time.monotonic()
+            record = {"epoch": epoch, "step": step, "train_loss": loss, **validate(t.ema, val, cfg.flip_tta)}
+            if on_validation is not None:
+                on_validation(t.ema, record)
+            validating += time.monotonic() - began
+            record["seconds"] = elapsed = time.monotonic() - started
+            record["train_seconds"] = elapsed - validating
+            history.append(record)
+            if best is None or record["val_err"] < best[0]["val_err"]:
+                best = (record, copy.deepcopy(t.ema.state_dict()))
+            log(f"epoch {epoch}: train loss {loss:.3f}, val err {record['val_err']:.3f}, "
+                f"NME {record['val_nme']:.4f}, {format_seconds(elapsed)} elapsed, "
+                f"{format_seconds(elapsed / step * (schedule.expected_steps(step) - step))} left")
     except KeyboardInterrupt as stop:                # Ctrl-C, or SIGTERM turned into one by the CLI
         bar.close()
         if best is not None:
-            ema.load_state_dict(best[1])
-        ema.metadata = {"train_config": cfg.to_dict()}
-        raise TrainingInterrupted(ema.eval(), history, step, total_steps,
+            t.ema.load_state_dict(best[1])
+        t.ema.metadata = _what_ran(cfg, run, schedule, step, t.steps_per_epoch)
+        raise TrainingInterrupted(t.ema.eval(), history, step, schedule.expected_steps(step),
                                   best[0] if best is not None else None) from stop
     bar.close()
-    ema.metadata = {"train_config": cfg.to_dict()}                # what ran, for the checkpoint
-    ema.eval()
-    return ema, history
+    t.ema.metadata = _what_ran(cfg, run, schedule, step, t.steps_per_epoch)
+    return t.ema.eval(), history
+
+
+def _what_ran(cfg: TrainConfig, run: RunConfig, schedule, steps: int, steps_per_epoch: int) -> dict:
+    """The model's ``metadata``: the recipe, the run, and the steps the schedule gave."""
+    return {"train_config": cfg.to_dict(), "run_config": run.to_dict(),
+            "trained": {"steps": steps, "epochs": round(steps / steps_per_epoch, 3), **schedule.to_dict()}}
 
 
 class TrainingInterrupted(KeyboardInterrupt):

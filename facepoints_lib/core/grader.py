@@ -27,14 +27,13 @@ import numpy as np
 import torch
 
 from .checkpoint import MODEL_FILENAME, default_model_path, load_checkpoint
-from .config import fast_config
 from .dataset import split_names
 from .detect import detect
 from .gt_csv import read_gt, read_img_shapes, write_gt
 from .images import read_image_size
 from .metrics import course_mark, per_image_err
-from .progress import TextProgress, format_seconds
-from .train import train_model
+from .progress import format_seconds
+from .train import train_detector
 
 
 def compute_err(detected: dict[str, np.ndarray], gt: dict[str, np.ndarray],
@@ -79,11 +78,12 @@ def find_course_tests(tests_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None],
-                       progress: Callable[..., object]) -> dict:
+def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None]) -> dict:
+    """The course grader's check that training runs: ``train_detector(gt, img_dir,
+    fast_train=True)``, called exactly as the course calls it; returns its time and the
+    validation err of the small model it trains (not the one scored)."""
     started = time.monotonic()
-    # what train_detector(gt, img_dir, fast_train=True) runs, with the history kept
-    history = train_model(gt, img_dir, fast_config(), log=log, progress=progress).history
+    history = train_detector(gt, img_dir, fast_train=True).metadata["history"]
     seconds = time.monotonic() - started
     val_err = history[-1]["val_err"] if history else float("nan")
     log(f"fast_train (the grader's check that training runs; it trains a small model of its own, "
@@ -93,8 +93,7 @@ def _grader_fast_train(gt: dict, img_dir: Path, log: Callable[[str], None],
 
 def grade_course_tests(tests_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
                        fast_train: bool = True, output_dir: str | os.PathLike | None = None,
-                       log: Callable[[str], None] = print,
-                       progress: Callable[..., object] = TextProgress) -> list[dict]:
+                       log: Callable[[str], None] = print) -> list[dict]:
     """Run every test of a course tests folder; return one result dict per test."""
     pairs = find_course_tests(tests_dir)
     if not pairs:
@@ -106,8 +105,7 @@ def grade_course_tests(tests_dir: str | os.PathLike, model_path: str | os.PathLi
         result: dict = {"test": input_dir.name}
         if fast_train:
             train_dir = input_dir / "train"
-            result.update(_grader_fast_train(read_gt(train_dir / "gt.csv"), train_dir / "images",
-                                             log, progress))
+            result.update(_grader_fast_train(read_gt(train_dir / "gt.csv"), train_dir / "images", log))
         started = time.monotonic()
         detected = detect(model_path, input_dir / "test" / "images")
         result["detect_seconds"] = time.monotonic() - started
@@ -124,8 +122,7 @@ def grade_course_tests(tests_dir: str | os.PathLike, model_path: str | os.PathLi
 
 def grade_train_folder(train_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
                        holdout: int = 500, seed: int = 0, fast_train: bool = True,
-                       log: Callable[[str], None] = print,
-                       progress: Callable[..., object] = TextProgress) -> dict:
+                       log: Callable[[str], None] = print) -> dict:
     """Grade on a plain ``train/`` folder: fast-train on all but a seeded holdout, detect the holdout."""
     train_dir = Path(train_dir)
     gt = read_gt(train_dir / "gt.csv")
@@ -133,7 +130,7 @@ def grade_train_folder(train_dir: str | os.PathLike, model_path: str | os.PathLi
     rest, held = split_names(sorted(gt), holdout, seed)
     result: dict = {"test": train_dir.name, "holdout": len(held)}
     if fast_train:
-        result.update(_grader_fast_train({n: gt[n] for n in rest}, img_dir, log, progress))
+        result.update(_grader_fast_train({n: gt[n] for n in rest}, img_dir, log))
     model_path = Path(model_path) if model_path is not None else default_model_path()
     started = time.monotonic()
     detected = detect(model_path, img_dir, filenames=held)
@@ -178,18 +175,16 @@ def _faces_seen(model_path: Path, held: list[str], outside: int) -> tuple[int, b
 
 def grade(data_dir: str | os.PathLike, model_path: str | os.PathLike | None = None, *,
           holdout: int = 500, seed: int = 0, fast_train: bool = True,
-          log: Callable[[str], None] = print,
-          progress: Callable[..., object] = TextProgress) -> list[dict]:
+          log: Callable[[str], None] = print) -> list[dict]:
     """Grade ``data_dir``, whichever of the two layouts it has (see the module docstring)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise NotADirectoryError(f"data folder not found: {data_dir}")
     if (data_dir / "gt.csv").is_file() and (data_dir / "images").is_dir():
         return [grade_train_folder(data_dir, model_path, holdout=holdout, seed=seed,
-                                   fast_train=fast_train, log=log, progress=progress)]
+                                   fast_train=fast_train, log=log)]
     if find_course_tests(data_dir):
-        return grade_course_tests(data_dir, model_path, fast_train=fast_train, log=log,
-                                  progress=progress)
+        return grade_course_tests(data_dir, model_path, fast_train=fast_train, log=log)
     raise FileNotFoundError(f"{data_dir} is neither a train folder (gt.csv + images/) nor a "
                             f"course tests folder (NN_*_input + NN_*_gt)")
 

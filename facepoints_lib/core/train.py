@@ -1,12 +1,13 @@
-"""Training from a folder: one run from a gt table (``train_model``) and the course's
-``train_detector``; the loop itself is ``fit.fit``.
+"""Training from a folder: ``choose_faces`` picks the training and validation faces of a
+gt table, ``train_model`` decodes and trains them (the loop itself is ``fit.fit``), and
+the course's ``train_detector`` calls both.
 
 ``train_detector(train_gt, train_img_dir, fast_train=...)`` is the course's entry point.
-Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe
-(``config.fast_config``: a subset of the faces, few steps, one thread, CPU) and writes
-nothing; ``fast_train=False`` trains ``config.full_config`` and saves ``facepoints_model.pt``.
-The recipe is in ``config``, the loss in ``losses``, prediction in ``inference`` and the
-time budget in ``budget``.
+Both modes run the same code: ``fast_train=True`` only swaps in a smaller recipe and run
+(``config.fast_config``, ``config.fast_run``: a subset of the faces, few steps, one
+thread, CPU) and writes nothing; ``fast_train=False`` trains ``config.full_config`` and
+saves ``facepoints_model.pt``. The recipe is in ``config``, the loss in ``losses`` and
+prediction in ``inference``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Callable, Sequence
 import torch
 
 from .checkpoint import default_model_path, save_checkpoint, save_or_rescue
-from .config import TrainConfig, fast_config, full_config
+from .config import RunConfig, TrainConfig, fast_config, fast_run, full_config, full_run
 from .confidence import calibrate
-from .dataset import FaceSet, load_faces, split_names
+from .dataset import load_faces, split_names
 from .files import check_writable
 from .fit import TrainingInterrupted, fit
 from .gt_csv import check_gt_table, read_gt
@@ -41,6 +42,18 @@ def _caller_stacklevel() -> int:
     while frame.f_back is not None and frame.f_globals.get("__name__") in ours:
         frame, level = frame.f_back, level + 1  # (the outermost frame, at worst: a script's own line)
     return level
+
+
+@dataclass
+class FaceChoice:
+    """The faces one run trains and validates on (``choose_faces``), those the exclusion
+    list left out, and their keypoint table."""
+
+    gt: dict
+    img_dir: Path
+    train_names: list[str]
+    val_names: list[str]
+    excluded: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -71,25 +84,27 @@ def _check_inputs(train_gt, train_img_dir) -> tuple[dict, Path]:
     return gt, img_dir
 
 
-@restores_torch_threads
-def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | Path | None = None,
-                progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
-                track: FaceSet | None = None, exclude: Sequence[str] = ()) -> TrainingRun:
-    """Train ``cfg`` on the labelled faces of a folder; save the model to ``model_path`` if given.
+def validation_size(faces: int, run: RunConfig) -> int:
+    """How many of ``faces`` (after ``run.max_images``) validate: ``run.val_size``, or a
+    fifth of them when there are fewer than five times as many (the rest train)."""
+    faces = min(faces, run.max_images) if run.max_images else faces
+    if faces < 5 * run.val_size:
+        return min(run.val_size, max(faces // 5, 1))
+    return run.val_size
 
-    With validation faces, the trained model's confidence is calibrated on them at the end
-    (``confidence.calibrate``) and stored with it (``model.metadata["calibration"]``).
+
+def choose_faces(train_gt, train_img_dir, run: RunConfig, seed: int = 0, exclude: Sequence[str] = (),
+                 log: Callable[[str], None] = print) -> FaceChoice:
+    """The faces of a labelled folder one run trains and validates on.
+
     ``train_gt`` is ``{filename: 28 coordinates}`` or the path of a gt.csv. Rows for files
     missing from the folder are dropped with a warning; a malformed table raises
-    ``GtFormatError``, an unreadable listed image ``ImageReadError``. ``exclude``: file names
-    to leave out (faces whose labels look wrong, see notebook 01's label audit); the model
-    file records them. ``track``: see ``fit`` (benchmarks only).
+    ``GtFormatError``. ``exclude``: file names to leave out (faces whose labels look
+    wrong, see notebook 01's label audit). Then at most ``run.max_images`` faces (a subset
+    seeded by ``seed``), of which ``run.val_size`` validate (a fifth of them when there
+    are fewer than five times as many), split by ``seed``.
     """
-    cfg.validate()                                                # before any image is decoded
     gt, img_dir = _check_inputs(train_gt, train_img_dir)
-    path = Path(model_path) if model_path is not None else None
-    if path is not None:
-        check_writable(path, "model file")                      # before any training is spent on it
     listed = set(gt)
     missing = sorted(name for name in gt if not (img_dir / name).is_file())
     if missing:
@@ -99,52 +114,72 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, *, model_path: str | 
         gt = {name: coords for name, coords in gt.items() if name not in left_out}
     if isinstance(exclude, (str, os.PathLike)):
         raise TypeError("exclude must be a list of file names, not a single name")
-    unmatched = sorted(set(exclude) - set(listed))
+    unmatched = sorted(set(exclude) - listed)
     if unmatched:         # a typo, another data set's list, or a name the table spells otherwise
         warnings.warn(f"{len(unmatched)} names in the exclusion list match no face in the keypoint "
                       f"table and leave nothing out: {', '.join(map(repr, unmatched[:5]))}",
                       stacklevel=_caller_stacklevel())
-    left_out = sorted(set(exclude) & set(gt))
-    if left_out:
-        log(f"leaving out {len(left_out)} faces named in the exclusion list")
-        drop = set(left_out)
-        gt = {name: coords for name, coords in gt.items() if name not in drop}
+    excluded = sorted(set(exclude) & set(gt))
+    if excluded:
+        log(f"leaving out {len(excluded)} faces named in the exclusion list")
+        gt = {name: coords for name, coords in gt.items() if name not in set(excluded)}
     if len(gt) < 2:
         raise ValueError(f"need at least 2 labelled images in {img_dir}, found {len(gt)}")
     names = sorted(gt)
-    if cfg.max_images and len(names) > cfg.max_images:
-        keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(cfg.seed))
-        names = sorted(names[i] for i in keep[:cfg.max_images].tolist())
-    val_size = cfg.val_size
-    if len(names) < 5 * val_size:        # few faces: a fifth validates, the rest trains
-        val_size = min(val_size, max(len(names) // 5, 1))
-        log(f"only {len(names)} faces: validating on {val_size} of them (val_size={cfg.val_size} would leave "
-            f"{max(len(names) - cfg.val_size, 1)} to train on)")
-    train_names, val_names = split_names(names, val_size, cfg.seed)
+    if run.max_images and len(names) > run.max_images:
+        keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))
+        names = sorted(names[i] for i in keep[:run.max_images].tolist())
+    val_size = validation_size(len(names), run)
+    if val_size < run.val_size:
+        log(f"only {len(names)} faces: validating on {val_size} of them (val_size={run.val_size} would leave "
+            f"{max(len(names) - run.val_size, 1)} to train on)")
+    train_names, val_names = split_names(names, val_size, seed)
+    return FaceChoice(gt, img_dir, train_names, val_names, excluded)
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    with progress(total=len(names), desc="decode", unit="img") as bar:
-        train_set = load_faces(img_dir, cfg.model.image_size, gt, train_names, bar.update)
-        val_set = load_faces(img_dir, cfg.model.image_size, gt, val_names, bar.update)
+
+@restores_torch_threads
+def train_model(train_gt, train_img_dir, cfg: TrainConfig, run: RunConfig | None = None, *,
+                model_path: str | Path | None = None, schedule=None,
+                progress: Callable[..., object] = TextProgress, log: Callable[[str], None] = print,
+                on_validation: Callable[[KeypointNet, dict], None] | None = None,
+                exclude: Sequence[str] = ()) -> TrainingRun:
+    """Train ``cfg`` on the labelled faces of a folder; save the model to ``model_path`` if given.
+
+    The faces are ``choose_faces``'s (``train_gt``, ``exclude`` and ``run`` as there); an
+    unreadable listed image raises ``ImageReadError``. With validation faces, the trained
+    model's confidence is calibrated on them at the end (``confidence.calibrate``) and
+    stored with it (``model.metadata["calibration"]``); the model file records the faces
+    and the exclusions too. ``schedule`` and ``on_validation``: see ``fit``.
+    """
+    run = run if run is not None else RunConfig()
+    cfg.validate()                                                # before any image is decoded
+    run.validate()
+    path = Path(model_path) if model_path is not None else None
+    if path is not None:
+        check_writable(path, "model file")                      # before any training is spent on it
+    faces = choose_faces(train_gt, train_img_dir, run, cfg.seed, exclude, log)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    with progress(total=len(faces.train_names) + len(faces.val_names), desc="decode", unit="img") as bar:
+        train_set = load_faces(faces.img_dir, cfg.model.image_size, faces.gt, faces.train_names, bar.update)
+        val_set = load_faces(faces.img_dir, cfg.model.image_size, faces.gt, faces.val_names, bar.update)
+    about = {"seed": cfg.seed, "train_images": len(train_set), "val_images": len(val_set),
+             "val_names": list(val_set.filenames), "excluded": faces.excluded}
     try:
-        model, history = fit(train_set, val_set if len(val_set) else None, cfg, progress, log, track)
+        model, history = fit(train_set, val_set, cfg, run, schedule=schedule, progress=progress, log=log,
+                             on_validation=on_validation)
     except TrainingInterrupted as stop:
         if path is not None and stop.step > 0:       # keep what was trained, beside the model file
-            _keep_interrupted(stop, path, cfg, len(train_set), val_set, left_out, log)
+            _keep_interrupted(stop, path, about, log)
         raise
-    calibration = None
     if len(val_set) >= 2:                 # the confidence of detect_details, fitted on unseen faces
         calibration = calibrate(fold_batch_norm(model), val_set, cfg.seed).to_dict()   # as detect runs it
-        model.metadata = {**getattr(model, "metadata", {}), "calibration": calibration}
+        model.metadata = {**model.metadata, "calibration": calibration}
         log(f"confidence calibrated on {calibration['faces']} views of the validation faces")
     if path is not None:
-        save_or_rescue(model, path, {"train_config": model.metadata["train_config"], "history": history,
-                                      "seed": cfg.seed, "train_images": len(train_set),
-                                      "val_images": len(val_set), "val_names": list(val_set.filenames),
-                                      "excluded": left_out, "calibration": calibration},
-                        log)
-    return TrainingRun(model, history, train_names, val_names, left_out, path)
+        save_or_rescue(model, path, {**model.metadata, "history": history, **about,
+                                      "calibration": model.metadata.get("calibration")}, log)
+    return TrainingRun(model, history, faces.train_names, faces.val_names, faces.excluded, path)
 
 
 def interrupted_path(model_path: Path) -> Path:
@@ -153,8 +188,7 @@ def interrupted_path(model_path: Path) -> Path:
     return model_path.with_name(f"{model_path.stem}.interrupted{model_path.suffix or '.pt'}")
 
 
-def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, train_images: int,
-                      val_set: FaceSet, excluded: list[str], log: Callable[[str], None]) -> None:
+def _keep_interrupted(stop: TrainingInterrupted, path: Path, about: dict, log: Callable[[str], None]) -> None:
     """Save a stopped training's best model so far (see ``TrainingInterrupted``) beside
     the model file, so that it can be used (it has no confidence calibration: see
     ``facepoints calibrate``). A failure to save it is reported, not raised over the stop."""
@@ -162,11 +196,9 @@ def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, t
     where = (f"best validation so far: epoch {stop.record['epoch']}, val err {stop.record['val_err']:.3f}"
              if stop.record else f"no validation yet; the weights at step {stop.step}")
     try:
-        save_checkpoint(stop.model, keep, {
-            "train_config": stop.model.metadata["train_config"], "history": stop.history, "seed": cfg.seed,
-            "train_images": train_images, "val_images": len(val_set),
-            "val_names": list(val_set.filenames), "excluded": excluded, "calibration": None,
-            "interrupted": {"step": stop.step, "total_steps": stop.total_steps}})
+        save_checkpoint(stop.model, keep, {**stop.model.metadata, "history": stop.history, **about,
+                                           "calibration": None,
+                                           "interrupted": {"step": stop.step, "total_steps": stop.total_steps}})
     except OSError as exc:
         log(f"training stopped at step {stop.step} of {stop.total_steps}; its model could not be kept: {exc}")
         return
@@ -175,7 +207,8 @@ def _keep_interrupted(stop: TrainingInterrupted, path: Path, cfg: TrainConfig, t
 
 
 def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
-                   config: TrainConfig | None = None, model_path: str | Path | None = None,
+                   config: TrainConfig | None = None, run: RunConfig | None = None,
+                   model_path: str | Path | None = None, schedule=None,
                    progress: Callable[..., object] = TextProgress,
                    log: Callable[[str], None] = print, exclude: Sequence[str] = ()) -> KeypointNet:
     """Train a keypoint detector on the course's data and return it (in eval mode).
@@ -184,12 +217,16 @@ def train_detector(train_gt, train_img_dir, fast_train: bool = True, *,
     run.py reads it) or the path of a gt.csv; ``train_img_dir`` the folder of the images.
     With ``fast_train=True`` a short run on one CPU thread checks that training works and
     writes nothing; with ``fast_train=False`` the full recipe runs and the model is saved
-    to ``model_path`` (default: ``facepoints_model.pt`` beside the code). ``config``
-    replaces the recipe; the rest as in ``train_model``, which returns the history too.
+    to ``model_path`` (default: ``facepoints_model.pt`` beside the code). ``config`` and
+    ``run`` replace the recipe and the run; the rest as in ``train_model``, which returns
+    the history too (so does this model's ``metadata["history"]``).
     """
     if not isinstance(fast_train, bool):
         raise TypeError(f"fast_train must be True or False, got {fast_train!r}")
     cfg = config if config is not None else (fast_config() if fast_train else full_config())
+    run = run if run is not None else (fast_run() if fast_train else full_run())
     path = None if fast_train else (model_path if model_path is not None else default_model_path())
-    return train_model(train_gt, train_img_dir, cfg, model_path=path, progress=progress, log=log,
-                       exclude=exclude).model
+    result = train_model(train_gt, train_img_dir, cfg, run, model_path=path, schedule=schedule,
+                         progress=progress, log=log, exclude=exclude)
+    result.model.metadata["history"] = result.history
+    return result.model

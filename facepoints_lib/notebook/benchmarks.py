@@ -119,10 +119,10 @@ def experiment_group(result: dict, baseline: dict | None = None) -> str:
 
 
 def budget_label(result: dict) -> str:
-    """The training budget a result belongs to, e.g. ``"8 epochs, 1 thread(s)"``."""
+    """The training budget a result belongs to, e.g. ``"8 epochs, 1 thread"``."""
     cfg = result.get("config", {})
     threads = result.get("train", {}).get("threads", cfg.get("threads"))
-    return f"{cfg.get('epochs', '?')} epochs, {threads} thread(s)"
+    return f"{cfg.get('epochs', '?')} epochs, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def result_parameters(result: dict) -> int | None:

@@ -29,11 +29,12 @@ from ..core.confidence import (BINS, LEAST_CONFIDENT, Calibration, calibrate, ca
 from ..core.dataset import FaceSet
 from ..core.inference import LOOK_NAMES, PADDED, predict_details
 from ..core.metrics import per_image_err
+from .figure_layout import FIGURE_WIDTH, MIN_FONT
 from .plotting import as_image, plain_log_y, show_face
 
 SET_COLOURS = {"upright": "C0", "turned": "C2", "cut": "C3"}
 ERR_FLOOR = 1e-2                # err drawn at least this on log axes (a perfect answer is 0)
-FONT = 9                        # the smallest text in these figures (points)
+FONT = MIN_FONT                 # the smallest text in these figures (points)
 
 
 def framing_views(faces: FaceSet, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -182,7 +183,9 @@ def cut_faces_figure(images: torch.Tensor, truth, before: Scored, after: Scored,
                      names: list[str] | None = None, size: float = 2.6):
     """Cut faces, one a column: without the second try (top) and with it (bottom), each on a
     canvas larger than the picture (dashed: the picture's border), so that points outside
-    it show; dots the labels, red crosses the answer joined to them."""
+    it show; dots the labels, red crosses the answer joined to them. Faces are ``size``
+    inches wide, less where the row would be wider than ``FIGURE_WIDTH``."""
+    size = min(size, FIGURE_WIDTH / max(len(index), 1))
     truth = np.asarray(truth, dtype=np.float64)
     shown = np.concatenate([truth[index], before.points[index], after.points[index]])
     margin = float(np.clip(max(-shown.min(), shown.max() - 1, 0) + 0.05, 0.1, 0.6))

@@ -243,7 +243,7 @@ def model_to_analyse(setting: str | os.PathLike | None, data: NotebookData, gt: 
       outside the holdout (fast_train's recipe, more faces and epochs) and analysed on it.
     """
     from ..core.checkpoint import load_model
-    from ..core.config import fast_config
+    from ..core.config import fast_config, fast_run
     from ..core.dataset import split_names
     from ..core.train import train_detector
 
@@ -271,10 +271,10 @@ def model_to_analyse(setting: str | os.PathLike | None, data: NotebookData, gt: 
         return AnalysedModel(model, held, note)
     why = "the setting says \"train\"" if path is None else f"there is no {shown_path(path)}"
     log(f"Because {why}, a small model is trained here on the {len(rest)} faces outside the holdout.")
-    cfg = fast_config(max_images=pick(2000, 200), epochs=pick(12, 2), val_size=pick(100, 30),
-                      threads=pick(None, 1))
+    cfg = fast_config(epochs=pick(12, 2))
+    run = fast_run(max_images=pick(2000, 200), val_size=pick(100, 30), threads=pick(None, 1))
     model = train_detector({name: gt[name] for name in rest}, data.img_dir, fast_train=True, config=cfg,
-                           log=log)
+                           run=run, log=log)
     return AnalysedModel(model, held, f"a small model trained here on {len(rest)} faces, on the {len(held)}-face "
                                       "holdout; it describes that model, not the shipped one")
 
@@ -290,31 +290,30 @@ def progress_bar(**kwargs):
 
 
 @restores_torch_threads
-def train_here(train: FaceSet, val: FaceSet, cfg, label: str = ""):
-    """``fit.fit`` for a notebook's live experiment: first the time it should take on
-    this machine (two steps timed on a throwaway copy, see ``fit.measure_step_seconds``),
-    then one redrawn progress line and a one-line summary instead of a log line per
-    validation. Returns ``(model, history)``."""
+def train_here(train: FaceSet, val: FaceSet, cfg, run, label: str = ""):
+    """``fit.fit`` for a notebook's live experiment (recipe ``cfg``, run settings ``run``):
+    first the time it should take on this machine (two steps timed on a throwaway copy,
+    see ``fit.measure_step_seconds``), then one redrawn progress line and a one-line
+    summary instead of a log line per validation. Returns ``(model, history)``."""
     import torch
 
     from ..tools.machine import describe_cpu
     from ..core.model import build_model, memory_format_for
     from ..core.inference import resolve_device, use_bf16
-    from ..core.fit import fit, measure_step_seconds
+    from ..core.fit import StepSchedule, fit, measure_step_seconds
 
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device = resolve_device(run.device)
+    if run.threads:
+        torch.set_num_threads(run.threads)
     probe = build_model(cfg.model).to(device)
     batch = min(cfg.batch_size, len(train))
     step = measure_step_seconds(probe, train, cfg, batch, device, memory_format_for(probe),
-                                use_bf16(cfg.bf16, device), warmup=1, timed=2)
-    steps = cfg.epochs * max(len(train) // batch, 1)
-    if cfg.max_steps:
-        steps = min(steps, cfg.max_steps)
+                                use_bf16(run.bf16, device), warmup=1, timed=2)
+    steps = StepSchedule.for_recipe(cfg, run, max(len(train) // batch, 1)).total_steps
+    threads = torch.get_num_threads()
     print(f"{label}: {steps} steps, about {steps * step:.{0 if steps * step >= 10 else 1}f} s of training on this CPU "
-          f"({describe_cpu()}; {torch.get_num_threads()} threads)")
-    model, history = fit(train, val, cfg, progress=progress_bar, log=_quiet)
+          f"({describe_cpu()}; {threads} thread{'s' if threads != 1 else ''})")
+    model, history = fit(train, val, cfg, run, progress=progress_bar, log=_quiet)
     last = history[-1] if history else {}
     print(f"{label}: val err {last.get('val_err', float('nan')):.3f} after {last.get('seconds', 0):.0f} s")
     return model, history

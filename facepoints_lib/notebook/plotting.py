@@ -6,6 +6,10 @@ facial part (``schema.POINT_GROUPS``), numbered 0-13 in ``gt.csv`` order and joi
 ``schema.SKELETON``. Images may be PIL images, ``(H, W, 3)`` arrays or ``(3, H, W)``
 tensors (uint8, or float in [0, 1]).
 
+Every figure fits the width JupyterLab shows at natural size and its smallest text is
+``figure_layout.MIN_FONT`` pt (see ``figure_layout``); the notebooks make their own
+figures with ``panels``.
+
 ``save_figure`` writes a PNG when ``FACEPOINTS_FIGURES`` names a folder (relative to the
 project root), and does nothing otherwise; it is how ``docs/figures/`` is made (see ``notebooks/README.md``).
 Not frozen into ``solution.py``.
@@ -24,11 +28,14 @@ from matplotlib.patches import Ellipse
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from .benchmarks import budget_baselines, budget_label, experiment_group, rows_by_budget
+from . import figure_layout
+from .figure_layout import FIGURE_WIDTH, FONT, MIN_FONT, place_labels, wrapped
 from ..core.metrics import ced_auc, ced_curve
 from .data import project_root
 from ..core.schema import NUM_POINTS, POINT_GROUPS, POINT_NAMES, SKELETON
 
 FIGURES_ENV = "FACEPOINTS_FIGURES"
+panels = figure_layout.panels        # the notebooks make their figures with plotting.panels(...)
 
 GROUP_COLOURS = {
     "left_eyebrow": "#1f77b4", "right_eyebrow": "#17becf",
@@ -64,7 +71,7 @@ def as_image(image) -> np.ndarray:
 
 
 def draw_points(ax, points, *, numbers: bool = True, skeleton: bool = True, colour=None,
-                marker: str = "o", size: float = 18, fontsize: float = 7, label: str | None = None,
+                marker: str = "o", size: float = 18, fontsize: float = MIN_FONT, label: str | None = None,
                 zorder: int = 3) -> None:
     """Draw 14 points (pixel coordinates of the shown image) with the skeleton and numbers."""
     points = np.asarray(points, dtype=np.float64).reshape(NUM_POINTS, 2)
@@ -80,13 +87,14 @@ def draw_points(ax, points, *, numbers: bool = True, skeleton: bool = True, colo
         for i, (x, y) in enumerate(points):
             away = points[i] - centre
             away = away / max(float(np.hypot(*away)), 1e-9)
-            ax.annotate(str(i), (x, y), xytext=(6 * away[0] - 3, -6 * away[1] - 3), textcoords="offset points",
-                        fontsize=fontsize, color="white", zorder=zorder + 1,
+            ax.annotate(str(i), (x, y), xytext=(8 * away[0], -8 * away[1]), textcoords="offset points",
+                        ha="center", va="center", fontsize=fontsize, color="white", zorder=zorder + 1,
                         bbox={"boxstyle": "round,pad=0.1", "fc": colours[i], "ec": "none", "alpha": 0.75})
 
 
 def show_face(ax, image, points=None, *, pred=None, normalized: bool = False, title: str | None = None,
-              numbers: bool = True, skeleton: bool = True, fontsize: float = 7) -> None:
+              numbers: bool = True, skeleton: bool = True, fontsize: float = MIN_FONT,
+              title_size: float = FONT) -> None:
     """Show a face with its points (and predictions as red crosses joined to them).
 
     ``normalized=True`` means the points are in ``schema``'s [0, 1] coordinates; they
@@ -119,15 +127,19 @@ def show_face(ax, image, points=None, *, pred=None, normalized: bool = False, ti
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=title_size)
 
 
 def face_grid(images, points=None, *, pred=None, titles=None, normalized: bool = False,
-              ncols: int = 6, size: float = 2.2, numbers: bool = True, skeleton: bool = True,
+              ncols: int = 4, size: float = 2.2, numbers: bool = True, skeleton: bool = True,
               suptitle: str | None = None):
-    """A grid of faces; ``points`` / ``pred`` / ``titles`` are per-face lists (or None)."""
+    """A grid of faces; ``points`` / ``pred`` / ``titles`` are per-face lists (or None).
+
+    Faces are ``size`` inches wide, less when ``ncols`` of them would be wider than
+    ``FIGURE_WIDTH``; titles are broken to the width of their face."""
     n = len(images)
     nrows = max(1, math.ceil(n / ncols))
+    size = min(size, FIGURE_WIDTH / ncols)
     # constrained layout makes room for every title and the suptitle (tight_layout let long
     # titles of one row run over the pictures of the row above)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
@@ -138,7 +150,8 @@ def face_grid(images, points=None, *, pred=None, titles=None, normalized: bool =
             continue
         show_face(ax, images[k], None if points is None else points[k],
                   pred=None if pred is None else pred[k], normalized=normalized,
-                  title=None if titles is None else titles[k], numbers=numbers, skeleton=skeleton)
+                  title=None if titles is None else wrapped(titles[k], size - 0.1), numbers=numbers,
+                  skeleton=skeleton, title_size=MIN_FONT)
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -151,6 +164,7 @@ def face_rows(rows: list[list[tuple]], *, size: float = 2.2, numbers: bool = Fal
     row starts on a new line of the grid, with its own title, so groups never run into
     each other."""
     ncols = max((len(r) for r in rows), default=1)
+    size = min(size, FIGURE_WIDTH / ncols)
     fig = plt.figure(figsize=(size * ncols, (size + 0.45) * max(len(rows), 1)), layout="constrained")
     subfigs = fig.subfigures(max(len(rows), 1), 1, squeeze=False)[:, 0]
     for k, (sub, row) in enumerate(zip(subfigs, rows)):
@@ -160,9 +174,9 @@ def face_rows(rows: list[list[tuple]], *, size: float = 2.2, numbers: bool = Fal
                 ax.axis("off")
                 continue
             image, points, title = item
-            show_face(ax, image, points, title=title, numbers=numbers)
+            show_face(ax, image, points, title=wrapped(title, size - 0.1), numbers=numbers, title_size=MIN_FONT)
         if row_titles:
-            sub.suptitle(row_titles[k], fontsize=9, x=0.01, ha="left")
+            sub.suptitle(wrapped(row_titles[k], size * ncols - 0.2, FONT), fontsize=FONT, x=0.01, ha="left")
     return fig
 
 
@@ -183,7 +197,7 @@ def plot_mean_shape(ax, keypoints, *, max_faces: int = 1500, seed: int = 0) -> N
     mean = keypoints.mean(0)
     for a, b in SKELETON:
         ax.plot(mean[[a, b], 0], mean[[a, b], 1], "-", color="0.3", lw=1)
-    draw_points(ax, mean, skeleton=False, size=25, fontsize=8)
+    draw_points(ax, mean, skeleton=False, size=25)
     ax.set_xlim(0, 1)
     ax.set_ylim(1, 0)
     ax.set_aspect("equal")
@@ -197,7 +211,7 @@ def plot_per_point(ax, values, *, errors=None, ylabel: str = "", title: str | No
     ax.bar(np.arange(NUM_POINTS), values, yerr=errors, color=point_colours(), capsize=2)
     ax.set_xticks(np.arange(NUM_POINTS))
     ax.set_xticklabels([f"{i} {name}" for i, name in enumerate(POINT_NAMES)], rotation=60,
-                       ha="right", fontsize=7)
+                       ha="right", fontsize=MIN_FONT)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
@@ -215,7 +229,7 @@ def plot_ced(ax, errors: dict, *, threshold: float = 0.08, xlabel: str = "NME (i
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of images")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=MIN_FONT, loc="lower right")
     return aucs
 
 
@@ -231,7 +245,7 @@ def plot_binned(ax, rows: list[dict], *, xlabel: str, ylabel: str, label: str | 
            yerr=[r["sem"] for r in rows], alpha=0.75, capsize=2, label=label)
     for c, r in zip(centres, rows):
         ax.annotate(f"n={r['count']}", (c, r["mean"]), xytext=(0, 3), textcoords="offset points",
-                    ha="center", fontsize=7)
+                    ha="center", fontsize=MIN_FONT)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -267,35 +281,42 @@ def plot_binned_series(ax, series: dict[str, list[dict]], *, xlabel: str, ylabel
             if b in by_bin:
                 counts.setdefault(b, by_bin[b]["count"])
     ax.set_xticks(range(len(bins)))
-    ax.set_xticklabels([f"{lo:g}-{hi:g}\nn={counts.get((lo, hi), 0)}" for lo, hi in bins], fontsize=8)
+    ax.set_xticklabels([f"{lo:g}-{hi:g}\nn={counts.get((lo, hi), 0)}" for lo, hi in bins], fontsize=MIN_FONT)
     if log_y:
         plain_log_y(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=MIN_FONT)
 
 
 def plot_bench_scatter(ax, rows: list[dict], x: str = "parameters", y: str = "err",
                        log_x: bool = True) -> None:
     """One dot per benchmark row (``analysis.bench_rows``), one colour per training budget.
 
-    Runs of different budgets are not comparable, so the legend names the budgets; only
-    each budget's best run and its baseline are labelled (the rest would pile up).
+    Runs of different budgets are not comparable, so the legend (right of the axes, off
+    the dots) names the budgets; only each budget's best run and its baseline are
+    labelled (the rest would pile up), each label beside its dot where it covers no dot
+    (``figure_layout.place_labels``).
     """
     cmap = plt.get_cmap("tab10")
+    size = 30
+    dots, named, colours = [], [], []
     for k, (budget, members) in enumerate(rows_by_budget(rows).items()):
         sub = [r for r in members if r[x] is not None and r[y] is not None]
-        ax.scatter([r[x] for r in sub], [r[y] for r in sub], color=cmap(k % 10), label=budget, s=26)
-        named = [r for r in sub if r["group"] == "baseline"][:1] + sub[:1]
-        for r in {id(r): r for r in named}.values():
-            ax.annotate(r["name"], (r[x], r[y]), xytext=(4, 4), textcoords="offset points", fontsize=7,
-                        color=cmap(k % 10))
+        ax.scatter([r[x] for r in sub], [r[y] for r in sub], color=cmap(k % 10), label=budget, s=size)
+        dots += [(r[x], r[y]) for r in sub]
+        for r in {id(r): r for r in sub[:1] + [r for r in sub if r["group"] == "baseline"][:1]}.values():
+            named.append(r)
+            colours.append(cmap(k % 10))
+    place_labels(ax, [(r[x], r[y]) for r in named], [r["name"] for r in named], colours, dots, size)
     if log_x:
         ax.set_xscale("log")
+    ax.margins(0.08)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="budget (compare within a colour)", title_fontsize=7)
+    ax.legend(fontsize=MIN_FONT, title="budget (compare\nwithin a colour)", title_fontsize=MIN_FONT,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def plot_histories(ax, results: list[dict], key: str = "val_err", x: str = "epoch",
@@ -319,8 +340,11 @@ def plot_histories(ax, results: list[dict], key: str = "val_err", x: str = "epoc
     ax.set_xlabel(x)
     ax.set_ylabel(key.replace("_", " "))
     ax.grid(alpha=0.3, which="both")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    lines = len(ax.get_legend_handles_labels()[0])
+    if lines > 3:                        # a long legend goes right of the axes, off the curves
+        ax.legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif lines:
+        ax.legend(fontsize=MIN_FONT)
 
 
 def plot_group(ax, results: list[dict], metric: str = "err", title: str | None = None) -> None:
@@ -335,10 +359,12 @@ def plot_group(ax, results: list[dict], metric: str = "err", title: str | None =
                for r in results]
     ax.barh(np.arange(len(names)), values, color=colours)
     ax.set_yticks(np.arange(len(names)))
-    ax.set_yticklabels(names, fontsize=8)
+    ax.set_yticklabels(names, fontsize=MIN_FONT)
     ax.invert_yaxis()
+    ax.margins(x=0.14)                   # room for the values right of the longest bar
     for i, v in enumerate(values):
-        ax.annotate(f"{v:.3f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.annotate(f"{v:.3f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize=MIN_FONT)
     ax.set_xlabel(f"holdout {metric}")
     if title:
         ax.set_title(title)

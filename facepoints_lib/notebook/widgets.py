@@ -6,8 +6,9 @@ photometric formula, so what the sliders show is what training sees.
 ``AugmentationExplorer(faces).widget`` is an ipywidgets 8 box: sliders and check boxes
 with stable descriptions (``face``, ``rotation``, ``scale``, ``shift x``, ``shift y``,
 ``flip``, ``brightness``, ``contrast``, ``grayscale``), a ``random batch`` button and a
-``reset`` button; the pictures are matplotlib figures shown in ``Output`` widgets and
-redrawn on every change. Beside the transformed face it shows what the detector's second
+``reset`` button, in two columns above the pictures; the pictures are matplotlib
+figures (``figure``, ``batch_figure``) as wide as the notebook's output area, shown in
+``Output`` widgets and redrawn on every change. Beside the transformed face it shows what the detector's second
 look sees: the face aligned upright onto the mean shape (``align.align_faces``), however
 far the sliders turned it. Not frozen into ``solution.py``.
 """
@@ -25,6 +26,7 @@ from ..core.align import align_faces, rotation_degrees, similarity_to
 from ..core.augment import (AffineParams, AugmentConfig, adjust_colours, affine_matrices, augment_batch,
                       transform_keypoints, warp_images)
 from ..core.dataset import FaceSet
+from .figure_layout import FIGURE_WIDTH, wrapped
 from .plotting import face_grid, show_face
 
 
@@ -72,7 +74,7 @@ class AugmentationExplorer:
     """
 
     def __init__(self, faces: FaceSet, cfg: AugmentConfig | None = None, *, batch_size: int = 12,
-                 seed: int = 0, figsize: tuple[float, float] = (12.0, 4.3)):
+                 seed: int = 0, figsize: tuple[float, float] = (FIGURE_WIDTH, 3.3)):
         if faces.keypoints is None or len(faces) == 0:
             raise ValueError("the explorer needs labelled faces")
         self.faces, self.cfg = faces, cfg or AugmentConfig()
@@ -96,7 +98,7 @@ class AugmentationExplorer:
         self.reset_button = widgets.Button(description="reset", tooltip="all sliders back to no change")
         self.batch_button = widgets.Button(description="random batch", button_style="info",
                                            tooltip="a batch as training sees it (random augmentations)")
-        self.view = widgets.Output(layout={"min_height": "260px"})
+        self.view = widgets.Output(layout={"min_height": f"{int(figsize[1] * 100) + 10}px"})
         self.batch_view = widgets.Output()
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batches_drawn = 0
@@ -107,8 +109,10 @@ class AugmentationExplorer:
         self.batch_button.on_click(self._on_batch)
         checks = widgets.HBox([self.controls[n] for n in ("flip", "grayscale", "numbers")])
         sliders = [w for n, w in self.controls.items() if n not in ("flip", "grayscale", "numbers")]
-        panel = widgets.VBox([*sliders, checks, widgets.HBox([self.reset_button, self.batch_button])])
-        self.widget = widgets.VBox([widgets.HBox([panel, self.view]), self.batch_view])
+        columns = widgets.HBox([widgets.VBox(sliders[:4]), widgets.VBox([*sliders[4:], checks])])
+        # the pictures go below the knobs: there they get the output area's whole width
+        self.widget = widgets.VBox([columns, widgets.HBox([self.reset_button, self.batch_button]),
+                                    self.view, self.batch_view])
         self.redraw()
 
     def values(self) -> dict:
@@ -119,8 +123,8 @@ class AugmentationExplorer:
                 "brightness": c["brightness"].value, "contrast": c["contrast"].value,
                 "grayscale": c["grayscale"].value}
 
-    def redraw(self) -> None:
-        """Draw the chosen face before and after the current transform."""
+    def figure(self):
+        """The chosen face before and after the current transform, and aligned upright."""
         index = self.controls["face"].value
         image, points = self.faces.images[index], self.faces.keypoints[index]
         settings = self.values()
@@ -129,20 +133,25 @@ class AugmentationExplorer:
         outside = int(((moved_points < 0) | (moved_points > 1)).any(-1).sum())
         numbers = self.controls["numbers"].value
         aligned, matrices = align_faces(moved_image[None], moved_points[None], self.mean_shape)
-        fig, axes = plt.subplots(1, 3, figsize=self.figsize)
+        fig, axes = plt.subplots(1, 3, figsize=self.figsize, layout="constrained")
+        width = self.figsize[0] / 3 - 0.1
         show_face(axes[0], image, points, normalized=True, numbers=numbers,
-                  title=f"face {index}: {self.faces.filenames[index]}")
+                  title=wrapped(f"face {index}: {self.faces.filenames[index]}", width))
         show_face(axes[1], moved_image, moved_points, normalized=True, numbers=numbers,
-                  title="transformed" + (f" ({outside} points outside)" if outside else ""))
+                  title=wrapped("transformed" + (f" ({outside} points outside)" if outside else ""), width))
         show_face(axes[2], aligned[0], None, normalized=True, numbers=numbers,
-                  title=f"aligned upright (turned {-rotation_degrees(matrices).item():+.0f}°)")
-        fig.tight_layout()
+                  title=wrapped(f"aligned upright (turned {-rotation_degrees(matrices).item():+.0f}°)", width))
+        return fig
+
+    def redraw(self) -> None:
+        """Draw the chosen face before and after the current transform."""
+        fig = self.figure()
         with self.view:
             self.view.clear_output(wait=True)
             display(fig)
         plt.close(fig)
 
-    def draw_batch(self) -> None:
+    def batch_figure(self):
         """A random batch with the training configuration's augmentations."""
         n = min(self.batch_size, len(self.faces))
         index = torch.randint(len(self.faces), (n,), generator=self.generator)
@@ -151,9 +160,13 @@ class AugmentationExplorer:
                                        self.faces.image_size, self.generator)
         turns = rotation_degrees(similarity_to(before, points)).tolist()   # mirrors read as turns too
         self.batches_drawn += 1
-        fig = face_grid(list(images), list(points), normalized=True, ncols=6, size=1.8, numbers=False,
-                        titles=[f"face {i}, {t:+.0f}°" for i, t in zip(index.tolist(), turns)],
-                        suptitle=f"random training batch {self.batches_drawn}")
+        return face_grid(list(images), list(points), normalized=True, ncols=4, numbers=False,
+                         titles=[f"face {i}, {t:+.0f}°" for i, t in zip(index.tolist(), turns)],
+                         suptitle=f"random training batch {self.batches_drawn}")
+
+    def draw_batch(self) -> None:
+        """Show a new random batch below the explorer."""
+        fig = self.batch_figure()
         with self.batch_view:
             self.batch_view.clear_output(wait=True)
             display(fig)

@@ -2,7 +2,8 @@
 
 Sub-commands: ``demo`` (the main job on synthetic faces), ``train``, ``detect``,
 ``calibrate``, ``grade``, ``bench``, ``bench-rotation``, ``bench-framing``, ``bench-memory``, ``freeze``,
-``synth``, ``make-cut``, ``make-not-faces``, ``jupyter-config``. Each has ``--help``.
+``synth``, ``make-cut``, ``make-not-faces``, ``jupyter-config``, ``render-docs``. Each has
+``--help``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_framing import add_framing_commands
+from .render_docs import add_docs_command
 from .cli_guards import Terminated, check_result_target, interrupted_message, read_names, sigterm_raises
 
 DEFAULT_DATA = Path("data") / "train"
@@ -23,16 +25,24 @@ DEMO_DIR = Path("data") / "synthetic"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..core.config import apply_overrides, fast_config, full_config
-    from ..core.train import train_detector
+    from ..core.config import fast_config, fast_run, full_config, full_run
+    from ..core.gt_csv import read_gt
+    from ..core.train import train_detector, validation_size
+    from .budget import TimeBudget, check_minutes, estimate_reserve_seconds
+    from .overrides import apply_overrides
 
+    started = time.monotonic()                                     # a time budget counts from here
     data = Path(args.data_dir)
     cfg = fast_config(seed=args.seed) if args.fast else full_config(seed=args.seed)
-    apply_overrides(cfg, args.set)
+    run = fast_run() if args.fast else full_run()
+    apply_overrides(cfg, args.set, run)
+    schedule = None
     if args.minutes is not None:
-        cfg.minutes = args.minutes
-    train_detector(data / "gt.csv", data / "images", fast_train=args.fast, config=cfg,
-                   model_path=args.out, exclude=read_names(args.exclude))
+        check_minutes(args.minutes)                                # before any work
+        val_faces = validation_size(len(read_gt(data / "gt.csv")), run)
+        schedule = TimeBudget(args.minutes, estimate_reserve_seconds(cfg, run, val_faces), started=started).schedule
+    train_detector(data / "gt.csv", data / "images", fast_train=args.fast, config=cfg, run=run,
+                   schedule=schedule, model_path=args.out, exclude=read_names(args.exclude))
     return 0
 
 
@@ -64,7 +74,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     else:
         points = detect(model, folder, filenames=names, threads=args.threads, progress=progress)
     write_gt(points, args.out)
-    print(f"wrote {len(points)} detections to {args.out}"        # stdout may be the output itself
+    print(f"wrote {len(points)} detection{'s' if len(points) != 1 else ''} to {args.out}"        # stdout may be the output itself
           + (f" and their confidence to {args.confidence}" if args.confidence else ""),
           file=sys.stderr if is_stream_target(out) else sys.stdout)
     return 0
@@ -171,8 +181,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic faces -> train a short recipe -> grade on a holdout, all on the CPU."""
-    from ..core.config import apply_overrides, full_config
+    from ..core.config import full_config, full_run
     from ..core.dataset import split_names
+    from .overrides import apply_overrides
     from ..core.grader import grade
     from .synth import make_synthetic_faces
     from ..core.train import train_detector
@@ -185,9 +196,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_synthetic_faces(data, args.count, seed=args.seed, progress=True)
     gt = read_gt(data / "gt.csv")
     rest, _ = split_names(sorted(gt), args.holdout, args.seed)
-    cfg = apply_overrides(full_config(seed=args.seed, epochs=args.epochs, val_size=100), args.set)
+    cfg, run = full_config(seed=args.seed, epochs=args.epochs), full_run(val_size=100)
+    apply_overrides(cfg, args.set, run)
     model_path = Path(args.workdir) / "demo_model.pt"
-    train_detector({n: gt[n] for n in rest}, data / "images", fast_train=False, config=cfg,
+    train_detector({n: gt[n] for n in rest}, data / "images", fast_train=False, config=cfg, run=run,
                    model_path=model_path)
     results = grade(data, model_path, holdout=args.holdout, seed=args.seed)
     print(f"demo done in {time.monotonic() - started:.0f} s: holdout err {results[0]['err']:.3f}, "
@@ -219,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train on a course train/ folder (gt.csv + images/)",
         description="Train the recipe on a course train/ folder. The full recipe (90 epochs on "
-                    "5000 faces) takes about 27 min on a 2-core CPU with native bfloat16 "
-                    "(AVX512-BF16 or AMX) and over an hour on one with AVX2 only: --minutes "
-                    "fits the epochs to a time budget instead. Without --out it overwrites the "
+                    "5000 faces) takes about half an hour on a 2-core CPU with native bfloat16 "
+                    "(AVX512-BF16 or AMX) and 1.5 to 2 hours on one with AVX2 only (README.md, "
+                    "'Speed on your CPU'): "
+                    "--minutes trains to a time budget instead. Without --out it overwrites the "
                     "shipped facepoints_model.pt.")
     p.add_argument("data_dir", nargs="?", default=str(DEFAULT_DATA),
                    help=f"train folder (default {DEFAULT_DATA})")
@@ -231,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed (split, initialisation, batches)")
     p.add_argument("--exclude", default=None, metavar="FILE", help="leave out the faces named in FILE, one file name per line (e.g. labels that look wrong, see notebook 01)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="time budget: time the first steps, then train as many epochs as fit "
-                        "(says how many, and the holdout err the measured curve predicts)")
+                   help="time budget for the whole command: the learning rate follows the clock "
+                        "and training stops on time, however fast the steps run (it says how many "
+                        "epochs the measured step rate gives, and the holdout err the recipe's "
+                        "measured curve predicts for them)")
     add_set(p)
     p.set_defaults(func=_cmd_train)
 
@@ -344,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     add_framing_commands(sub, DEFAULT_DATA)
+    add_docs_command(sub)
     return parser
 
 

@@ -23,14 +23,15 @@ from .machine import RESULTS_DIR, describe_cpu, machine_info, run_script, shown_
 MEMORY_SCRIPT = """
 import json, resource, sys, time
 import torch
-from facepoints_lib.core.config import apply_overrides, full_config
+from facepoints_lib.core.config import full_config, full_run
 from facepoints_lib.core.progress import TextProgress
 from facepoints_lib.core.train import train_model
+from facepoints_lib.tools.overrides import apply_overrides
 threads, steps, faces = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-cfg = apply_overrides(full_config(max_images=faces, max_steps=steps, threads=threads),
-                      json.loads(sys.argv[6]))
+cfg, run_config = full_config(), full_run(max_images=faces, max_steps=steps, threads=threads)
+apply_overrides(cfg, json.loads(sys.argv[6]), run_config)
 start = time.perf_counter()
-run = train_model(sys.argv[1], sys.argv[2], cfg, log=lambda s: None,
+run = train_model(sys.argv[1], sys.argv[2], cfg, run_config, log=lambda s: None,
                   progress=lambda **k: TextProgress(disable=True, **k))
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -7,6 +7,7 @@ per memory layout, and a profile of one training step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,10 +18,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..core.config import apply_overrides, full_config
+from ..core.config import full_config, full_run
 from ..core.inference import restores_torch_threads
 from .bench import DETECT_SCRIPT
 from .machine import RESULTS_DIR, describe_cpu, machine_info, run_script, shown_command, write_result
+from .overrides import apply_overrides
 
 
 def run_detect_bench(model_path: str | os.PathLike, *, img_dir: str | os.PathLike | None = None,
@@ -112,7 +114,7 @@ def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     net(both)
             detect_rates[label][kind] = _rate(forward, batch, seconds)
-        print(f"{label}: train {train_rates[label]:.0f} img/s ({threads} threads); detect network with flip TTA "
+        print(f"{label}: train {train_rates[label]:.0f} img/s ({threads} thread{'s' if threads != 1 else ''}); detect network with flip TTA "
               f"{detect_rates[label]['as_trained']:.0f} faces/s, "
               f"{detect_rates[label]['batch_norm_folded']:.0f} with batch norm folded (1 thread)")
     result = {"name": name, "command": command or shown_command(),
@@ -124,16 +126,64 @@ def run_speed_bench(*, name: str = "speed", threads: int = 2, seconds: float = 8
     return result
 
 
+@contextlib.contextmanager
+def labelled_phases(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """Label the phases of ``fit.train_step`` for ``torch.profiler`` without touching it:
+    ``augment`` (the module's ``augment_batch``), ``forward`` (the network's forward call),
+    ``backward`` (from the loss's ``backward`` to the optimiser step) and ``optimizer``."""
+    from torch.autograd.profiler import record_function
+
+    from ..core import fit as fit_module
+
+    open_ranges: dict[str, record_function] = {}
+
+    def begin(name: str) -> None:
+        open_ranges[name] = record_function(name).__enter__()
+
+    def end(name: str) -> None:
+        if name in open_ranges:
+            open_ranges.pop(name).__exit__(None, None, None)
+
+    def before_step(*_) -> None:                   # a pre-hook returning something replaces step()'s arguments
+        end("backward")
+        begin("optimizer")
+
+    real_augment = fit_module.augment_batch
+
+    def augment(*args, **kwargs):
+        with record_function("augment"):
+            return real_augment(*args, **kwargs)
+
+    hooks = [model.register_forward_pre_hook(lambda *_: begin("forward")),
+             model.register_forward_hook(lambda *_: end("forward")),
+             optimizer.register_step_pre_hook(before_step),
+             optimizer.register_step_post_hook(lambda *_: end("optimizer"))]
+    real_zero_grad = optimizer.zero_grad
+
+    def zero_grad(*args, **kwargs):                # train_step: zero_grad, then backward, then step
+        real_zero_grad(*args, **kwargs)
+        begin("backward")
+
+    fit_module.augment_batch, optimizer.zero_grad = augment, zero_grad
+    try:
+        yield
+    finally:
+        fit_module.augment_batch = real_augment
+        del optimizer.zero_grad
+        for hook in hooks:
+            hook.remove()
+
+
 @restores_torch_threads
 def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
                      overrides: Sequence[str] = (), out: str | os.PathLike | None = None) -> str:
     """Where a training step's time goes: augmentation, forward, backward, optimiser, by op.
 
-    Runs ``fit.train_step`` itself (whose phases are labelled) for ``steps`` steps of
-    the recipe under ``torch.profiler``, on synthetic faces written to a temporary folder
-    and loaded as training loads faces (the cost of a step does not depend on the
-    pictures), and returns (and optionally writes) a table of the phases and the most
-    expensive operators.
+    Runs ``fit.train_step`` itself for ``steps`` steps of the recipe under
+    ``torch.profiler``, its phases labelled from outside (``labelled_phases``), on
+    synthetic faces written to a temporary folder and loaded as training loads faces (the
+    cost of a step does not depend on the pictures), and returns (and optionally writes) a
+    table of the phases and the most expensive operators.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -144,7 +194,8 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     from ..core.fit import make_optimizer, train_step
     from .synth import make_synthetic_faces
 
-    cfg = apply_overrides(full_config(), overrides)
+    cfg, run = full_config(), full_run()
+    apply_overrides(cfg, overrides, run)
     torch.set_num_threads(threads)
     size = cfg.model.image_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +206,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     model = model.to(memory_format=layout)
     optimizer = make_optimizer(model, cfg)
     device = torch.device("cpu")
-    bf16 = use_bf16(cfg.bf16, device)
+    bf16 = use_bf16(run.bf16, device)
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -164,7 +215,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
     for _ in range(3):                      # warm-up: oneDNN picks its kernels
         step()
     started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with labelled_phases(model, optimizer), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
     seconds = time.perf_counter() - started
@@ -173,7 +224,7 @@ def profile_training(steps: int = 20, batch_size: int = 64, threads: int = 2,
               if e.key in ("augment", "forward", "backward", "optimizer")}
     text = (f"CPU: {describe_cpu()}\n"
             f"training step profile: {cfg.model.head} head, {size} px, batch {len(faces)}, "
-            f"{threads} threads, bf16={bf16}; {steps} steps in {seconds:.2f} s "
+            f"{threads} thread{'s' if threads != 1 else ''}, bf16={bf16}; {steps} steps in {seconds:.2f} s "
             f"({steps * len(faces) / seconds:.0f} img/s, profiler overhead included)\n"
             + "".join(f"  {k:10s} {v:8.1f} ms/step\n" for k, v in phases.items())
             + "\n" + table)

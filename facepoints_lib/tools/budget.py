@@ -1,0 +1,176 @@
+"""Training to a time budget (``facepoints train --minutes M``): a schedule that ends on time.
+
+``TimeBudget`` is a schedule for ``fit`` (the interface of ``fit.StepSchedule``) that reads
+the clock instead of counting steps: the learning rate warms up over the first part of
+the time left and decays along a cosine to zero at its end, and training stops when that
+time is spent, however fast or slow the steps run (a machine that gets busier trains
+fewer steps, each with the learning rate the time calls for). The clock starts when the
+budget is made, so decoding the faces counts; the time that the last validation, the
+confidence calibration and saving will take is set aside first (``reserve_seconds``,
+estimated by ``estimate_reserve_seconds``).
+
+Once the step rate has been measured on the run's own first steps, the budget says how
+many epochs that rate gives and what holdout err the recipe's measured err-vs-epochs
+curve (``RECIPE_CURVE``, from ``bench/results``) predicts for them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+
+from ..core.config import RunConfig, TrainConfig, full_config
+from ..core.inference import predict_details, restores_torch_threads
+from ..core.model import build_model, fold_batch_norm
+from ..core.progress import format_seconds
+
+# Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 training
+# faces, the 500-face holdout of split seed 0, 2 threads), as measured by
+# ``facepoints bench --set epochs=N`` in bench/results/<file>.json. A test checks these
+# numbers against those files.
+RECIPE_CURVE: tuple = ((6, 9.57, "curve-e6-seed0"), (12, 5.26, "curve-e12-seed0"),
+                        (24, 4.15, "curve-e24-seed0"))
+# settings that do not change the recipe the curve was measured for
+_CURVE_FREE_KEYS = {"epochs", "seed"}
+
+MAX_MINUTES = 30 * 24 * 60       # a time budget beyond 30 days is a typo (1e308 overflowed the epoch count)
+WARMUP_SHARE = 2 / 90            # the recipe's 2 warm-up epochs of 90, as a share of the time
+RATE_STEPS = 10                  # steps timed before the budget says what the rate gives
+CALIBRATION_VIEWS = 3            # calibrate() detects the validation faces upright, turned and cut
+SAVE_SECONDS = 5.0               # writing the model file, with margin
+
+
+def predicted_err_note(epochs: float, cfg: TrainConfig) -> str:
+    """What the recipe's measured err-vs-epochs curve says of ``epochs`` (log-linear in between)."""
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in _CURVE_FREE_KEYS}
+    recipe = {k: v for k, v in full_config().to_dict().items() if k not in _CURVE_FREE_KEYS}
+    if mine != recipe or len(RECIPE_CURVE) < 3:
+        return "no measured err-vs-epochs curve for this recipe, so no prediction"
+    points = [(e, err) for e, err, _ in RECIPE_CURVE]
+    if epochs < points[0][0]:
+        return f"the recipe's measured holdout err is {points[0][1]:.2f} at {points[0][0]} epochs; fewer epochs do worse"
+    if epochs >= points[-1][0]:
+        return (f"the recipe's measured holdout err is {points[-1][1]:.2f} at {points[-1][0]} epochs "
+                f"(the most measured; 90 epochs do better)")
+    for (e0, err0), (e1, err1) in zip(points, points[1:]):
+        if e0 <= epochs <= e1:
+            t = (math.log(epochs) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return (f"the recipe's measured err-vs-epochs curve predicts holdout err about "
+                    f"{err0 + t * (err1 - err0):.2f} (measured: {err0:.2f} at {e0}, {err1:.2f} at {e1} epochs)")
+    raise AssertionError("unreachable")
+
+
+@restores_torch_threads
+def estimate_reserve_seconds(cfg: TrainConfig, run: RunConfig, val_faces: int, sample: int = 16) -> float:
+    """Seconds the end of a run takes after its last step: one validation of ``val_faces``
+    faces, the confidence calibration on them (``CALIBRATION_VIEWS`` detections each) and
+    saving, from a timed detection of ``sample`` noise pictures by a fresh network on the
+    run's threads (the time a network takes does not depend on its weights)."""
+    if val_faces == 0:
+        return SAVE_SECONDS
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    model = fold_batch_norm(build_model(cfg.model).eval())
+    size = cfg.model.image_size
+    images = torch.randint(0, 256, (sample, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    predict_details(model, images)                                 # warm-up: oneDNN picks its kernels
+    started = time.perf_counter()
+    predict_details(model, images)
+    per_face = (time.perf_counter() - started) / sample
+    return per_face * val_faces * (1 + CALIBRATION_VIEWS) + SAVE_SECONDS
+
+
+def check_minutes(minutes: object) -> None:
+    """Refuse a budget that is not a number above 0 to ``MAX_MINUTES``, before any work."""
+    if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or not math.isfinite(minutes) \
+            or not 0 < minutes <= MAX_MINUTES:
+        raise ValueError(f"minutes must be a number above 0 to {MAX_MINUTES}, got {minutes!r}")
+
+
+class TimeBudget:
+    """``minutes`` of wall-clock time from now for a whole training run; pass its
+    ``schedule`` to ``train_model``/``train_detector``/``fit`` (``schedule=budget.schedule``).
+
+    ``reserve_seconds`` is set aside for what follows the last step. The budget counts
+    from ``started`` (default: now) on ``clock`` (default ``time.monotonic``; injectable
+    for tests).
+    """
+
+    def __init__(self, minutes: float, reserve_seconds: float = 0.0, *, started: float | None = None,
+                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+        check_minutes(minutes)
+        self.minutes, self.log, self.clock = minutes, log, clock
+        self.reserve = max(reserve_seconds, 0.0)
+        self.started = clock() if started is None else started
+        self.stop_at = self.started + 60 * minutes - self.reserve      # the last step ends by then
+
+    def schedule(self, cfg: TrainConfig, run: RunConfig, steps_per_epoch: int) -> "_TimeSchedule":
+        """The schedule ``fit`` asks for (the signature of ``StepSchedule.for_recipe``)."""
+        return _TimeSchedule(self, cfg, steps_per_epoch)
+
+
+class _TimeSchedule:
+    """A ``TimeBudget`` as ``fit`` sees it: ``finished``, ``lr_factor``, ``expected_steps``,
+    ``describe``, ``to_dict`` (see ``fit.StepSchedule``)."""
+
+    def __init__(self, budget: TimeBudget, cfg: TrainConfig, steps_per_epoch: int):
+        self.budget, self.cfg, self.steps_per_epoch = budget, cfg, steps_per_epoch
+        self.begin = budget.clock()                       # the first step starts about now
+        self.rate: float | None = None                    # steps per second, once measured
+        self.said_rate = self.said_end = False
+        spent = self.begin - budget.started
+        if self.begin >= budget.stop_at:
+            budget.log(f"warning: the time budget of {budget.minutes:g} min is spent before training starts "
+                       f"({format_seconds(spent)} went on reading the faces, and "
+                       f"{format_seconds(budget.reserve)} are set aside for validating, calibrating and "
+                       f"saving); training one step anyway, which overshoots the budget")
+
+    def _fraction(self) -> float:
+        """The share of the training time spent so far (0 to 1)."""
+        return min((self.budget.clock() - self.begin) / max(self.budget.stop_at - self.begin, 1e-9), 1.0)
+
+    def finished(self, step: int) -> bool:
+        if step == 0:
+            return False                                   # at least one step, however short the budget
+        now = self.budget.clock()
+        if step >= RATE_STEPS and self.rate is None:
+            self.rate = step / max(now - self.begin, 1e-9)
+            self._say_rate()
+        if now < self.budget.stop_at:
+            return False
+        if not self.said_end:
+            self.said_end = True
+            self.budget.log(f"time budget: {step} step{'s' if step != 1 else ''} "
+                            f"({step / self.steps_per_epoch:.1f} epochs) trained in "
+                            f"{format_seconds(now - self.begin)}; validating, calibrating and saving follow "
+                            f"({format_seconds(self.budget.reserve)} set aside)")
+        return True
+
+    def _say_rate(self) -> None:
+        left = max(self.budget.stop_at - self.begin, 0.0)
+        epochs = self.rate * left / self.steps_per_epoch
+        self.budget.log(f"time budget {self.budget.minutes:g} min: {1000 / self.rate:.0f} ms per step measured, "
+                        f"so about {epochs:.1f} epochs fit in the {format_seconds(left)} left for training "
+                        f"(it stops on time if the rate changes); {predicted_err_note(epochs, self.cfg)}")
+
+    def lr_factor(self, step: int) -> float:
+        fraction = self._fraction()
+        if fraction < WARMUP_SHARE:
+            return max(fraction, 1e-3) / WARMUP_SHARE
+        return 0.5 * (1 + math.cos(math.pi * (fraction - WARMUP_SHARE) / (1 - WARMUP_SHARE)))
+
+    def expected_steps(self, step: int) -> int:
+        elapsed = self.budget.clock() - self.begin
+        if step == 0 or elapsed <= 0:
+            return max(step, 1)
+        return step + int(step / elapsed * max(self.budget.stop_at - self.budget.clock(), 0.0))
+
+    def describe(self) -> str:
+        return f"steps until the {self.budget.minutes:g}-minute time budget is spent"
+
+    def to_dict(self) -> dict:
+        return {"schedule": "time", "minutes": self.budget.minutes, "reserve_seconds": self.budget.reserve}
