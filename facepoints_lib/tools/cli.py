@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_framing import add_framing_commands
+from .photo_cli import add_photo_commands
 from .render_docs import add_docs_command
 from .cli_guards import Terminated, check_result_target, interrupted_message, read_names, sigterm_raises
 
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_framing_commands(sub, DEFAULT_DATA)
     add_docs_command(sub)
+    add_photo_commands(sub, DEFAULT_DATA)
     return parser
 
 
