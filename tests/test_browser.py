@@ -14,9 +14,14 @@ so it imports ``facepoints_lib``; it runs in the notebooks' CI mode on synthetic
   the mouse and tick ``flip``; the transformed face must change on screen after each
   (pixel difference of screenshots of the figure), and no cell may show an error.
 * ``04_error_analysis.ipynb``: run all cells; the CED plot must render as an image.
-* ``01_data_exploration.ipynb`` and ``03_architecture_experiments.ipynb``: run all cells;
-  no cell may show an error or a warning box, and every figure cell shows a drawn image.
-* In all four, every figure on screen is saved as a screenshot and must be shown at its
+* ``01_data_exploration.ipynb``, ``03_architecture_experiments.ipynb`` and
+  ``05_your_own_photos.ipynb``: run all cells; no cell may show an error or a warning box,
+  and every figure cell shows a drawn image.
+* ``05_your_own_photos.ipynb``: upload a phone's photo (EXIF orientation set) with the
+  upload button; both figures are redrawn for it and its face stands upright in the
+  table. Both 05 tests need the photos extra (skipped without it, failed where
+  ``$FACEPOINTS_PHOTOS_REQUIRED=1``).
+* In all of them, every figure on screen is saved as a screenshot and must be shown at its
   natural size (not scaled down to the output area), so its text shows at the size
   ``tests/test_figure_legibility.py`` checks. The window is 1280 x 1000 CSS px with
   JupyterLab's default layout (file browser open): the output area is then
@@ -259,8 +264,8 @@ ERROR_TEXT = re.compile(r"Traceback|^\w*(Error|Exception)\b", re.MULTILINE)
 class Notebook:
     """One notebook open in its own JupyterLab workspace in a browser tab."""
 
-    def __init__(self, browser, lab: LabServer, name: str):
-        self.lab, self.name, self.stem = lab, name, Path(name).stem
+    def __init__(self, browser, lab: LabServer, name: str, prefix: str = ""):
+        self.lab, self.name, self.stem = lab, name, Path(name).stem + prefix
         self.folder = artifacts_dir()
         for old in self.folder.glob(f"{self.stem}_*.png"):
             old.unlink()
@@ -531,15 +536,90 @@ def assert_figures_drawn(notebook: Notebook, minimum: int) -> None:
     assert not texts, f"{notebook.name}: {len(texts)} stderr box(es) on screen: {texts}"
 
 
-@pytest.mark.parametrize("name, figures", [("01_data_exploration.ipynb", 7), ("03_architecture_experiments.ipynb", 4)])
+PHOTO_NOTEBOOKS = {"05_your_own_photos.ipynb"}       # need the photos extra (dlib, scikit-image)
+PHOTOS_REQUIRED_ENV = "FACEPOINTS_PHOTOS_REQUIRED"    # "1" (CI): a missing extra fails, as in tests/test_photo.py
+
+
+def needs_photos_extra(name: str) -> None:
+    """Skip a photo notebook without the photos extra (fail where it is required)."""
+    import importlib.util
+
+    if name in PHOTO_NOTEBOOKS and not all(importlib.util.find_spec(m) for m in ("dlib", "skimage")):
+        reason = "needs the photos extra (pip install -e '.[photos]')"
+        if os.environ.get(PHOTOS_REQUIRED_ENV, "").strip() == "1":
+            pytest.fail(f"{reason}, but ${PHOTOS_REQUIRED_ENV}=1 says the photo tests must run")
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("name, figures", [("01_data_exploration.ipynb", 7), ("03_architecture_experiments.ipynb", 4),
+                                           ("05_your_own_photos.ipynb", 2)])
 def test_notebook_runs_clean_in_the_browser(browser, lab, name, figures):
-    """01 and 03: run all; every figure renders, no error and no warning box on screen."""
+    """01, 03 and 05: run all; every figure renders, no error and no warning box on screen."""
+    needs_photos_extra(name)
     notebook = Notebook(browser, lab, name)
     try:
         notebook.run_all()
         notebook.assert_no_errors("after Run All")
         notebook.shot("0_after_run_all")
         assert_figures_drawn(notebook, figures)
+    except BaseException:
+        notebook.shot_quietly("failure")
+        raise
+    finally:
+        notebook.close()
+
+
+def phone_photo(path: Path) -> Path:
+    """scikit-image's astronaut stored turned a quarter, as a phone stores a photo taken
+    sideways, with the EXIF orientation (6: turn 90 degrees clockwise to view) that puts
+    her upright again in a viewer."""
+    import importlib.util
+
+    from PIL import Image
+
+    source = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data" / "astronaut.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(source).convert("RGB").rotate(90, expand=True).save(path, exif=exif.tobytes(), quality=92)
+    return path
+
+
+def test_uploading_a_photo_to_05_redraws_the_figures(browser, lab, tmp_path):
+    """05: run all, then upload a phone's photo with **your photo**: both figures are
+    redrawn for it, the status line and the table name it, and the face in the table
+    stands upright (its EXIF orientation applied)."""
+    name = "05_your_own_photos.ipynb"
+    needs_photos_extra(name)
+    notebook = Notebook(browser, lab, name, prefix="_upload")
+    try:
+        notebook.run_all()
+        notebook.assert_no_errors("after Run All")
+        page = notebook.page
+        cell = page.locator(".jp-CodeCell", has=page.locator(".widget-upload")).first
+        output = cell.locator(".widget-output")
+        first = output.locator("img").first
+        first.wait_for(state="visible", timeout=REDRAW_TIMEOUT * 1000)
+        before = image_source(first)
+        # The button opens the browser's file dialog (its <input type=file> is never put in
+        # the page), which Playwright answers as a person picking the file would.
+        with page.expect_file_chooser() as chooser:
+            cell.locator(".widget-upload").first.click()
+        chooser.value.set_files(str(phone_photo(tmp_path / "phone.jpg")))
+        status = cell.locator(".widget-label", has_text="phone.jpg")
+        status.wait_for(state="visible", timeout=60_000)
+        redrawn = wait_redrawn(notebook, first, before)
+        cell.scroll_into_view_if_needed()
+        notebook.shot("0_after_upload")
+        notebook.assert_no_errors("after the upload")
+        assert redrawn, "the photo figure was not redrawn after the upload"
+        assert re.search(r"phone\.jpg: \d+ faces? found", status.inner_text()), status.inner_text()
+        assert output.locator("img").count() == 2, "the photo and the crops the model saw"
+        rows = [line for line in output.inner_text().splitlines() if line.startswith("phone.jpg")]
+        print("\n".join(rows))
+        assert rows and " 0 " in rows[0], output.inner_text()
+        roll = float(re.search(r"([+-]\d+)°", rows[0]).group(1))    # face 0: the finder's best
+        assert abs(roll) < 20, f"the uploaded face lies at {roll} degrees: its EXIF orientation was not applied"
+        assert_figures_drawn(notebook, 2)
     except BaseException:
         notebook.shot_quietly("failure")
         raise

@@ -324,10 +324,53 @@ def fig_explorer_batch(faces):                         # 02: the explorer's rand
     return AugmentationExplorer(faces, batch_size=8).batch_figure()
 
 
+def found_pictures(faces, sizes=((800, 480), (700, 700), (512, 512), (600, 800))):
+    """Pictures as notebook 05 finds them (synthetic faces pasted on a plain background,
+    their labels as the answers): a group of two, one face, none, and a tall phone photo."""
+    from PIL import Image
+
+    from facepoints_lib.notebook import photos
+    from facepoints_lib.tools.photo import PhotoFace
+
+    names = ["group of two", "turned 60°", "a quarter turn", "IMG_20261207_124501 from a phone.jpg"]
+    found = []
+    for k, (name, (width, height)) in enumerate(zip(names, sizes)):
+        picture = Image.new("RGB", (width, height), photos.BACKGROUND)
+        placed = [] if k == 2 else [(width - 330, 30, 300), (40, height - 240, 200)][: 2 if k == 0 else 1]
+        found_faces = []
+        for j, (x0, y0, side) in enumerate(placed):
+            face = faces.images[(k + j) % len(faces)].permute(1, 2, 0).numpy()
+            picture.paste(Image.fromarray(face).resize((side, side)), (x0, y0))
+            points = faces.keypoints[(k + j) % len(faces)].numpy() * side - 0.5 + np.array([x0, y0])
+            box = (x0 + 0.15 * side, y0 + 0.15 * side, x0 + 0.85 * side, y0 + 0.85 * side)
+            found_faces.append(PhotoFace(box, 0.0, 1.23, points, 0.81 if j else None, (x0, y0, x0 + side, y0 + side)))
+        found.append(photos.Found.of(name, picture, found_faces, 96))
+    return found
+
+
+def fig_photos(faces):                                 # 05: the examples with their faces
+    from facepoints_lib.notebook import photos
+
+    return photos.photos_figure(found_pictures(faces))
+
+
+def fig_photo_uploaded(faces):                         # 05: one tall uploaded photo
+    from facepoints_lib.notebook import photos
+
+    return photos.photos_figure(found_pictures(faces)[3:])
+
+
+def fig_photo_crops(faces):                            # 05: the crops the model saw, numbered points
+    from facepoints_lib.notebook import photos
+
+    return photos.crops_figure(found_pictures(faces))
+
+
 FIGURES = {f.__name__[4:]: f for f in (
     fig_show_face, fig_face_grid, fig_face_grid_answers, fig_face_grid_three, fig_face_rows, fig_mean_shape,
     fig_per_point, fig_ced, fig_binned_series, fig_roll, fig_short_scatter, fig_long_scatter, fig_histories,
-    fig_group, fig_live, fig_confidence, fig_second_try, fig_cut_faces, fig_explorer, fig_explorer_batch)}
+    fig_group, fig_live, fig_confidence, fig_second_try, fig_cut_faces, fig_explorer, fig_explorer_batch,
+    fig_photos, fig_photo_uploaded, fig_photo_crops)}
 
 
 @pytest.fixture(autouse=True)

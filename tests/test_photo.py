@@ -6,34 +6,23 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from facepoints_lib.core.gt_csv import GT_HEADER
+from facepoints_lib.core.gt_csv import GT_HEADER, read_gt
 from facepoints_lib.core.images import read_image
 from facepoints_lib.tools import cli
-from facepoints_lib.tools.photo import (FRAMING_FILE, Framing, PhotoFace, _unturn_box, box_crop, cut,
+from facepoints_lib.tools.photo import (FRAMING_FILE, FoundFace, Framing, PhotoFace, box_crop, cut, find_faces,
                                         points_crop, points_frame, read_photo, to_photo)
+from facepoints_lib.tools.photo_bench import _Box, _apply, _invert, _match, _paste_matrix
 from facepoints_lib.tools.photo_cli import PHOTO_HEADER, photo_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HAVE_PHOTOS = all(importlib.util.find_spec(m) is not None for m in ("dlib", "skimage"))
-REQUIRED_ENV = "FACEPOINTS_PHOTOS_REQUIRED"      # "1" (set by CI once the extra installed): never skip
-
-
-@pytest.fixture
-def photos_extra():
-    """Skip (fail where $FACEPOINTS_PHOTOS_REQUIRED=1) without the photos extra."""
-    if not HAVE_PHOTOS:
-        reason = "needs the photos extra (pip install -e '.[photos]')"
-        if os.environ.get(REQUIRED_ENV, "").strip() == "1":
-            pytest.fail(f"{reason}, but ${REQUIRED_ENV}=1 says the photo tests must run")
-        pytest.skip(reason)
 FRAMING = Framing(box_width=1.6, box_height=1.7, box_dx=0.02, box_dy=-0.1,
                   points_width=1.9, points_height=2.1, points_dx=0.01, points_dy=-0.05)
 
@@ -48,14 +37,26 @@ def _face_points(centre=(200.0, 150.0), scale=40.0, degrees=0.0) -> np.ndarray:
     return np.asarray(centre) + (template * scale) @ rot.T
 
 
-@pytest.mark.parametrize("turns", [0, 1, 2, 3])
-def test_a_box_found_in_a_turned_view_maps_back_exactly(turns):
-    picture = np.zeros((7, 11), dtype=int)
-    picture[2:4, 5:9] = 1                                     # the box (5, 2, 9, 4)
-    view = np.rot90(picture, turns)
-    ys, xs = np.nonzero(view)
-    box = _unturn_box((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), turns, view.shape[1], view.shape[0])
-    assert box == (5, 2, 9, 4)
+class _DotFinder:
+    """Stands in for dlib's finder: 'finds' the brightest pixel of a view as a face of side 9."""
+
+    def run(self, pixels, upsample, threshold):
+        gray = np.asarray(pixels, dtype=np.float64).sum(axis=-1)
+        y, x = np.unravel_index(np.argmax(gray), gray.shape)
+        return [_Box(x - 4, y - 4, x + 4, y + 4)], [1.0], [0]
+
+
+def test_a_face_found_in_a_turned_view_maps_back_to_the_photo():
+    """Each view (upright, each quarter turn) finds the same dot; mapped back, every find
+    lies on the dot, so they count as one face."""
+    pixels = np.zeros((70, 110, 3), dtype=np.uint8)
+    pixels[20, 80] = 255                                      # the dot's centre: (80.5, 20.5)
+    finder = _DotFinder()
+    for angle in (0, 90, 180, 270):
+        face, = find_faces(Image.fromarray(pixels), finder, views=(angle,))
+        assert face.centre == pytest.approx((80.5, 20.5), abs=1e-9) and face.angle == angle
+        assert face.box() == pytest.approx((76.0, 16.0, 85.0, 25.0), abs=1e-9)
+    assert len(find_faces(Image.fromarray(pixels), finder)) == 1
 
 
 def test_a_crop_maps_its_points_back_to_the_photo_exactly():
@@ -102,10 +103,13 @@ def test_the_second_pass_frames_the_points_as_the_course_does(degrees):
 
 
 def test_a_box_found_turned_gets_the_crop_turned_alike():
-    upright = box_crop((100, 100, 200, 200), FRAMING)
+    upright = box_crop(FoundFace((150.0, 150.0), 100.0, 0.0, 1.0), FRAMING)
     assert upright == pytest.approx((150 - 80 + 2, 150 - 85 - 10, 150 + 80 + 2, 150 + 85 - 10))
-    turned = box_crop((100, 100, 200, 200), FRAMING, turns=1)         # the face lies on its side
+    turned = box_crop(FoundFace((150.0, 150.0), 100.0, 90.0, 1.0), FRAMING)   # the face lies on its side
     assert turned[2] - turned[0] == pytest.approx(170) and turned[3] - turned[1] == pytest.approx(160)
+    # upright in the photo turned anticlockwise by 90 degrees: its top points right in the photo,
+    # so the crop's centre, 10 px up the face and 2 px to its right, is 10 px right and 2 px down
+    assert (turned[0] + turned[2]) / 2 == pytest.approx(150 + 10) and (turned[1] + turned[3]) / 2 == pytest.approx(150 + 2)
 
 
 def test_photos_are_read_as_a_viewer_sees_them_and_course_crops_as_stored(tmp_path):
@@ -121,8 +125,8 @@ def test_photos_are_read_as_a_viewer_sees_them_and_course_crops_as_stored(tmp_pa
 
 
 def test_the_csv_has_one_row_per_face_under_the_course_column_names():
-    faces = [PhotoFace((1, 2, 3, 4), 0, 0.5, np.arange(28, dtype=float).reshape(14, 2), 0.75, (0, 0, 5, 5)),
-             PhotoFace((5, 6, 7, 8), 1, 0.1, np.zeros((14, 2)), None, (0, 0, 5, 5))]
+    faces = [PhotoFace((1, 2, 3, 4), 0.0, 0.5, np.arange(28, dtype=float).reshape(14, 2), 0.75, (0, 0, 5, 5)),
+             PhotoFace((5, 6, 7, 8), 90.0, 0.1, np.zeros((14, 2)), None, (0, 0, 5, 5))]
     rows = photo_rows("a b.jpg", faces)
     text = io.StringIO()
     csv.writer(text).writerows([PHOTO_HEADER, *rows])
@@ -180,3 +184,46 @@ def test_a_picture_with_no_face_gets_no_row_and_one_warning(photos_extra, tmp_pa
     assert out.read_text().splitlines() == [",".join(PHOTO_HEADER)]
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "no face found in 2 of 2 pictures: night.jpg, sky.png" in err
+
+
+@pytest.mark.parametrize("angle, scale", [(0.0, 1.0), (90.0, 2.0), (-37.0, 0.7)])
+def test_a_pasted_face_lies_where_its_matrix_says(angle, scale):
+    """``make-composites`` records each face's points through the paste's affine map: a
+    dot of the crop, pasted, lies where the map puts it."""
+    crop = np.zeros((40, 60, 3), dtype=np.uint8)
+    crop[9:11, 44:46] = 255                                   # a 2x2 dot centred at (44.5, 9.5)
+    matrix = _paste_matrix((60, 40), scale, angle, (150.0, 120.0))
+    coeffs = tuple(_invert(matrix).reshape(-1))
+    layer = np.asarray(Image.fromarray(crop).transform((300, 240), Image.Transform.AFFINE, coeffs,
+                                                       Image.Resampling.BILINEAR), dtype=np.float64).sum(axis=-1)
+    ys, xs = np.nonzero(layer)
+    seen = np.array([(xs * layer[ys, xs]).sum(), (ys * layer[ys, xs]).sum()]) / layer[ys, xs].sum()
+    assert seen == pytest.approx(_apply(matrix, np.array([[44.5, 9.5]]))[0], abs=0.05)
+    assert _apply(_invert(matrix), _apply(matrix, np.array([[3.25, 7.5]]))) == pytest.approx(np.array([[3.25, 7.5]]), abs=1e-9)
+
+
+def test_finds_are_matched_to_the_nearest_face_once():
+    faces = [{"points": _face_points((100.0, 100.0), 40.0).tolist()}, {"points": _face_points((300.0, 100.0), 40.0).tolist()}]
+    owner, false = _match([(102.0, 98.0), (299.0, 104.0), (101.0, 101.0), (600.0, 50.0)], [80.0, 80.0, 80.0, 80.0], faces)
+    assert owner == [0, 1, None, None] and false == 2          # a second find of a face counts as false
+
+
+def test_make_composites_writes_pictures_and_their_faces(tmp_path, capsys):
+    from facepoints_lib.tools.synth import make_synthetic_faces
+
+    data = tmp_path / "train"
+    make_synthetic_faces(data, 40, seed=3)
+    out = tmp_path / "composites"
+    assert cli.main(["make-composites", str(data), str(out), "--count", "4", "--holdout", "20"]) == 0
+    record = json.loads((out / "faces.json").read_text())
+    gt = read_gt(data / "gt.csv")
+    assert [p["turned"] for p in record["pictures"]] == [False, True, False, True]
+    for picture in record["pictures"]:
+        with Image.open(out / "images" / picture["file"]) as img:
+            assert list(img.size) == picture["size"]
+        assert 1 <= len(picture["faces"]) <= 3
+        for face in picture["faces"]:
+            source = np.asarray(gt[face["source"]], dtype=np.float64).reshape(14, 2)
+            assert np.array(face["points"]) == pytest.approx(_apply(np.array(face["matrix"]), source), abs=1e-3)
+            assert (face["angle"] == 0.0) != picture["turned"]
+    assert "wrote 4 composites holding" in capsys.readouterr().out

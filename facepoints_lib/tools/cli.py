@@ -17,6 +17,7 @@ from typing import Sequence
 
 from .cli_framing import add_framing_commands
 from .photo_cli import add_photo_commands
+from .reference_models import add_reference_commands
 from .render_docs import add_docs_command
 from .cli_guards import Terminated, check_result_target, interrupted_message, read_names, sigterm_raises
 
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_framing_commands(sub, DEFAULT_DATA)
     add_docs_command(sub)
     add_photo_commands(sub, DEFAULT_DATA)
+    add_reference_commands(sub)
     return parser
 
 

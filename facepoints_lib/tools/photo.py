@@ -3,8 +3,9 @@
 The keypoint model answers for a picture framed like the course's crops. A holiday photo,
 a group picture or a phone shot is not framed so: ``find_faces`` finds the faces first
 (dlib's HOG frontal-face detector, from the ``photos`` extra: ``pip install -e
-'.[photos]'``), looking again at the photo turned by quarter turns where it finds
-nothing upright; ``course_crop`` cuts each found face the way the course's crops frame
+'.[photos]'``), looking at the photo upright and turned by each eighth of a turn
+(the finder sees faces within about 30 degrees of upright), so that a face turned by
+any angle is found too; ``course_crop`` cuts each found face the way the course's crops frame
 a face, measured on the course's training faces (``Framing``, stored in
 ``bench/results/course-framing.json`` by ``facepoints measure-framing``), padding with
 black where the photo ends; the model finds the points in the crop, a second pass cuts
@@ -37,7 +38,14 @@ from .machine import RESULTS_DIR
 
 FRAMING_FILE = RESULTS_DIR / "course-framing.json"
 FINDER_SIDE = 1280          # px: the longer side of the photo the finder sees (faces from about 80 px there)
-QUARTER_TURNS = (1, 3, 2)   # looked at, in this order, when nothing is found upright
+DIAGONAL_SIDE = 960         # px: the same for the views turned by an odd eighth (faces from about 107 px)
+VIEWS = (0, 90, 270, 180, 45, 315, 135, 225)   # degrees (anticlockwise) the finder sees the photo turned by
+# The points' scale against the finder's side on the course crops is about 0.65 (the
+# crop is 1.21 sides, 1.85 scales); an answer outside this range is no face-sized answer
+# (a collapsed one, on a face the finder saw wrongly): the second pass keeps the first crop.
+SCALE_RANGE = (0.35, 1.3)
+RETRY_CONFIDENCE = 0.2      # an answer less sure than this is tried again from a wider crop
+RETRY_ZOOM = 1.4
 INSTALL_HINT = "the face finder needs dlib: pip install -e '.[photos]'"
 
 
@@ -75,12 +83,13 @@ class Framing:
 @dataclass
 class PhotoFace:
     """One face found in a photo: the finder's box (x0, y0, x1, y1, photo pixels), the
-    quarter turns the photo was looked at with, the finder's score, the 14 points
+    angle the photo was turned by when the finder saw the face upright (degrees,
+    anticlockwise), the finder's score, the 14 points
     (14, 2, photo pixels), the answer's confidence in [0, 1] (None without a calibration)
     and the crop the model saw (x0, y0, x1, y1; may reach beyond the photo)."""
 
     box: tuple[float, float, float, float]
-    turns: int
+    angle: float
     score: float
     points: np.ndarray
     confidence: float | None
@@ -105,56 +114,72 @@ def _detector():
     return dlib.get_frontal_face_detector()
 
 
-def _unturn_box(box, turns: int, width: int, height: int) -> tuple[float, float, float, float]:
-    """A box (x0, y0, x1, y1) found in a view turned by ``turns`` counter-clockwise quarter
-    turns (``np.rot90``) of ``width`` x ``height``, in the upright picture's pixels."""
-    x0, y0, x1, y1 = box
-    corners = np.array([[x0, y0], [x1, y1]], dtype=np.float64)
-    for _ in range(turns % 4):        # undo one quarter turn: (x, y) came from (height - y, x)
-        corners = np.stack([height - corners[:, 1], corners[:, 0]], axis=1)
-        width, height = height, width
-    (a, b), (c, d) = corners
-    return min(a, c), min(b, d), max(a, c), max(b, d)
+@dataclass
+class FoundFace:
+    """A face the finder found: its centre (x, y) and side in the photo's pixels, the
+    angle (degrees, counter-clockwise) the photo was turned by when the face stood upright
+    in the finder's view, and the finder's score."""
+
+    centre: tuple[float, float]
+    side: float
+    angle: float
+    score: float
+
+    def rotation(self) -> np.ndarray:
+        """The matrix taking a direction in the finder's view to the photo."""
+        t = math.radians(self.angle)
+        return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+
+    def box(self) -> tuple[float, float, float, float]:
+        """The finder's square in the photo, as its axis-aligned bounds (x0, y0, x1, y1)."""
+        corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * self.side / 2 @ self.rotation().T + self.centre
+        return (*(float(v) for v in corners.min(axis=0)), *(float(v) for v in corners.max(axis=0)))
 
 
-def find_faces(photo: Image.Image, detector=None) -> list[tuple[tuple[float, float, float, float], int, float]]:
-    """The faces in ``photo``: ``[(box in photo pixels, quarter turns, score), ...]``,
-    best score first. The finder sees the photo with its longer side at most
-    ``FINDER_SIDE``; where it finds nothing upright it looks at the quarter turns."""
+def find_faces(photo: Image.Image, detector=None, views=VIEWS, every_view: bool = True) -> list[FoundFace]:
+    """The faces in ``photo``, best score first. The finder sees the photo turned by each
+    angle of ``views`` (anticlockwise degrees), with its longer side at most
+    ``FINDER_SIDE`` (``DIAGONAL_SIDE`` for the views between quarter turns, which a
+    turned picture makes twice as large); ``every_view=False`` stops at the first view
+    where it finds a face. A face found in two views (its centre within half a side of a
+    better find's) counts once."""
     detector = detector or _detector()
-    scale = min(1.0, FINDER_SIDE / max(photo.size))
-    small = photo if scale == 1.0 else photo.resize((max(1, round(photo.width * scale)),
-                                                     max(1, round(photo.height * scale))), Image.Resampling.BILINEAR)
-    pixels = np.asarray(small)
-    for turns in (0, *QUARTER_TURNS):
-        view = np.ascontiguousarray(np.rot90(pixels, turns))
-        rects, scores, _ = detector.run(view, 0, 0.0)
-        if len(rects):
-            found = []
-            for rect, score in zip(rects, scores):
-                box = _unturn_box((rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1),
-                                  turns, view.shape[1], view.shape[0])
-                found.append((tuple(float(v) / scale for v in box), turns, float(score)))
-            return sorted(found, key=lambda f: -f[2])
-    return []
+    found: list[FoundFace] = []
+    shrunk: dict[int, tuple[Image.Image, float]] = {}
+    for angle in views:
+        longest = FINDER_SIDE if angle % 90 == 0 else DIAGONAL_SIDE
+        if longest not in shrunk:
+            scale = min(1.0, longest / max(photo.size))
+            shrunk[longest] = (photo if scale == 1.0 else photo.resize(
+                (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BILINEAR), scale)
+        small, scale = shrunk[longest]
+        photo_centre = np.array(small.size, dtype=np.float64) / 2
+        view = small.rotate(angle, expand=True, resample=Image.Resampling.BILINEAR) if angle % 360 else small
+        rects, scores, _ = detector.run(np.asarray(view), 0, 0.0)
+        t = math.radians(angle)
+        to_photo_dir = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])   # PIL turns anticlockwise
+        view_centre = np.array(view.size, dtype=np.float64) / 2
+        for rect, score in zip(rects, scores):
+            centre = np.array([(rect.left() + rect.right() + 1) / 2, (rect.top() + rect.bottom() + 1) / 2])
+            centre = photo_centre + to_photo_dir @ (centre - view_centre)
+            side = math.sqrt((rect.width()) * (rect.height()))
+            found.append(FoundFace((float(centre[0] / scale), float(centre[1] / scale)), side / scale,
+                                   float(angle % 360), float(score)))
+        if found and not every_view:
+            break
+    kept: list[FoundFace] = []
+    for face in sorted(found, key=lambda f: -f.score):
+        if all(math.dist(face.centre, k.centre) > k.side / 2 for k in kept):
+            kept.append(face)
+    return kept
 
 
-def _unturn_vector(vector, turns: int) -> np.ndarray:
-    """A direction in a view turned by ``turns`` quarter turns, in the upright picture."""
-    vx, vy = vector
-    for _ in range(turns % 4):
-        vx, vy = -vy, vx
-    return np.array([vx, vy])
-
-
-def box_crop(box, framing: Framing, turns: int = 0) -> tuple[float, float, float, float]:
-    """The course-like crop around a finder's box (x0, y0, x1, y1), for a face found in
-    the photo turned by ``turns`` quarter turns (its framing turned alike)."""
-    x0, y0, x1, y1 = box
-    side = math.sqrt((x1 - x0) * (y1 - y0))
-    cx, cy = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) + _unturn_vector((framing.box_dx, framing.box_dy), turns) * side
-    w, h = framing.box_width * side, framing.box_height * side
-    if turns % 2:
+def box_crop(face: FoundFace, framing: Framing) -> tuple[float, float, float, float]:
+    """The course-like crop around a found face, its framing turned as the face was
+    found (a face lying on its side gets the crop's width and height swapped)."""
+    cx, cy = np.array(face.centre) + face.rotation() @ np.array([framing.box_dx, framing.box_dy]) * face.side
+    w, h = framing.box_width * face.side, framing.box_height * face.side
+    if abs(math.sin(math.radians(face.angle))) > abs(math.cos(math.radians(face.angle))):
         w, h = h, w
     return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
 
@@ -204,33 +229,59 @@ def to_photo(normalised: np.ndarray, crop) -> np.ndarray:
     return out
 
 
+def _answers(photo: Image.Image, model, found: list[FoundFace], crops: list, framing: Framing,
+             passes: int) -> tuple[list[np.ndarray], list[float | None], list]:
+    """Points (photo pixels), confidence (None without a calibration) and the last crop of
+    each face, from ``passes`` passes starting at ``crops``."""
+    size = model.config.image_size
+    for step in range(passes):
+        images = torch.from_numpy(np.stack([cut(photo, c, size) for c in crops]))
+        prediction = predict_details(model, images)
+        points = [to_photo(p, c) for p, c in zip(prediction.points, crops)]
+        if step < passes - 1:     # cut again around the answer, unless it is far from a face's size
+            crops = [points_crop(p, framing) if _face_sized(p, f) else c for p, f, c in zip(points, found, crops)]
+    if model.metadata.get("calibration") is None:
+        return points, [None] * len(found), crops
+    face_err, _ = expected_err(prediction.spread, prediction.blur, model_calibration(model, "the model"))
+    return points, [float(v) for v in confidence(face_err)], crops
+
+
+def _face_sized(points: np.ndarray, face: FoundFace) -> bool:
+    return SCALE_RANGE[0] < points_frame(points)[1] / face.side < SCALE_RANGE[1]
+
+
 @restores_torch_threads
 def faces_in_photo(photo: Image.Image, model, *, framing: Framing | None = None, detector=None,
                    passes: int = 2, threads: int | None = 1) -> list[PhotoFace]:
     """Every face ``find_faces`` finds in ``photo`` with its 14 points in the photo's
     pixels: the crop is cut from the finder's box, then ``passes - 1`` times again around
-    the last answer. ``model`` is a loaded keypoint model (``load_model``)."""
+    the last answer. An answer the model doubts (confidence under ``RETRY_CONFIDENCE``)
+    or of no face's size is tried again from a crop ``RETRY_ZOOM`` times wider (a face the
+    finder saw turned wrongly sits off-centre in its box), and the surer answer kept.
+    ``model`` is a loaded keypoint model (``load_model``)."""
     if threads:
         torch.set_num_threads(threads)
     framing = framing or Framing.load()
     found = find_faces(photo, detector)
     if not found:
         return []
-    crops = [box_crop(box, framing, turns) for box, turns, _ in found]
-    size = model.config.image_size
-    calibration = model.metadata.get("calibration")
-    for step in range(passes):
-        images = torch.from_numpy(np.stack([cut(photo, c, size) for c in crops]))
-        prediction = predict_details(model, images)
-        points = [to_photo(p, c) for p, c in zip(prediction.points, crops)]
-        if step < passes - 1:
-            crops = [points_crop(p, framing) for p in points]
-    trust = [None] * len(found)
-    if calibration is not None:
-        face_err, _ = expected_err(prediction.spread, prediction.blur, model_calibration(model, "the model"))
-        trust = [float(v) for v in confidence(face_err)]
-    return [PhotoFace(tuple(float(v) for v in box), turns, score, p, t, tuple(float(v) for v in c))
-            for (box, turns, score), p, t, c in zip(found, points, trust, crops)]
+    points, trust, crops = _answers(photo, model, found, [box_crop(f, framing) for f in found], framing, passes)
+    doubted = [i for i, (p, t, f) in enumerate(zip(points, trust, found))
+               if not _face_sized(p, f) or (t is not None and t < RETRY_CONFIDENCE)]
+    if doubted:
+        wide = [_zoomed(box_crop(found[i], framing), RETRY_ZOOM) for i in doubted]
+        again = _answers(photo, model, [found[i] for i in doubted], wide, framing, passes)
+        for i, p, t, c in zip(doubted, *again):
+            if (t or 0.0) > (trust[i] or 0.0) or (trust[i] is None and _face_sized(p, found[i])):
+                points[i], trust[i], crops[i] = p, t, c
+    return [PhotoFace(face.box(), face.angle, face.score, p, t, tuple(float(v) for v in c))
+            for face, p, t, c in zip(found, points, trust, crops)]
+
+
+def _zoomed(crop, factor: float) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = crop
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * factor / 2, (y1 - y0) * factor / 2
+    return cx - hw, cy - hh, cx + hw, cy + hh
 
 
 def load_photo_model(path: str | os.PathLike):

@@ -129,8 +129,41 @@ def _cmd_measure_framing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_composites(args: argparse.Namespace) -> int:
+    from ..core.progress import TextProgress
+    from .photo_bench import make_composites
+
+    done = make_composites(args.data_dir, args.out, count=args.count, holdout=args.holdout,
+                           split_seed=args.split_seed, seed=args.seed, progress=TextProgress)
+    print(f"wrote {done['pictures']} composites holding {done['faces']} faces to {args.out}")
+    return 0
+
+
+def _cmd_bench_photo(args: argparse.Namespace) -> int:
+    from ..core.checkpoint import default_model_path
+    from ..core.progress import TextProgress
+    from .machine import RESULTS_DIR, machine_info, shown_command, write_result
+    from .photo_bench import run_photo_bench
+
+    model = args.model or default_model_path()
+    result = run_photo_bench(args.composites, args.data_dir, model, progress=TextProgress)
+    result = {"name": args.name, "command": shown_command(), "model": Path(model).name,
+              "machine": machine_info(), **result}
+    out = write_result(result, RESULTS_DIR, args.name)
+    for finder, r in ((f"{f}, {v}", r) for f, by_view in result["finders"].items() for v, r in by_view.items()):
+        print(f"{finder:28s} found {r['found_upright']:.1%} upright, {r['found_turned']:.1%} turned; "
+              f"{r['false_finds']} false finds; {r['seconds_per_picture']:.2f} s a picture")
+    for key in ("photo_upright", "photo_turned"):
+        if key in result:
+            r = result[key]
+            print(f"{key}: err {r['err']:.2f} on {r['faces']} found faces, as course crops {r['err_as_course_crops']:.2f} "
+                  f"({r['ratio']:.2f}x)")
+    print(f"12 megapixels, 1 thread: {result['twelve_megapixels']['seconds']:.2f} s -> {out}")
+    return 0
+
+
 def add_photo_commands(sub, default_data: Path) -> None:
-    """Register ``facepoints photo`` and ``facepoints measure-framing``."""
+    """Register ``facepoints photo``, ``measure-framing``, ``make-composites`` and ``bench-photo``."""
     p = sub.add_parser("photo", help="find every face in photos and its 14 points (needs the photos extra)",
                        description="Find the faces in a photo (or every picture of a folder), cut each as the "
                                    "course cuts its crops, and find its 14 points. One CSV row per face: "
@@ -149,3 +182,19 @@ def add_photo_commands(sub, default_data: Path) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     p.add_argument("--name", default="course-framing", help="result name (default course-framing)")
     p.set_defaults(func=_cmd_measure_framing)
+
+    p = sub.add_parser("make-composites", help="paste holdout faces into larger pictures (for bench-photo)")
+    p.add_argument("data_dir", help="a course train folder (gt.csv + images/)")
+    p.add_argument("out", help="output folder (gets images/ and faces.json)")
+    p.add_argument("--count", type=int, default=200, help="pictures to write (default 200)")
+    p.add_argument("--holdout", type=int, default=500, help="faces of the benchmark holdout (default 500)")
+    p.add_argument("--split-seed", type=int, default=0, help="the holdout's split seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the composites (default 0)")
+    p.set_defaults(func=_cmd_make_composites)
+
+    p = sub.add_parser("bench-photo", help="face finders and facepoints photo on composites -> bench/results")
+    p.add_argument("composites", help="a make-composites folder")
+    p.add_argument("data_dir", help="the course train folder the composites came from")
+    p.add_argument("--model", default=None, help="model file (default: the shipped facepoints_model.pt)")
+    p.add_argument("--name", default="photo", help="result name (default photo)")
+    p.set_defaults(func=_cmd_bench_photo)

@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # the files whose figures are rendered, relative to the repository's root
 RENDERED = ("README.md", "bench/README.md", "notebooks/01_data_exploration.ipynb",
             "notebooks/02_augmentations.ipynb", "notebooks/03_architecture_experiments.ipynb",
-            "notebooks/04_error_analysis.ipynb")
+            "notebooks/04_error_analysis.ipynb", "notebooks/05_your_own_photos.ipynb")
 
 MARKER = re.compile(r"<!--=(?P<spec>[^>]*?)-->(?P<shown>.*?)<!--/-->", re.DOTALL)
 _REF = r"[A-Za-z0-9_.+/-]+:[A-Za-z0-9_./\-]+(?:\*[0-9.]+)?"   # a key or a file under a subfolder may hold a "/"
