@@ -36,6 +36,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from ..core.checkpoint import load_model
 from ..core.images import ImageReadError
 from ..tools import photo as photo_tool
 from .data import project_root, shown_path
@@ -129,7 +130,7 @@ def load_finder(path) -> PhotoFinder:
         shown = "MODEL = \"train\" names none" if path is None else f"{shown_path(path)} is missing"
         return PhotoFinder(problem=f"No model file ({shown}): this notebook needs a trained model; train one with "
                                    "`facepoints train`, or set MODEL to a model file, and run the cell again.")
-    model = photo_tool.load_photo_model(path)
+    model = load_model(path)
     framing = photo_tool.Framing.load(framing_path())
     note = (f"model {shown_path(path)} ({model.config.image_size} px input); faces found by dlib's HOG finder, "
             f"framed as measured in {shown_path(framing_path())}")

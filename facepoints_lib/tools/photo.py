@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..core.checkpoint import load_model
 from ..core.confidence import confidence, expected_err
 from ..core.detect import model_calibration
 from ..core.images import ImageReadError, _regular_file, to_rgb
@@ -282,8 +281,3 @@ def _zoomed(crop, factor: float) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = crop
     cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * factor / 2, (y1 - y0) * factor / 2
     return cx - hw, cy - hh, cx + hw, cy + hh
-
-
-def load_photo_model(path: str | os.PathLike):
-    """The keypoint model for photos (``load_model``, CPU, eval mode)."""
-    return load_model(path).eval()

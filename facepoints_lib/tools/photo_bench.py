@@ -221,7 +221,7 @@ def run_photo_bench(composites_dir, data_dir, model_path, progress=None) -> dict
                 "found_turned": found["turned"] / max(1, result["faces"]["turned"]),
                 "false_finds": false, "false_finds_per_picture": false / len(pictures),
                 "seconds_per_picture": seconds / len(pictures)}
-    model = load_model(model_path).eval()
+    model = load_model(model_path)
     framing, detector = Framing.load(), _detector()
     gt = read_gt(data_dir / "gt.csv")
     rows = []

@@ -69,9 +69,9 @@ def _photo_paths(target: Path) -> list[Path]:
 
 
 def _cmd_photo(args: argparse.Namespace) -> int:
-    from ..core.checkpoint import default_model_path
+    from ..core.checkpoint import default_model_path, load_model
     from ..core.progress import TextProgress
-    from .photo import INSTALL_HINT, Framing, _detector, faces_in_photo, load_photo_model, read_photo
+    from .photo import INSTALL_HINT, Framing, _detector, faces_in_photo, read_photo
 
     paths = _photo_paths(Path(args.pictures))
     try:
@@ -79,7 +79,7 @@ def _cmd_photo(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"facepoints photo: error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    model = load_photo_model(args.model or default_model_path())
+    model = load_model(args.model or default_model_path())
     framing = Framing.load()
     if args.draw:
         Path(args.draw).mkdir(parents=True, exist_ok=True)

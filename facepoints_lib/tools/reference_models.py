@@ -41,12 +41,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..core.checkpoint import load_checkpoint
 from ..core.dataset import split_names
 from ..core.gt_csv import read_gt
 from ..core.images import read_image, read_image_size
 from ..core.metrics import per_image_err
 from .machine import RESULTS_DIR, machine_info, run_script, shown_command, write_result
-from .photo import Framing
+from .photo import Framing, _detector
 
 # Course point i is the mean of these iBUG-68 points (0-based; "left" = image left, which
 # is the subject's right: iBUG's 36-41 is the eye on the image's left).
@@ -165,7 +166,7 @@ class DlibLandmarks:
     def __init__(self, framing: Framing, predictor: str | Path | None = None):
         import dlib
         self.dlib, self.framing = dlib, framing
-        self.detector = dlib.get_frontal_face_detector()
+        self.detector = _detector()
         self.predictor = dlib.shape_predictor(str(predictor or predictor_path()))
 
     def __call__(self, picture: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float], bool]:
@@ -218,8 +219,7 @@ print(json.dumps(out))
 def unseen_faces(model_path: str | Path, names: list[str], held: list[str]) -> tuple[list[str], str]:
     """The holdout faces the model never trained on, and how that was decided, from the
     checkpoint's metadata (its validation faces, and how many faces it saw)."""
-    import torch
-    meta = torch.load(model_path, map_location="cpu", weights_only=False).get("metadata", {})
+    meta = load_checkpoint(model_path).get("metadata", {})
     val, seen = set(meta.get("val_names", [])), meta.get("train_images", 0) + meta.get("val_images", 0)
     if meta.get("interrupted"):
         return [], "interrupted training run"
