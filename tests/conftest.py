@@ -47,6 +47,9 @@ def without_retired_settings(config: dict) -> dict:
     model = dict(config.get("model", {}))
     assert model.pop("stacks", 1) == 1, "refining stacks: a retired variant"
     config["model"] = model
+    config.setdefault("cascade", None)        # written before the second stage existed: one network
+    if isinstance(config.get("augment"), dict):
+        config["augment"] = {"zoom": 1.0, **config["augment"]}   # before AugmentConfig.zoom: no fixed zoom
     return config
 
 

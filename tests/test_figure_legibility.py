@@ -366,11 +366,34 @@ def fig_photo_crops(faces):                            # 05: the crops the model
     return photos.crops_figure(found_pictures(faces))
 
 
+def fig_how_good(faces):                               # 04: how good it can get, per point
+    from facepoints_lib.notebook import cascade_plots
+
+    rng = np.random.default_rng(0)
+    names = ("labels (duplicates)", "labels, upper bound (two networks)", "the network alone", "cascade")
+    series = {name: list(rng.uniform(0.5, 6.0, 14)) for name in names}
+    fig, ax = panels(height=4.4)
+    cascade_plots.plot_how_good(ax, {"series": series, "overall": {n: float(np.mean(v)) for n, v in series.items()}})
+    return fig
+
+
+def fig_equal_time(faces):                             # 03: single network against the cascade
+    from facepoints_lib.notebook import cascade_plots
+
+    points = {"single": [(396, 9.57, "curve-e6-seed0", 5.0), (792, 5.26, "curve-e12-seed0", 8.6),
+                         (1584, 4.15, "curve-e24-seed0", 19.7)],
+              "cascade": [(1584, 3.69, "cascade-e12-e12-seed0", 21.0), (1188, 3.9, "cascade-e12-e6", 15.0)],
+              "cpu": "AVX2 only"}
+    fig, ax = panels(height=4.0)
+    cascade_plots.plot_equal_time(ax, points)
+    return fig
+
+
 FIGURES = {f.__name__[4:]: f for f in (
     fig_show_face, fig_face_grid, fig_face_grid_answers, fig_face_grid_three, fig_face_rows, fig_mean_shape,
     fig_per_point, fig_ced, fig_binned_series, fig_roll, fig_short_scatter, fig_long_scatter, fig_histories,
     fig_group, fig_live, fig_confidence, fig_second_try, fig_cut_faces, fig_explorer, fig_explorer_batch,
-    fig_photos, fig_photo_uploaded, fig_photo_crops)}
+    fig_photos, fig_photo_uploaded, fig_photo_crops, fig_how_good, fig_equal_time)}
 
 
 @pytest.fixture(autouse=True)
@@ -389,7 +412,7 @@ def test_every_text_can_be_read_where_jupyterlab_shows_it(name, faces):
     assert problems == [], f"{name}: {len(problems)} problem(s):\n  " + "\n  ".join(problems[:12])
 
 
-@pytest.mark.parametrize("name", ["long_scatter", "short_scatter"])
+@pytest.mark.parametrize("name", ["long_scatter", "short_scatter", "equal_time"])
 def test_scatter_labels_cover_no_dot_and_stay_inside(name, faces):
     fig = FIGURES[name](faces)
     fig.set_dpi(INLINE_DPI)

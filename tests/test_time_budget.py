@@ -10,14 +10,14 @@ import torch
 import facepoints_lib.core.fit as fit_module
 import facepoints_lib.tools.budget as budget_module
 from facepoints_lib.tools.bench import time_to_err
-from facepoints_lib.tools.budget import (RECIPE_CURVE, TimeBudget, WARMUP_SHARE, estimate_reserve_seconds,
-                                         predicted_err_note)
+from facepoints_lib.tools.budget import (RECIPE_CURVE, TimeBudget, WARMUP_SHARE, curve_recipe,
+                                         estimate_reserve_seconds, predicted_err_note)
 from facepoints_lib.tools.machine import machine_info
 from facepoints_lib.core.dataset import load_faces
 from facepoints_lib.core.gt_csv import read_gt
 from facepoints_lib.core.model import ModelConfig
 from facepoints_lib.core.inference import cpu_flags, cpu_has_bf16
-from facepoints_lib.core.config import full_config
+from facepoints_lib.core.config import CascadeConfig, full_config
 from facepoints_lib.core.fit import fit
 
 from conftest import (REPO_ROOT, quiet_progress, tiny_model_config, tiny_run, tiny_train_config,
@@ -96,6 +96,30 @@ def test_the_learning_rate_follows_the_clock(monkeypatch):
     assert schedule.finished(1) and schedule.to_dict()["minutes"] == 10.0
 
 
+def test_a_cascade_splits_the_budget_between_its_stages_by_their_epochs():
+    """Two fits share one budget: the first stage ends at its share of the time, the second
+    (asked for its schedule later, when the first is done) at the budget's end."""
+    clock = FakeClock()
+    cfg = full_config(epochs=30)
+    cfg.cascade = CascadeConfig(epochs=10)
+    shares = TimeBudget.stage_shares(cfg)
+    assert shares == (30.0, 10.0) and TimeBudget.stage_shares(full_config()) == (1.0,)
+    budget = TimeBudget(10.0, reserve_seconds=60.0, log=lambda _: None, clock=clock, shares=shares)
+    first = budget.schedule(cfg, tiny_run(), steps_per_epoch=10)
+    clock.now = 1000.0 + 0.75 * 540 - 1
+    assert not first.finished(50)
+    clock.now += 2
+    assert first.finished(51)                                       # 3/4 of the 540 s left for training
+    clock.now += 30                                                 # the stages' hand-over takes a while
+    second = budget.schedule(cfg, tiny_run(), steps_per_epoch=10)
+    clock.now = 1000.0 + 540 - 1
+    assert not second.finished(20)
+    clock.now += 2
+    assert second.finished(21)                                      # the budget's end, reserve kept
+    with pytest.raises(ValueError, match="shares"):
+        TimeBudget(1.0, shares=(1.0, 0.0))
+
+
 def test_a_budget_spent_before_training_says_so_and_trains_one_step(faces64, monkeypatch):
     _, history, logs, clock, steps = _budget_fit(faces64, monkeypatch, minutes=0.01, step_costs=[1.0],
                                                  reserve=30.0)
@@ -129,27 +153,28 @@ def test_bad_budgets_are_refused(minutes, message):
 
 def test_predicted_err_follows_the_measured_curve(monkeypatch):
     if len(RECIPE_CURVE) < 3:   # fewer than three measured points: no number is made up
-        assert predicted_err_note(90, full_config()).startswith("no measured")
+        assert predicted_err_note(90, curve_recipe()).startswith("no measured")
     curve = ((10, 4.0, "a"), (30, 3.5, "b"), (90, 3.2, "c"))
     monkeypatch.setattr(budget_module, "RECIPE_CURVE", curve)
-    assert "3.20 at 90 epochs" in predicted_err_note(90, full_config(seed=3))
-    assert "fewer epochs do worse" in predicted_err_note(1, full_config())
+    assert "3.20 at 90 epochs" in predicted_err_note(90, full_config(cascade=None, seed=3))   # the seed is free
+    assert "fewer epochs do worse" in predicted_err_note(1, curve_recipe())
     # between two measured budgets: log-linear interpolation
-    middle = predicted_err_note(60, full_config())
+    middle = predicted_err_note(60, curve_recipe())
     value = float(middle.split("about ")[1].split()[0])
     assert 3.2 <= value <= 3.5
     other = full_config(model=ModelConfig(head="regression"))
     assert predicted_err_note(45, other).startswith("no measured")
-    assert predicted_err_note(45, full_config(lr=0.1)).startswith("no measured")
+    assert predicted_err_note(45, full_config(cascade=None, lr=0.1)).startswith("no measured")
+    assert predicted_err_note(45, full_config(cascade=CascadeConfig())).startswith("no measured")   # two stages
     monkeypatch.setattr(budget_module, "RECIPE_CURVE", curve[:2])
-    assert predicted_err_note(45, full_config()).startswith("no measured")   # two points are no curve
+    assert predicted_err_note(45, curve_recipe()).startswith("no measured")   # two points are no curve
 
 
 def test_recipe_curve_is_read_from_the_bench_results():
     """The curve quotes bench/results: the numbers, the epochs and the recipe must match."""
     assert len(RECIPE_CURVE) >= 3
     free = budget_module._CURVE_FREE_KEYS
-    recipe = {k: v for k, v in full_config().to_dict().items() if k not in free}
+    recipe = {k: v for k, v in curve_recipe().to_dict().items() if k not in free}
     for epochs, err, name in RECIPE_CURVE:
         result = json.loads((REPO_ROOT / "bench" / "results" / f"{name}.json").read_text())
         assert result["config"]["epochs"] == epochs, name

@@ -357,7 +357,8 @@ def test_predict_batches_are_bounded_by_the_models_feature_maps(monkeypatch):
     calls = []
     original = model.forward
     monkeypatch.setattr(model, "forward", lambda x, **kw: calls.append(len(x)) or original(x, **kw))
-    per_image = 4 * model.config.estimated_activations() * 2
+    per_image = train_module.predict_bytes_per_image(model, 32)
+    assert per_image == 4 * model.config.estimated_activations() * 2 + 12 * 32 * 32   # maps, mirrors, picture
     monkeypatch.setattr(train_module, "PREDICT_MEMORY_BYTES", 3 * per_image)
     np.testing.assert_allclose(train_module.predict(model, images, batch_size=64), whole, atol=1e-5)
     assert max(calls) == 2 * 3                       # 3 images and their mirrors per forward pass

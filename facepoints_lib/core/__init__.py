@@ -9,7 +9,8 @@ order below, and imports only torch, numpy, Pillow and the standard library:
 * the network and its inputs: ``augment`` (batch augmentation), ``align`` (the face
   turned upright for the second look), ``model``;
 * training: ``losses``, ``config`` (the recipe and the run as plain data), ``fit`` (the
-  loop), ``train`` (choosing the faces and running them, ``train_detector``);
+  loop), ``cascade`` (the second stage, trained on faces aligned by their points),
+  ``train`` (choosing the faces and running both stages, ``train_detector``);
 * prediction: ``inference`` (``predict``, device and precision, used by training and
   detection), ``confidence`` (the expected err of an answer, calibrated on unseen faces),
   ``checkpoint`` (model files), ``detect``;
@@ -23,7 +24,7 @@ Detection imports no training module.
 # the folder must hold exactly these).
 FROZEN_MODULES = (
     "schema", "files", "images", "gt_csv", "dataset", "augment", "align", "model", "losses",
-    "inference", "progress", "metrics", "confidence", "checkpoint", "config", "fit", "train", "detect", "grader",
+    "inference", "progress", "metrics", "confidence", "checkpoint", "config", "fit", "cascade", "train", "detect", "grader",
 )
 FROZEN_ENTRY_POINT = 'if __name__ == "__main__":\n    raise SystemExit(grader_main())\n'
 # The functions solution.py is for, listed in its header (read by tools/freeze.py with ast).

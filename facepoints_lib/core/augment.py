@@ -39,6 +39,8 @@ class AugmentConfig:
     cut_depth: float = 0.5        # ... the cut line up to this share of the face's extent into it
     cut_shrink: float = 0.4       # ... and the sample shrinks by a factor in [1 - s, 1]
     margin: float = 0.0           # keep every point this far inside the frame (grid units)
+    zoom: float = 1.0             # a fixed magnification about the centre before the random ones
+                                  # (the cascade's second stage: crops rendered with a margin)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class AffineParams:
     shift: torch.Tensor   # (N, 2), grid units
     bounds: torch.Tensor | None = None   # (N, 4) where the source picture ends: x_lo, x_hi,
                                          # y_lo, y_hi in its grid units (None: [-1, 1] on both axes)
+    zoom: float = 1.0                    # AugmentConfig.zoom, times ``scale``
 
     @staticmethod
     def identity(n: int) -> "AffineParams":
@@ -59,7 +62,7 @@ class AffineParams:
 
     def copy(self) -> "AffineParams":
         return AffineParams(self.flip.clone(), self.angle.clone(), self.scale.clone(), self.shift.clone(),
-                            None if self.bounds is None else self.bounds.clone())
+                            None if self.bounds is None else self.bounds.clone(), self.zoom)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -82,7 +85,7 @@ def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> Aff
         turned = torch.rand(n, generator=generator) < cfg.full_turn_prob
         angle = torch.where(turned, _uniform(n, -math.pi, math.pi, generator), angle)
         scale = torch.where(turned, scale * _uniform(n, 1 - cfg.full_turn_shrink, 1.0, generator), scale)
-    return AffineParams(flip, angle, scale, shift)
+    return AffineParams(flip, angle, scale, shift, zoom=cfg.zoom)
 
 
 def sample_cuts(keypoints: torch.Tensor, params: AffineParams, cfg: AugmentConfig,
@@ -124,7 +127,7 @@ def affine_matrices(params: AffineParams) -> torch.Tensor:
     mirror = 1.0 - 2.0 * params.flip.float()
     a = torch.stack([torch.stack([cos * mirror, -sin], -1),
                      torch.stack([sin * mirror, cos], -1)], -2)      # (N, 2, 2)
-    a = a * params.scale[:, None, None]
+    a = a * (params.scale * params.zoom)[:, None, None]
     return torch.cat([a, params.shift[:, :, None]], dim=2)
 
 

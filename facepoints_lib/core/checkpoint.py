@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .files import write_atomically
-from .model import MAX_PARAMETERS, KeypointNet, build_model
+from .model import MAX_PARAMETERS, KeypointNet, Refiner, build_model
 
 CHECKPOINT_FORMAT = "facepoints-checkpoint-1"
 _FORMAT_VERSION = re.compile(r"facepoints-checkpoint-(\d+)")
@@ -57,6 +57,8 @@ def save_checkpoint(model: KeypointNet, path: str | os.PathLike, metadata: dict 
         "state_dict": state,
         "metadata": {**(metadata or {}), "versions": library_versions()},
     }
+    if model.refiner is not None:                   # the cascade's second stage
+        payload["refiner"] = model.refiner.to_dict()
     return write_payload(payload, path)
 
 
@@ -168,6 +170,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> K
     payload = load_checkpoint(path)
     try:
         model = build_model(payload["model_config"])
+        if payload.get("refiner") is not None:
+            model.attach_refiner(Refiner.from_dict(payload["refiner"]))
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored network config: {exc}") from exc
@@ -195,21 +199,26 @@ def _check_numbers(model: KeypointNet, path: Path) -> None:
     negative = [name for name, t in state.items() if name.endswith("running_var") and bool((t < 0).any())]
     if negative:   # batch norm divides by its square root
         raise CheckpointError(f"{path}: negative batch-norm variance in {', '.join(negative[:3])}")
-    std, mean = model.pixel_std.flatten(), model.pixel_mean.flatten()
-    if not bool(((std >= MIN_PIXEL_STD) & (std <= 1)).all()):   # images are divided by it
-        raise CheckpointError(f"{path}: pixel_std must lie in [{MIN_PIXEL_STD:.4f}, 1] (pixels are "
-                              f"scaled to [0, 1]), got {std.tolist()}")
-    if not bool(((mean >= 0) & (mean <= 1)).all()):
-        raise CheckpointError(f"{path}: pixel_mean must lie in [0, 1] (pixels are scaled to [0, 1]), "
-                              f"got {mean.tolist()}")
-    if not bool((model.mean_shape.abs() <= MAX_SHAPE_COORDINATE).all()):
-        raise CheckpointError(f"{path}: mean_shape lies more than {MAX_SHAPE_COORDINATE:g} picture "
+    nets = [("", model)] + ([("refiner's ", model.refiner.net)] if model.refiner is not None else [])
+    for who, net in nets:
+        std, mean = net.pixel_std.flatten(), net.pixel_mean.flatten()
+        if not bool(((std >= MIN_PIXEL_STD) & (std <= 1)).all()):   # images are divided by it
+            raise CheckpointError(f"{path}: {who}pixel_std must lie in [{MIN_PIXEL_STD:.4f}, 1] (pixels are "
+                                  f"scaled to [0, 1]), got {std.tolist()}")
+        if not bool(((mean >= 0) & (mean <= 1)).all()):
+            raise CheckpointError(f"{path}: {who}pixel_mean must lie in [0, 1] (pixels are scaled to [0, 1]), "
+                                  f"got {mean.tolist()}")
+        if not bool((net.mean_shape.abs() <= MAX_SHAPE_COORDINATE).all()):
+            raise CheckpointError(f"{path}: {who}mean_shape lies more than {MAX_SHAPE_COORDINATE:g} picture "
+                                  f"sides from the picture")
+        side = net.config.image_size
+        probe = torch.rand((2, 3, side, side), generator=torch.Generator().manual_seed(0))
+        probe[1] = 0.5                        # noise, and plain grey: pixels in [0, 1] either way
+        with torch.no_grad():
+            points = net.eval()(probe)
+        if not bool(torch.isfinite(points).all()):
+            raise CheckpointError(f"{path}: the {who}network gives non-finite points for a test picture "
+                                  f"(weights large enough to overflow): the file is damaged or was altered")
+    if model.refiner is not None and not bool((model.refiner.canonical.abs() <= MAX_SHAPE_COORDINATE).all()):
+        raise CheckpointError(f"{path}: the refiner's frame lies more than {MAX_SHAPE_COORDINATE:g} picture "
                               f"sides from the picture")
-    side = model.config.image_size
-    probe = torch.rand((2, 3, side, side), generator=torch.Generator().manual_seed(0))
-    probe[1] = 0.5                        # noise, and plain grey: pixels in [0, 1] either way
-    with torch.no_grad():
-        points = model.eval()(probe)
-    if not bool(torch.isfinite(points).all()):
-        raise CheckpointError(f"{path}: the network gives non-finite points for a test picture "
-                              f"(weights large enough to overflow): the file is damaged or was altered")

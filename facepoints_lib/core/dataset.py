@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .gt_csv import read_gt
 from .images import list_images, read_image_resized
@@ -74,6 +75,20 @@ def decode_images(paths: Sequence[str | os.PathLike], image_size: int,
         if progress is not None:
             progress(1)
     return images, sizes
+
+
+def shrunk(faces: FaceSet, side: int) -> FaceSet:
+    """``faces`` resampled to ``side`` px as ``inference.predict_details`` shrinks larger
+    pictures for a network (bilinear with antialiasing); the same faces when they are
+    that size already."""
+    if faces.image_size == side:
+        return faces
+    images = torch.empty((len(faces), 3, side, side), dtype=torch.uint8)
+    for start in range(0, len(faces), 256):
+        part = faces.images[start:start + 256].float()
+        small = F.interpolate(part, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        images[start:start + 256] = small.round_().clamp_(0, 255).to(torch.uint8)
+    return FaceSet(images, faces.keypoints, faces.sizes, list(faces.filenames))
 
 
 def load_faces(img_dir: str | os.PathLike, image_size: int,

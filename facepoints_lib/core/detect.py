@@ -75,7 +75,7 @@ def _detect_chunks(model, img_dir: Path, names: list[str], chunk: int, flip_tta:
     failed: list[str] = []
     bar = progress(total=len(names), desc="detect", unit="img") if progress else None
     for batch_names, images, sizes in iter_image_chunks(
-            img_dir, model.config.image_size, chunk, names,
+            img_dir, model.decode_side(), chunk, names,
             on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
         found = predict_details(model, images, flip_tta=flip_tta, bf16=low_precision, second_look=second_look,
                                 second_try=second_try)

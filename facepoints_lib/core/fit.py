@@ -238,9 +238,9 @@ def _check_fit_inputs(train: FaceSet, val: FaceSet | None, cfg: TrainConfig, run
     run.validate()
     if train.keypoints is None or len(train) == 0:
         raise ValueError("training needs at least one labelled face")
-    for faces in (train, val) if val is not None else (train,):
-        if faces.image_size != cfg.model.image_size:
-            raise ValueError(f"faces are {faces.image_size} px, the model expects {cfg.model.image_size}")
+    for faces in (train, val) if val is not None else (train,):    # larger faces are resampled
+        if faces.image_size < cfg.model.image_size:                  # (augmentation, predict)
+            raise ValueError(f"faces are {faces.image_size} px, the model expects at least {cfg.model.image_size}")
 
 
 def _train_epoch(t: _Trainer, train: FaceSet, cfg: TrainConfig, scheduler, done: Callable[[int], bool],

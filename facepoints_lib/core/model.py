@@ -209,6 +209,7 @@ class KeypointNet(nn.Module):
         self.register_buffer("pixel_mean", torch.full((1, 3, 1, 1), 0.5))
         self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 0.25))
         self.register_buffer("mean_shape", torch.full((NUM_POINTS, 2), 0.5))
+        self.refiner: Refiner | None = None          # the cascade's second stage (``attach_refiner``)
         self.backbone = Backbone(cfg)
         if cfg.head == "heatmap":
             d = cfg.decoder_width
@@ -230,6 +231,22 @@ class KeypointNet(nn.Module):
         self.pixel_mean.copy_(pixel_mean.view(1, 3, 1, 1))
         self.pixel_std.copy_(pixel_std.view(1, 3, 1, 1))
         self.mean_shape.copy_(mean_shape.view(NUM_POINTS, 2))
+
+    def attach_refiner(self, refiner: "Refiner | None") -> None:
+        """Make ``refiner`` this network's second stage (None: remove it). The refiner's
+        weights become part of this network's ``state_dict`` (``refiner.*``)."""
+        if refiner is None:
+            self._modules.pop("refiner", None)
+            self.refiner = None
+        else:
+            self.refiner = refiner
+
+    def decode_side(self) -> int:
+        """The side pictures are decoded at for this network: its input side, or, with a
+        refiner, the larger side the refiner cuts its aligned crops from."""
+        if self.refiner is None:
+            return self.config.image_size
+        return max(self.config.image_size, self.refiner.source_side)
 
     def heatmap_logits(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Top-down pyramid from stride 32 to stride 4: one (N, 14, H, W) fp32 logit map per point."""
@@ -255,6 +272,49 @@ class KeypointNet(nn.Module):
             probs = None
             points = self.mean_shape + self.regressor(features[-1]).view(-1, NUM_POINTS, 2)
         return (points, probs) if with_heatmaps else points
+
+
+class Refiner(nn.Module):
+    """The cascade's second stage: a network that sees only aligned faces.
+
+    ``net`` was trained on faces warped onto ``canonical`` (14, 2), a tight frame around
+    the first stage's mean face, from pictures decoded at ``source_scale`` times its input
+    side; ``inference.predict_details`` aligns each face by the first stage's answer,
+    asks ``net`` and maps its answer back exactly (see ``cascade``).
+    """
+
+    MAX_SOURCE_SCALE = 4
+
+    def __init__(self, net: "KeypointNet", source_scale: int = 2, flip_tta: bool = True):
+        super().__init__()
+        if not isinstance(source_scale, int) or isinstance(source_scale, bool) \
+                or not 1 <= source_scale <= self.MAX_SOURCE_SCALE:
+            raise ValueError(f"source_scale must be an integer from 1 to {self.MAX_SOURCE_SCALE}, "
+                             f"got {source_scale!r}")
+        if not isinstance(flip_tta, bool):
+            raise ValueError(f"flip_tta must be True or False, got {flip_tta!r}")
+        self.net = net
+        self.source_scale = source_scale
+        self.flip_tta = flip_tta          # average with the mirrored crop's answer (when the caller flips)
+        self.register_buffer("canonical", torch.full((NUM_POINTS, 2), 0.5))
+
+    @property
+    def source_side(self) -> int:
+        """The side of the pictures the aligned crops are cut from."""
+        return self.net.config.image_size * self.source_scale
+
+    def to_dict(self) -> dict:
+        """Plain-data form for model files: what rebuilds it (the weights come separately)."""
+        return {"model_config": self.net.config.to_dict(), "source_scale": self.source_scale,
+                "flip_tta": self.flip_tta}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Refiner":
+        """An untrained refiner of the shape ``to_dict`` describes (unknown keys refused)."""
+        if not isinstance(data, dict) or not {"model_config", "source_scale"} <= set(data) \
+                or not set(data) <= {"model_config", "source_scale", "flip_tta"}:
+            raise ValueError("a refiner is described by model_config, source_scale and flip_tta (default True)")
+        return cls(build_model(data["model_config"]), data["source_scale"], data.get("flip_tta", True))
 
 
 def memory_format_for(model: nn.Module) -> torch.memory_format:

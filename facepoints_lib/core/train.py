@@ -24,9 +24,10 @@ import torch
 from .checkpoint import default_model_path, save_checkpoint, save_or_rescue
 from .config import RunConfig, TrainConfig, fast_config, fast_run, full_config, full_run
 from .confidence import calibrate
-from .dataset import load_faces, split_names
+from .cascade import train_refiner
+from .dataset import FaceSet, load_faces, shrunk, split_names
 from .files import check_writable
-from .fit import TrainingInterrupted, fit
+from .fit import TrainingInterrupted, evaluate, fit
 from .gt_csv import check_gt_table, read_gt
 from .inference import restores_torch_threads
 from .model import KeypointNet, fold_batch_norm
@@ -149,7 +150,10 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, run: RunConfig | None
     unreadable listed image raises ``ImageReadError``. With validation faces, the trained
     model's confidence is calibrated on them at the end (``confidence.calibrate``) and
     stored with it (``model.metadata["calibration"]``); the model file records the faces
-    and the exclusions too. ``schedule`` and ``on_validation``: see ``fit``.
+    and the exclusions too. ``schedule`` and ``on_validation``: see ``fit``. A recipe with a
+    second stage (``cfg.cascade``) decodes the faces at ``cfg.decode_side()``, trains the
+    first network on them shrunk to its input, then the second behind it
+    (``cascade.train_refiner``; ``schedule`` is asked once per stage).
     """
     run = run if run is not None else RunConfig()
     cfg.validate()                                                # before any image is decoded
@@ -161,13 +165,16 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, run: RunConfig | None
     if run.threads:
         torch.set_num_threads(run.threads)
     with progress(total=len(faces.train_names) + len(faces.val_names), desc="decode", unit="img") as bar:
-        train_set = load_faces(faces.img_dir, cfg.model.image_size, faces.gt, faces.train_names, bar.update)
-        val_set = load_faces(faces.img_dir, cfg.model.image_size, faces.gt, faces.val_names, bar.update)
+        train_set = load_faces(faces.img_dir, cfg.decode_side(), faces.gt, faces.train_names, bar.update)
+        val_set = load_faces(faces.img_dir, cfg.decode_side(), faces.gt, faces.val_names, bar.update)
     about = {"seed": cfg.seed, "train_images": len(train_set), "val_images": len(val_set),
              "val_names": list(val_set.filenames), "excluded": faces.excluded}
     try:
-        model, history = fit(train_set, val_set, cfg, run, schedule=schedule, progress=progress, log=log,
-                             on_validation=on_validation)
+        model, history = fit(shrunk(train_set, cfg.model.image_size), shrunk(val_set, cfg.model.image_size),
+                             cfg, run, schedule=schedule, progress=progress, log=log, on_validation=on_validation)
+        if cfg.cascade is not None:
+            model.metadata["cascade"] = _second_stage(model, history, train_set, val_set, cfg, run, schedule,
+                                                      progress, log)
     except TrainingInterrupted as stop:
         if path is not None and stop.step > 0:       # keep what was trained, beside the model file
             _keep_interrupted(stop, path, about, log)
@@ -180,6 +187,26 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, run: RunConfig | None
         save_or_rescue(model, path, {**model.metadata, "history": history, **about,
                                       "calibration": model.metadata.get("calibration")}, log)
     return TrainingRun(model, history, faces.train_names, faces.val_names, faces.excluded, path)
+
+
+def _second_stage(first: KeypointNet, history: list[dict], train_set: FaceSet, val_set: FaceSet,
+                  cfg: TrainConfig, run: RunConfig, schedule, progress, log: Callable[[str], None]) -> dict:
+    """Train the cascade's second stage behind ``first`` and attach it; returns what the
+    model file records of it. Stopped, it leaves the first stage alone to be kept."""
+    log(f"second stage: {cfg.cascade.epochs} epochs on the faces aligned by their points")
+    try:
+        refiner, stage_history, residuals = train_refiner(first, train_set, val_set, cfg, run, schedule=schedule,
+                                                          progress=progress, log=log)
+    except TrainingInterrupted as stop:
+        stop.model, stop.record = first, (history[-1] if history else None)
+        raise
+    first.attach_refiner(refiner)
+    record = {"residuals": residuals, "history": stage_history}
+    if len(val_set) and history:
+        record["val_err_first_stage"] = history[-1]["val_err"]
+        record["val_err"] = evaluate(first, val_set)["err"]
+        log(f"cascade: val err {record['val_err']:.3f} (first stage alone {record['val_err_first_stage']:.3f})")
+    return record
 
 
 def interrupted_path(model_path: Path) -> Path:

@@ -229,7 +229,7 @@ def align_folder(model_filename: str | os.PathLike, img_dir: str | os.PathLike, 
     failed: list[str] = []
     names, transforms, points = [], [], []
     for batch_names, images, sizes in iter_image_chunks(
-            img_dir, model.config.image_size, DETECT_CHUNK, wanted,
+            img_dir, model.decode_side(), DETECT_CHUNK, wanted,
             on_error=lambda name, exc: failed.append(f"{name} ({exc})")):
         norm = torch.from_numpy(predict(model, images, bf16=use_bf16("auto", torch.device("cpu")))).float()
         for start in range(0, len(batch_names), step):             # bounded float intermediates

@@ -48,7 +48,13 @@ look = False if "--single-look" in sys.argv else None
 start = time.perf_counter()
 out = detect(sys.argv[1], sys.argv[2], filenames=names, threads=1, second_look=look)
 seconds = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_mb():   # this process's own peak (VmHWM): ru_maxrss keeps the forking parent's size on Linux
+    try:
+        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss = peak_mb()
 plain = {} if "--tta-only" in sys.argv else detect(sys.argv[1], sys.argv[2], filenames=names, threads=1, flip_tta=False)
 print(json.dumps({"seconds": seconds, "peak_rss_mb": rss,
                   "detections": {k: v.tolist() for k, v in out.items()},
@@ -101,7 +107,7 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
     model_path = Path(model_path) if model_path else Path("artifacts") / f"bench-{name}.pt"
     model_path.parent.mkdir(parents=True, exist_ok=True)
 
-    holdout_faces = load_faces(img_dir, cfg.model.image_size, gt, held)
+    holdout_faces = load_faces(img_dir, cfg.decode_side(), gt, held)
 
     def score_holdout(model, record: dict) -> None:       # at each validation: time-to-accuracy
         record["track_err"] = evaluate(model, holdout_faces, cfg.flip_tta)["err"]
@@ -141,7 +147,8 @@ def run_bench(data_dir: str | os.PathLike, *, name: str = "recipe", overrides: S
                   "epochs": history[-1]["epoch"] if history else 0,
                   "images_per_second": steps * min(cfg.batch_size, len(rest)) / fit_seconds,
                   "threads": torch.get_num_threads(), "history": history,
-                  "time_to_holdout_err": time_to_err(history, TIME_TO_ERR_TARGETS)},
+                  "time_to_holdout_err": time_to_err(history, TIME_TO_ERR_TARGETS),
+                  "second_stage": model.metadata.get("cascade")},      # (None: one network)
         "detect_1thread": {"images": len(held), "seconds": detected["seconds"],
                            "images_per_second": len(held) / detected["seconds"],
                            "peak_rss_mb": detected["peak_rss_mb"]},

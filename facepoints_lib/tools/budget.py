@@ -27,7 +27,8 @@ from ..core.inference import predict_details, restores_torch_threads
 from ..core.model import build_model, fold_batch_norm
 from ..core.progress import format_seconds
 
-# Holdout err of the shipped recipe trained for a number of epochs (seed 0, 4250 training
+# Holdout err of the shipped recipe's first network alone (``curve_recipe``: no second
+# stage) trained for a number of epochs (seed 0, 4250 training
 # faces, the 500-face holdout of split seed 0, 2 threads), as measured by
 # ``facepoints bench --set epochs=N`` in bench/results/<file>.json. A test checks these
 # numbers against those files.
@@ -43,10 +44,16 @@ CALIBRATION_VIEWS = 3            # calibrate() detects the validation faces upri
 SAVE_SECONDS = 5.0               # writing the model file, with margin
 
 
+def curve_recipe() -> TrainConfig:
+    """The recipe ``RECIPE_CURVE`` was measured for: the shipped recipe's first network
+    alone (``--set cascade=None``); the two-stage recipe has no measured curve yet."""
+    return full_config(cascade=None)
+
+
 def predicted_err_note(epochs: float, cfg: TrainConfig) -> str:
     """What the recipe's measured err-vs-epochs curve says of ``epochs`` (log-linear in between)."""
     mine = {k: v for k, v in cfg.to_dict().items() if k not in _CURVE_FREE_KEYS}
-    recipe = {k: v for k, v in full_config().to_dict().items() if k not in _CURVE_FREE_KEYS}
+    recipe = {k: v for k, v in curve_recipe().to_dict().items() if k not in _CURVE_FREE_KEYS}
     if mine != recipe or len(RECIPE_CURVE) < 3:
         return "no measured err-vs-epochs curve for this recipe, so no prediction"
     points = [(e, err) for e, err, _ in RECIPE_CURVE]
@@ -81,7 +88,8 @@ def estimate_reserve_seconds(cfg: TrainConfig, run: RunConfig, val_faces: int, s
     started = time.perf_counter()
     predict_details(model, images)
     per_face = (time.perf_counter() - started) / sample
-    return per_face * val_faces * (1 + CALIBRATION_VIEWS) + SAVE_SECONDS
+    stages = 1 if cfg.cascade is None else 2      # a second stage about doubles detection's work
+    return stages * per_face * val_faces * (1 + CALIBRATION_VIEWS) + SAVE_SECONDS
 
 
 def check_minutes(minutes: object) -> None:
@@ -101,29 +109,50 @@ class TimeBudget:
     """
 
     def __init__(self, minutes: float, reserve_seconds: float = 0.0, *, started: float | None = None,
-                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+                 shares: tuple[float, ...] = (1.0,)):
         check_minutes(minutes)
+        if not shares or any(not (isinstance(s, (int, float)) and s > 0) for s in shares):
+            raise ValueError(f"shares must be positive numbers, got {shares!r}")
         self.minutes, self.log, self.clock = minutes, log, clock
         self.reserve = max(reserve_seconds, 0.0)
         self.started = clock() if started is None else started
         self.stop_at = self.started + 60 * minutes - self.reserve      # the last step ends by then
+        self.shares = list(shares)            # the training time left, split between the fits to come
 
     def schedule(self, cfg: TrainConfig, run: RunConfig, steps_per_epoch: int) -> "_TimeSchedule":
-        """The schedule ``fit`` asks for (the signature of ``StepSchedule.for_recipe``)."""
-        return _TimeSchedule(self, cfg, steps_per_epoch)
+        """The schedule ``fit`` asks for (the signature of ``StepSchedule.for_recipe``).
+        Each call is the next stage's (a cascade trains two networks, one after the
+        other): it gets its share of the time left, and the last one ends at the budget's end."""
+        now = self.clock()
+        mine = self.shares.pop(0) if self.shares else 1.0
+        if self.shares:                       # more fits follow: this one gets its share of the time left
+            end = now + max(self.stop_at - now, 0.0) * mine / (mine + sum(self.shares))
+        else:
+            end = self.stop_at
+        return _TimeSchedule(self, cfg, steps_per_epoch, end)
+
+    @staticmethod
+    def stage_shares(cfg: TrainConfig) -> tuple[float, ...]:
+        """How a recipe's time splits between its fits: by their epochs (the two stages'
+        networks cost about the same per step at the recipe's sizes)."""
+        if cfg.cascade is None:
+            return (1.0,)
+        return (float(cfg.epochs), float(cfg.cascade.epochs))
 
 
 class _TimeSchedule:
     """A ``TimeBudget`` as ``fit`` sees it: ``finished``, ``lr_factor``, ``expected_steps``,
     ``describe``, ``to_dict`` (see ``fit.StepSchedule``)."""
 
-    def __init__(self, budget: TimeBudget, cfg: TrainConfig, steps_per_epoch: int):
+    def __init__(self, budget: TimeBudget, cfg: TrainConfig, steps_per_epoch: int, stop_at: float | None = None):
         self.budget, self.cfg, self.steps_per_epoch = budget, cfg, steps_per_epoch
+        self.stop_at = budget.stop_at if stop_at is None else stop_at     # this fit's last step ends by then
         self.begin = budget.clock()                       # the first step starts about now
         self.rate: float | None = None                    # steps per second, once measured
         self.said_rate = self.said_end = False
         spent = self.begin - budget.started
-        if self.begin >= budget.stop_at:
+        if self.begin >= self.stop_at:
             budget.log(f"warning: the time budget of {budget.minutes:g} min is spent before training starts "
                        f"({format_seconds(spent)} went on reading the faces, and "
                        f"{format_seconds(budget.reserve)} are set aside for validating, calibrating and "
@@ -131,7 +160,7 @@ class _TimeSchedule:
 
     def _fraction(self) -> float:
         """The share of the training time spent so far (0 to 1)."""
-        return min((self.budget.clock() - self.begin) / max(self.budget.stop_at - self.begin, 1e-9), 1.0)
+        return min((self.budget.clock() - self.begin) / max(self.stop_at - self.begin, 1e-9), 1.0)
 
     def finished(self, step: int) -> bool:
         if step == 0:
@@ -140,7 +169,7 @@ class _TimeSchedule:
         if step >= RATE_STEPS and self.rate is None:
             self.rate = step / max(now - self.begin, 1e-9)
             self._say_rate()
-        if now < self.budget.stop_at:
+        if now < self.stop_at:
             return False
         if not self.said_end:
             self.said_end = True
@@ -151,7 +180,7 @@ class _TimeSchedule:
         return True
 
     def _say_rate(self) -> None:
-        left = max(self.budget.stop_at - self.begin, 0.0)
+        left = max(self.stop_at - self.begin, 0.0)
         epochs = self.rate * left / self.steps_per_epoch
         self.budget.log(f"time budget {self.budget.minutes:g} min: {1000 / self.rate:.0f} ms per step measured, "
                         f"so about {epochs:.1f} epochs fit in the {format_seconds(left)} left for training "
@@ -167,7 +196,7 @@ class _TimeSchedule:
         elapsed = self.budget.clock() - self.begin
         if step == 0 or elapsed <= 0:
             return max(step, 1)
-        return step + int(step / elapsed * max(self.budget.stop_at - self.budget.clock(), 0.0))
+        return step + int(step / elapsed * max(self.stop_at - self.budget.clock(), 0.0))
 
     def describe(self) -> str:
         return f"steps until the {self.budget.minutes:g}-minute time budget is spent"

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .cli_cascade import add_cascade_commands
 from .cli_framing import add_framing_commands
 from .photo_cli import add_photo_commands
 from .reference_models import add_reference_commands
@@ -42,7 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.minutes is not None:
         check_minutes(args.minutes)                                # before any work
         val_faces = validation_size(len(read_gt(data / "gt.csv")), run)
-        schedule = TimeBudget(args.minutes, estimate_reserve_seconds(cfg, run, val_faces), started=started).schedule
+        schedule = TimeBudget(args.minutes, estimate_reserve_seconds(cfg, run, val_faces), started=started,
+                              shares=TimeBudget.stage_shares(cfg)).schedule
     train_detector(data / "gt.csv", data / "images", fast_train=args.fast, config=cfg, run=run,
                    schedule=schedule, model_path=args.out, exclude=read_names(args.exclude))
     return 0
@@ -183,7 +185,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic faces -> train a short recipe -> grade on a holdout, all on the CPU."""
-    from ..core.config import full_config, full_run
+    from ..core.config import CascadeConfig, full_config, full_run
     from ..core.dataset import split_names
     from .overrides import apply_overrides
     from ..core.grader import grade
@@ -198,7 +200,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_synthetic_faces(data, args.count, seed=args.seed, progress=True)
     gt = read_gt(data / "gt.csv")
     rest, _ = split_names(sorted(gt), args.holdout, args.seed)
-    cfg, run = full_config(seed=args.seed, epochs=args.epochs), full_run(val_size=100)
+    recipe = full_config()                                          # a second stage keeps its share
+    second = None if recipe.cascade is None else CascadeConfig(
+        epochs=max(1, round(args.epochs * recipe.cascade.epochs / recipe.epochs)))
+    cfg, run = full_config(seed=args.seed, epochs=args.epochs, cascade=second), full_run(val_size=100)
     apply_overrides(cfg, args.set, run)
     model_path = Path(args.workdir) / "demo_model.pt"
     train_detector({n: gt[n] for n in rest}, data / "images", fast_train=False, config=cfg, run=run,
@@ -224,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="main job on synthetic faces: generate, train, grade")
     p.add_argument("--workdir", default=str(DEMO_DIR), help=f"where data and model go (default {DEMO_DIR})")
     p.add_argument("--count", type=int, default=1200, help="synthetic faces to generate")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (of the first stage; a second gets the recipe's share)")
     p.add_argument("--holdout", type=int, default=200, help="faces held out for grading")
     p.add_argument("--seed", type=int, default=0, help="seed of the faces, the split and the training")
     add_set(p)
@@ -361,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     add_framing_commands(sub, DEFAULT_DATA)
+    add_cascade_commands(sub, DEFAULT_DATA)
     add_docs_command(sub)
     add_photo_commands(sub, DEFAULT_DATA)
     add_reference_commands(sub)

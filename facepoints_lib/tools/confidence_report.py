@@ -60,7 +60,7 @@ def calibrate_file(model_path: str | os.PathLike, data_dir: str | os.PathLike, s
         raise ValueError(f"{data_dir}: {len(missing)} of the model's validation faces are not in its "
                          f"gt.csv ({', '.join(missing[:3])}): calibrate on the data it was trained from")
     model = fold_batch_norm(load_model(model_path))           # as detect runs it
-    faces = load_faces(data_dir / "images", model.config.image_size, gt, names)
+    faces = load_faces(data_dir / "images", model.decode_side(), gt, names)
     cal = calibrate(model, faces, seed)
     payload["metadata"]["calibration"] = cal.to_dict()
     write_payload(payload, model_path)

@@ -28,13 +28,23 @@ from facepoints_lib.core.progress import TextProgress
 from facepoints_lib.core.train import train_model
 from facepoints_lib.tools.overrides import apply_overrides
 threads, steps, faces = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+
+
+def peak_mb():   # this process's own peak (VmHWM): ru_maxrss keeps the forking parent's size on Linux
+    try:
+        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 cfg, run_config = full_config(), full_run(max_images=faces, max_steps=steps, threads=threads)
 apply_overrides(cfg, json.loads(sys.argv[6]), run_config)
 start = time.perf_counter()
 run = train_model(sys.argv[1], sys.argv[2], cfg, run_config, log=lambda s: None,
                   progress=lambda **k: TextProgress(disable=True, **k))
 print(json.dumps({"seconds": time.perf_counter() - start,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": peak_mb(),
                   "faces": len(run.train_names) + len(run.val_names),
                   "image_size": cfg.model.image_size}))
 """

@@ -1,8 +1,9 @@
 """``key=value`` overrides of a recipe and a run, as the command line's ``--set`` gives them.
 
 ``apply_overrides(cfg, ["model.head=regression", "augment.max_rotation=20", "threads=1"], run)``
-sets each value, a Python literal, on the recipe (dotted for its ``model.`` and
-``augment.`` sections) or, for a setting of ``RunConfig``, on the run. Unknown keys are
+sets each value, a Python literal, on the recipe (dotted for its ``model.``,
+``augment.`` and ``cascade.`` sections; a ``cascade.`` setting adds the second stage to a
+recipe without one, ``cascade=None`` removes it) or, for a setting of ``RunConfig``, on the run. Unknown keys are
 refused with the known ones named; the results are validated. The benchmarks and
 notebook 03 use the same strings.
 """
@@ -13,7 +14,7 @@ import ast
 from dataclasses import fields, is_dataclass
 from typing import Sequence
 
-from ..core.config import RunConfig, TrainConfig
+from ..core.config import CascadeConfig, RunConfig, TrainConfig
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -41,6 +42,8 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str], run: RunConfig |
         else:
             target = cfg
             for part in path[:-1]:
+                if target is cfg and part == "cascade" and cfg.cascade is None:
+                    cfg.cascade = CascadeConfig()          # a second-stage setting turns the cascade on
                 target = getattr(target, part, None)
                 if not is_dataclass(target):
                     raise ValueError(f"unknown config section in {text!r}")

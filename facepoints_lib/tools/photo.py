@@ -232,7 +232,7 @@ def _answers(photo: Image.Image, model, found: list[FoundFace], crops: list, fra
              passes: int) -> tuple[list[np.ndarray], list[float | None], list]:
     """Points (photo pixels), confidence (None without a calibration) and the last crop of
     each face, from ``passes`` passes starting at ``crops``."""
-    size = model.config.image_size
+    size = model.decode_side()
     for step in range(passes):
         images = torch.from_numpy(np.stack([cut(photo, c, size) for c in crops]))
         prediction = predict_details(model, images)

@@ -1,0 +1,159 @@
+"""The cascade's figures: how good it can get (notebook 04) and the single network against
+the cascade at equal training time (notebook 03), read from ``bench/results``.
+
+* ``how_good`` gathers each point's err of the label floor (both estimates of
+  ``facepoints label-floor``), the first stage alone and the cascade (``facepoints
+  bench-cascade``); ``plot_how_good`` draws them side by side per point.
+* ``equal_time`` gathers holdout err against training steps (and minutes) for the single
+  network (the ``curve-e*`` benchmarks) and for the cascade benchmarks (runs whose recipe
+  has a second stage), all on one CPU kind; ``plot_equal_time`` draws both.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..core.inference import predict
+from ..core.metrics import per_image_err
+from ..core.schema import NUM_POINTS, POINT_NAMES
+from .figure_layout import MIN_FONT, place_labels
+
+FLOOR_RESULT = "label-floor"
+CASCADE_RESULT = "cascade-v1"
+SINGLE_CURVE = ("curve-e6-seed0", "curve-e12-seed0", "curve-e24-seed0")
+SERIES_COLOURS = {"labels (duplicates)": "#999999", "labels, upper bound (two networks)": "#cccccc",
+                  "the network alone": "#1f77b4", "cascade": "#d62728"}
+
+
+def _read(results_dir: Path, name: str) -> dict | None:
+    path = Path(results_dir) / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def how_good(results_dir: str | Path, floor: str = FLOOR_RESULT, cascade: str = CASCADE_RESULT) -> dict:
+    """``{"series": {name: 14 per-point errs}, "overall": {name: err}, "faces": {...}}`` from
+    the result files (a series whose file is missing is left out)."""
+    series, overall, faces = {}, {}, {}
+    floor_result = _read(results_dir, floor)
+    if floor_result is not None:
+        for key, name in (("duplicates", "labels (duplicates)"), ("two_networks", "labels, upper bound (two networks)")):
+            part = floor_result.get(key, {})
+            if "per_point_err" in part:
+                series[name], overall[name] = part["per_point_err"], part["err"]
+                faces[name] = part.get("pairs", part.get("faces"))
+    cascade_result = _read(results_dir, cascade)
+    if cascade_result is not None:
+        for key, name in (("first_stage", "the network alone"), ("cascade", "cascade")):
+            row = cascade_result["ways"][key]
+            series[name], overall[name] = row["per_point_err"], row["err"]
+            faces[name] = cascade_result["faces"]
+    return {"series": series, "overall": overall, "faces": faces}
+
+
+def how_good_report(found: dict) -> str:
+    """``how_good``'s overall figures as lines of text (with how many faces or pairs)."""
+    if not found["series"]:
+        return "no result files yet: facepoints label-floor and facepoints bench-cascade write them"
+    return "\n".join(f"{name}: err {found['overall'][name]:.2f} ({found['faces'][name]} "
+                     f"{'pairs' if name == 'labels (duplicates)' else 'faces'})" for name in found["series"])
+
+
+def live_stages(model, faces) -> str:
+    """The loaded model's first stage alone against the whole of it, on ``faces`` (decoded
+    at ``model.decode_side()``), as a line of text; a single network says so."""
+    if model.refiner is None:
+        return "the loaded model is a single network (no second stage to compare)"
+    first = copy.deepcopy(model)
+    first.attach_refiner(None)
+    truth = faces.keypoints.double().numpy()
+    alone = per_image_err(predict(first, faces.images), truth)
+    both = per_image_err(predict(model, faces.images), truth)
+    return (f"on the {len(truth)} faces loaded here: first stage alone err {alone.mean():.2f} "
+            f"(median {np.median(alone):.2f}), the cascade {both.mean():.2f} (median {np.median(both):.2f})")
+
+
+def plot_how_good(ax, found: dict) -> None:
+    """Grouped bars: each point's err for every series of ``how_good``."""
+    series = found["series"]
+    if not series:
+        ax.text(0.5, 0.5, "no result files yet (facepoints label-floor, bench-cascade)", ha="center",
+                transform=ax.transAxes)
+        return
+    width = 0.8 / len(series)
+    for k, (name, values) in enumerate(series.items()):
+        ax.bar(np.arange(NUM_POINTS) + (k - (len(series) - 1) / 2) * width, values, width,
+               color=SERIES_COLOURS.get(name), label=f"{name}: {found['overall'][name]:.2f}")
+    ax.set_xticks(np.arange(NUM_POINTS))
+    ax.set_xticklabels([f"{i} {name}" for i, name in enumerate(POINT_NAMES)], rotation=60, ha="right",
+                       fontsize=MIN_FONT)
+    ax.set_ylabel("err of the point")
+    ax.legend(fontsize=MIN_FONT, loc="upper right", title="overall err", title_fontsize=MIN_FONT)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _cpu(result: dict) -> str:
+    machine = result.get("machine", {})
+    flags = machine.get("cpu_flags", {})
+    return "native bf16" if machine.get("bf16_native") or flags.get("avx512_bf16") else "AVX2 only"
+
+
+def _steps(result: dict) -> int:
+    """Optimiser steps of batches of 64 a benchmark took, both stages counted."""
+    steps = result["train"]["steps"]
+    second = result["train"].get("second_stage") or {}
+    if second.get("history"):
+        steps += second["history"][-1]["step"]
+    return steps
+
+
+def equal_time(results_dir: str | Path, single: tuple[str, ...] = SINGLE_CURVE) -> dict:
+    """``{"single": [(steps, err, name, minutes)], "cascade": [...], "cpu": kind}``: holdout
+    err against training work for the single network's curve and every cascade benchmark
+    on the CPU kind of that curve. Work is counted in optimiser steps of 64 faces (both
+    stages; their networks cost the same per step), which a busy machine does not change,
+    with the minutes each run took beside them."""
+    curve = [r for r in (_read(results_dir, name) for name in single) if r is not None]
+    kind = _cpu(curve[0]) if curve else None
+    points = {"single": [], "cascade": [], "cpu": kind}
+
+    def row(r: dict) -> tuple:
+        return (_steps(r), r["holdout"]["err"], r["name"], r["train"]["wall_seconds"] / 60)
+
+    points["single"] = [row(r) for r in curve]
+    for path in sorted(Path(results_dir).glob("*.json")):
+        r = json.loads(path.read_text())
+        if isinstance(r, dict) and (r.get("config") or {}).get("cascade") and "holdout" in r \
+                and _cpu(r) == kind:
+            points["cascade"].append(row(r))
+    for key in ("single", "cascade"):
+        points[key].sort()
+    return points
+
+
+def plot_equal_time(ax, points: dict) -> None:
+    """Holdout err against training steps: the single network's curve and the cascades."""
+    size = 49.0                                     # marker area, points^2 (markersize 7)
+    dots = [(m, e) for key in ("single", "cascade") for m, e, _, _ in points[key]]
+    for key, style, colour, label in (("single", "o-", "#1f77b4", "single network"),
+                                      ("cascade", "s", "#d62728", "cascade (both stages)")):
+        rows = points[key]
+        if rows:
+            xs, ys = [m for m, _, _, _ in rows], [e for _, e, _, _ in rows]
+            if style.endswith("-"):
+                ax.plot(xs, ys, "-", color=colour, lw=1)
+            ax.scatter(xs, ys, s=size, marker=style[0], color=colour, label=label, zorder=3)
+            place_labels(ax, [(m, e) for m, e, _, _ in rows], [name for _, _, name, _ in rows],
+                         [colour] * len(rows), dots, size)
+    if dots:                                        # room for the labels inside the axes
+        xs, ys = [m for m, _ in dots], [e for _, e in dots]
+        ax.set_xlim(0, max(xs) * 1.35)
+        ax.set_ylim(min(ys) * 0.85, max(ys) * 1.12)
+    ax.set_xlabel("training steps of 64 faces (both stages)")
+    ax.set_ylabel("holdout err (500 faces)")
+    ax.grid(alpha=0.3)
+    if points["single"] or points["cascade"]:
+        ax.legend(fontsize=MIN_FONT)
