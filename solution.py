@@ -579,7 +579,8 @@ def write_img_shapes(shapes: dict[str, tuple[int, int]], path: str | os.PathLike
 #
 # A ``FaceSet`` holds ``images`` (N, 3, S, S) uint8, ``keypoints`` (N, 14, 2) float32 in
 # normalised coordinates (see ``schema``: the image spans [0, 1], ``u = (x + 0.5) / w``),
-# ``sizes`` (N, 2) of the stored images' (width, height) in pixels, and ``filenames``.
+# ``sizes`` (N, 2) of the stored images' (width, height) in pixels, ``filenames`` and, for
+# training, optional ``frames``: the crop of each picture the network is shown.
 # ``pixels_to_normalized`` and ``normalized_to_pixels`` convert exactly between the two
 # coordinate systems; predictions go back to the original pixels through the latter.
 
@@ -608,6 +609,9 @@ class FaceSet:
     keypoints: torch.Tensor | None       # (N, 14, 2) float32, normalised; None if unlabelled
     sizes: torch.Tensor                  # (N, 2) float64, (width, height) in pixels
     filenames: list[str]
+    frames: torch.Tensor | None = None   # (N, 2, 3) forward matrices in grid units, picture -> the
+                                         # crop training shows the network (the cascade's second
+                                         # stage: the face aligned by its points); None: the picture
 
     def __len__(self) -> int:
         return len(self.filenames)
@@ -624,6 +628,7 @@ class FaceSet:
             keypoints=None if self.keypoints is None else self.keypoints[index],
             sizes=self.sizes[index],
             filenames=[self.filenames[i] for i in index.tolist()],
+            frames=None if self.frames is None else self.frames[index],
         )
 
 
@@ -653,7 +658,7 @@ def shrunk(faces: FaceSet, side: int) -> FaceSet:
         part = faces.images[start:start + 256].float()
         small = F.interpolate(part, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         images[start:start + 256] = small.round_().clamp_(0, 255).to(torch.uint8)
-    return FaceSet(images, faces.keypoints, faces.sizes, list(faces.filenames))
+    return FaceSet(images, faces.keypoints, faces.sizes, list(faces.filenames), faces.frames)
 
 
 def load_faces(img_dir: str | os.PathLike, image_size: int,
@@ -757,8 +762,6 @@ class AugmentConfig:
     cut_depth: float = 0.5        # ... the cut line up to this share of the face's extent into it
     cut_shrink: float = 0.4       # ... and the sample shrinks by a factor in [1 - s, 1]
     margin: float = 0.0           # keep every point this far inside the frame (grid units)
-    zoom: float = 1.0             # a fixed magnification about the centre before the random ones
-                                  # (the cascade's second stage: crops rendered with a margin)
 
 
 @dataclass
@@ -771,7 +774,6 @@ class AffineParams:
     shift: torch.Tensor   # (N, 2), grid units
     bounds: torch.Tensor | None = None   # (N, 4) where the source picture ends: x_lo, x_hi,
                                          # y_lo, y_hi in its grid units (None: [-1, 1] on both axes)
-    zoom: float = 1.0                    # AugmentConfig.zoom, times ``scale``
 
     @staticmethod
     def identity(n: int) -> "AffineParams":
@@ -780,7 +782,7 @@ class AffineParams:
 
     def copy(self) -> "AffineParams":
         return AffineParams(self.flip.clone(), self.angle.clone(), self.scale.clone(), self.shift.clone(),
-                            None if self.bounds is None else self.bounds.clone(), self.zoom)
+                            None if self.bounds is None else self.bounds.clone())
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -803,7 +805,7 @@ def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> Aff
         turned = torch.rand(n, generator=generator) < cfg.full_turn_prob
         angle = torch.where(turned, _uniform(n, -math.pi, math.pi, generator), angle)
         scale = torch.where(turned, scale * _uniform(n, 1 - cfg.full_turn_shrink, 1.0, generator), scale)
-    return AffineParams(flip, angle, scale, shift, zoom=cfg.zoom)
+    return AffineParams(flip, angle, scale, shift)
 
 
 def sample_cuts(keypoints: torch.Tensor, params: AffineParams, cfg: AugmentConfig,
@@ -845,8 +847,15 @@ def affine_matrices(params: AffineParams) -> torch.Tensor:
     mirror = 1.0 - 2.0 * params.flip.float()
     a = torch.stack([torch.stack([cos * mirror, -sin], -1),
                      torch.stack([sin * mirror, cos], -1)], -2)      # (N, 2, 2)
-    a = a * (params.scale * params.zoom)[:, None, None]
+    a = a * params.scale[:, None, None]
     return torch.cat([a, params.shift[:, :, None]], dim=2)
+
+
+def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """Forward matrices (N, 2, 3) of ``inner`` followed by ``outer``."""
+    a = outer[:, :, :2] @ inner[:, :, :2]
+    t = outer[:, :, :2] @ inner[:, :, 2:] + outer[:, :, 2:]
+    return torch.cat([a, t], dim=2)
 
 
 def apply_transform(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -947,14 +956,23 @@ def photometric(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
 
 
 def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
-                  out_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  out_size: int, generator: torch.Generator,
+                  frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a uint8 batch (N, 3, S, S) with normalised keypoints (N, K, 2).
 
-    Returns float images (N, 3, out_size, out_size) in [0, 1] and their keypoints.
+    ``frames`` (N, 2, 3; see ``dataset.FaceSet``): the random changes apply to these
+    crops of the pictures, and each sample is resampled from its picture once, as
+    detection resamples the crop it cuts. Returns float images (N, 3, out_size,
+    out_size) in [0, 1] and their keypoints.
     """
-    params = sample_cuts(keypoints, sample_affine(images.shape[0], cfg, generator), cfg, generator)
-    params = keep_points_inside(keypoints, params, cfg.margin)
+    shown = keypoints if frames is None else apply_transform(frames, keypoints)
+    params = sample_cuts(shown, sample_affine(images.shape[0], cfg, generator), cfg, generator)
+    params = keep_points_inside(shown, params, cfg.margin)
     matrices = affine_matrices(params)
+    if frames is not None:
+        if params.bounds is not None:
+            raise ValueError("cut faces (cut_prob > 0) are drawn on whole pictures, not on frames")
+        matrices = compose(matrices, frames.to(matrices.dtype))
     warped = warp_images(images.float().div_(255.0), matrices, out_size, params.bounds)
     return photometric(warped, cfg, generator), transform_keypoints(keypoints, matrices, params.flip)
 
@@ -2374,8 +2392,9 @@ class CascadeConfig:
     zoom: float = 1.3                # the frame is the first stage's mean face magnified this much ...
     centre_y: float = 0.46           # ... about (0.5, centre_y) of the picture
     source_scale: int = 2            # crops are cut from pictures decoded at this many times the input side
-    jitter: float = 1.0              # the alignment jitter: the first stage's residuals, measured on
-                                     # the validation faces, times this
+    jitter: float = 3.0              # the alignment jitter: the first stage's residuals, measured on
+                                     # the validation faces (robust: the typical face's), times this;
+                                     # 3 beat 1, 2 and 4 (bench/README.md, "A second network")
     model: ModelConfig = field(default_factory=_second_stage_model)
 
     def to_dict(self) -> dict:
@@ -2639,9 +2658,11 @@ def _import_dynamo_without_tmp() -> None:
 
 def train_step(model: KeypointNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                keypoints: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
-               device: torch.device, layout: torch.memory_format, bf16: bool) -> torch.Tensor:
-    """One optimiser step on a uint8 batch, augmented to the model's input side; returns the loss."""
-    images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator)
+               device: torch.device, layout: torch.memory_format, bf16: bool,
+               frames: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimiser step on a uint8 batch, augmented to the model's input side (from the
+    crops ``frames`` of its pictures, when given); returns the loss."""
+    images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator, frames)
     images = images.to(device).contiguous(memory_format=layout)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         pred, probs = model(images, with_heatmaps=True)                # (N, 14, 2), (N, 14, H, W)
@@ -2669,8 +2690,25 @@ def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, b
             if i == warmup:
                 started = time.perf_counter()
             train_step(probe, optimizer, train.images[index], train.keypoints[index],
-                       cfg, generator, device, layout, bf16)
+                       cfg, generator, device, layout, bf16, _frames(train, index))
     return (time.perf_counter() - started) / timed
+
+
+def _frames(faces: FaceSet, index: torch.Tensor) -> torch.Tensor | None:
+    return None if faces.frames is None else faces.frames[index]
+
+
+def _shown_images(faces: FaceSet, side: int) -> torch.Tensor:
+    """The pictures as the network is shown them unaugmented: the pictures themselves, or
+    their ``frames`` cut at ``side`` px (every face's crop, a chunk at a time, as uint8)."""
+    if faces.frames is None:
+        return faces.images
+    shown = torch.empty((len(faces), 3, side, side), dtype=torch.uint8)
+    for start in range(0, len(faces), STATISTICS_CHUNK):
+        part = slice(start, start + STATISTICS_CHUNK)
+        crops = warp_images(faces.images[part].float().div_(255.0), faces.frames[part].float(), side)
+        shown[part] = crops.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return shown
 
 
 STATISTICS_CHUNK = 64       # faces converted to float at a time for the pixel statistics
@@ -2717,8 +2755,9 @@ def _new_trainer(train: FaceSet, cfg: TrainConfig, run: RunConfig) -> _Trainer:
     torch.manual_seed(cfg.seed)
     device = resolve_device(run.device)
     model = build_model(cfg.model)
-    mean, std = pixel_statistics(train.images)
-    model.set_statistics(mean, std.clamp_min(MIN_PIXEL_STD), train.keypoints.mean(0))
+    mean, std = pixel_statistics(_shown_images(train, cfg.model.image_size))
+    shown = train.keypoints if train.frames is None else apply_transform(train.frames, train.keypoints)
+    model.set_statistics(mean, std.clamp_min(MIN_PIXEL_STD), shown.mean(0))
     layout = memory_format_for(model)
     model = model.to(device, memory_format=layout)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
@@ -2751,7 +2790,7 @@ def _train_epoch(t: _Trainer, train: FaceSet, cfg: TrainConfig, scheduler, done:
             break
         index = order[b * t.batch_size:(b + 1) * t.batch_size]
         loss = train_step(t.model, t.optimizer, train.images[index], train.keypoints[index],
-                          cfg, t.generator, t.device, t.layout, t.bf16)
+                          cfg, t.generator, t.device, t.layout, t.bf16, _frames(train, index))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
         scheduler.step()
@@ -2864,12 +2903,15 @@ class TrainingInterrupted(KeyboardInterrupt):
 # points, and its answer maps back exactly (``inference.predict_details``), as in the
 # cascades of Sun et al. (2013) and the Deep Alignment Network (Kowalski et al., 2017).
 #
-# Training (``train_refiner``) aligns each training face by its true points (with a margin
-# around the frame, at the frame's pixel density) and jitters the alignment as much as the
-# first network's answers miss it: the residual similarity
-# between the alignment by the first network's answer and by the truth, measured on the
-# validation faces (``alignment_residuals``), never seen in training. The validation
-# faces are aligned as detection aligns them, by the first network's answer.
+# Training (``train_refiner``) aligns each training face by its true points and jitters
+# the alignment by a multiple (``CascadeConfig.jitter``) of how much the first network's
+# answers miss it: the residual similarity between the alignment by the first network's
+# answer and by the truth, measured on the validation faces (``alignment_residuals``),
+# never seen in training. The robust spread measured there is the typical face's; the
+# tails are wider, and a jitter three times that spread trained the best second network.
+# Each training crop is resampled once from the decoded picture, jitter and alignment
+# together, as detection cuts its crop (``FaceSet.frames``). The validation faces are
+# aligned as detection aligns them, by the first network's answer.
 
 
 
@@ -2880,9 +2922,6 @@ DEFAULT_RESIDUALS = {"rotation_deg": 3.0, "scale": 0.03, "shift": 0.012, "faces"
 MAX_RESIDUALS = {"rotation_deg": 15.0, "scale": 0.15, "shift": 0.08}   # an untrained first stage's are
                                                                        # kept to these (tiny test runs)
 ALIGN_CHUNK = 64                 # faces warped at a time (bounded float memory)
-TRAIN_MARGIN = 2.0               # training crops show twice the frame's side, at the frame's pixel
-                                 # density; the jitter magnifies them back, so that a training crop is
-                                 # resampled about as detection's is and jitter shows real context
 
 
 def canonical_frame(mean_shape: torch.Tensor, zoom: float, centre_y: float) -> torch.Tensor:
@@ -2890,13 +2929,6 @@ def canonical_frame(mean_shape: torch.Tensor, zoom: float, centre_y: float) -> t
     times about ``(0.5, centre_y)``."""
     centre = torch.tensor([0.5, centre_y], dtype=mean_shape.dtype)
     return (mean_shape - centre) * zoom + centre
-
-
-def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """Forward matrices (N, 2, 3) of ``inner`` followed by ``outer``."""
-    a = outer[:, :, :2] @ inner[:, :, :2]
-    t = outer[:, :, :2] @ inner[:, :, 2:] + outer[:, :, 2:]
-    return torch.cat([a, t], dim=2)
 
 
 def _robust_std(values: torch.Tensor) -> float:
@@ -2928,8 +2960,7 @@ def jitter_augment(base: AugmentConfig, residuals: dict, factor: float) -> Augme
     deviation ``r / sqrt(3)``)."""
     root3 = math.sqrt(3.0) * factor
     return replace(base, rotation_deg=root3 * residuals["rotation_deg"], scale=root3 * residuals["scale"],
-                   shift=root3 * residuals["shift"], full_turn_prob=0.0, cut_prob=0.0, margin=0.0,
-                   zoom=TRAIN_MARGIN)
+                   shift=root3 * residuals["shift"], full_turn_prob=0.0, cut_prob=0.0, margin=0.0)
 
 
 def second_stage_recipe(cfg: TrainConfig, residuals: dict) -> TrainConfig:
@@ -2940,18 +2971,14 @@ def second_stage_recipe(cfg: TrainConfig, residuals: dict) -> TrainConfig:
                    augment=jitter_augment(cfg.augment, residuals, cc.jitter))
 
 
-def aligned_faces(faces: FaceSet, points: torch.Tensor, canonical: torch.Tensor, out_size: int,
-                  margin: float = 1.0) -> FaceSet:
+def aligned_faces(faces: FaceSet, points: torch.Tensor, canonical: torch.Tensor, out_size: int) -> FaceSet:
     """``faces`` warped onto ``canonical`` by the similarity that best maps ``points``
-    (N, 14, 2) onto it, at ``out_size`` px, with their true keypoints in the crop's frame.
-    ``margin`` > 1 shows that much more around the frame (the frame shrunk about the
-    crop's centre): training crops, which the jitter then magnifies back (``AugmentConfig.zoom``)."""
+    (N, 14, 2) onto it, at ``out_size`` px, with their true keypoints in the crop's frame:
+    the second stage's validation faces, cut as detection cuts them."""
     crops, keypoints = [], []
-    outward = torch.tensor([[1.0 / margin, 0.0, 0.0], [0.0, 1.0 / margin, 0.0]])
     for start in range(0, len(faces), ALIGN_CHUNK):
         part = slice(start, start + ALIGN_CHUNK)
         matrices = similarity_to(points[part].float(), canonical)
-        matrices = compose(outward.expand(len(matrices), 2, 3), matrices)
         warped = warp_images(faces.images[part].float().div_(255.0), matrices, out_size)
         crops.append(warped.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8))
         keypoints.append(apply_transform(matrices, faces.keypoints[part].float()))
@@ -2987,7 +3014,7 @@ def train_refiner(first: KeypointNet, train: FaceSet, val: FaceSet, cfg: TrainCo
         residuals = dict(DEFAULT_RESIDUALS)
         log(f"fewer than {MIN_RESIDUAL_FACES} validation faces: the second stage's jitter is the default one")
     recipe = second_stage_recipe(cfg, residuals)
-    train_aligned = aligned_faces(train, train.keypoints, canonical, round(side * TRAIN_MARGIN), TRAIN_MARGIN)
+    train_aligned = replace(train, frames=similarity_to(train.keypoints.float(), canonical))   # cut per batch
     val_aligned = aligned_faces(val, found, canonical, side) if found is not None else None
     net, history = fit(train_aligned, val_aligned, recipe, run, schedule=schedule, progress=progress, log=log)
     refiner = Refiner(net, cc.source_scale)

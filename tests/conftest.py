@@ -48,8 +48,10 @@ def without_retired_settings(config: dict) -> dict:
     assert model.pop("stacks", 1) == 1, "refining stacks: a retired variant"
     config["model"] = model
     config.setdefault("cascade", None)        # written before the second stage existed: one network
-    if isinstance(config.get("augment"), dict):
-        config["augment"] = {"zoom": 1.0, **config["augment"]}   # before AugmentConfig.zoom: no fixed zoom
+    if isinstance(config.get("augment"), dict):                  # a fixed zoom (the cascade's margin crops,
+        augment = dict(config["augment"])                           # retired): only none is today's recipe
+        assert augment.pop("zoom", 1.0) == 1.0, "augment.zoom: a retired variant"
+        config["augment"] = augment
     return config
 
 

@@ -4,6 +4,7 @@ model file holding both stages, and training both stages."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,13 +12,14 @@ import torch
 
 from conftest import quiet_progress, tiny_model_config, tiny_run, tiny_train_config
 from facepoints_lib.core.align import invert_transform, similarity_to
-from facepoints_lib.core.augment import AugmentConfig, apply_transform, augment_batch, sample_affine
-from facepoints_lib.core.cascade import (MAX_RESIDUALS, TRAIN_MARGIN, aligned_faces, alignment_residuals, canonical_frame,
+from facepoints_lib.core.augment import AugmentConfig, apply_transform, augment_batch, flip_keypoints, sample_affine
+from facepoints_lib.core.cascade import (MAX_RESIDUALS, aligned_faces, alignment_residuals, canonical_frame,
                                          compose, jitter_augment, second_stage_recipe)
 from facepoints_lib.core.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from facepoints_lib.core.config import CascadeConfig, TrainConfig
 from facepoints_lib.core.dataset import FaceSet
 from facepoints_lib.core.files import write_atomically
+from facepoints_lib.core.fit import fit
 from facepoints_lib.core.inference import PADDED, predict_details
 from facepoints_lib.core.model import Refiner, build_model
 from facepoints_lib.core.schema import NUM_POINTS
@@ -84,7 +86,7 @@ def test_residuals_of_an_untrained_first_stage_are_capped():
 def test_jitter_draws_have_the_residuals_spread_and_no_turned_or_cut_faces():
     residuals = {"rotation_deg": 2.0, "scale": 0.03, "shift": 0.01, "faces": 250}
     config = jitter_augment(AugmentConfig(), residuals, factor=1.5)
-    assert config.full_turn_prob == 0 and config.cut_prob == 0 and config.zoom == TRAIN_MARGIN
+    assert config.full_turn_prob == 0 and config.cut_prob == 0
     assert (config.flip_prob, config.contrast) == (AugmentConfig().flip_prob, AugmentConfig().contrast)
     params = sample_affine(20000, config, torch.Generator().manual_seed(0))
     assert math.degrees(float(params.angle.std())) == pytest.approx(3.0, rel=0.03)
@@ -144,25 +146,45 @@ def test_aligned_crop_holds_the_points_where_the_frame_says_and_maps_back_exactl
             assert near.min() - 1 <= crop_centre <= near.max() + 1
 
 
-def test_a_training_crop_with_its_margin_magnified_back_is_the_detection_crop():
-    """Training renders the frame with a margin at the frame's pixel density; the jitter's
-    fixed zoom brings it back: with no jitter, the same crop and points as detection's."""
+def test_a_framed_training_face_without_jitter_is_the_detection_crop():
+    """Training cuts each aligned face from its decoded picture per batch (``frames``):
+    with no jitter, the same pixels and points as the crop detection cuts, one
+    resampling each, and a mirror relabels the points in the crop."""
     n, side = 4, 48
     truth = _faces(n, seed=4)
-    g = torch.Generator().manual_seed(1)
-    smooth = torch.nn.functional.interpolate(torch.rand((n, 3, 12, 12), generator=g), size=(96, 96),
-                                             mode="bilinear", align_corners=False)
-    faces = FaceSet((smooth * 255).round().to(torch.uint8), truth, torch.full((n, 2), 96.0, dtype=torch.float64),
-                    [f"{i}.jpg" for i in range(n)])
+    images = torch.randint(0, 256, (n, 3, 96, 96), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    faces = FaceSet(images, truth, torch.full((n, 2), 96.0, dtype=torch.float64), [f"{i}.jpg" for i in range(n)])
     frame = canonical_frame(FACE, 1.3, 0.46)
     direct = aligned_faces(faces, truth, frame, side)
-    wide = aligned_faces(faces, truth, frame, side * 2, margin=2.0)
-    assert torch.allclose(wide.keypoints, (direct.keypoints - 0.5) / 2 + 0.5, atol=1e-6)
+    frames = similarity_to(truth, frame)
     still = AugmentConfig(flip_prob=0, rotation_deg=0, full_turn_prob=0, scale=0, shift=0, brightness=0,
-                          contrast=0, grayscale_prob=0, lowres_prob=0, cut_prob=0, zoom=2.0)
-    images, points = augment_batch(wide.images, wide.keypoints, still, side, torch.Generator().manual_seed(0))
+                          contrast=0, grayscale_prob=0, lowres_prob=0, cut_prob=0)
+    shown, points = augment_batch(images, truth, still, side, torch.Generator().manual_seed(0), frames)
     assert torch.allclose(points, direct.keypoints, atol=1e-6)
-    assert (images * 255 - direct.images.float()).abs().mean() < 2.0        # two resamplings of a smooth picture
+    assert (shown * 255 - direct.images.float()).abs().max() <= 0.5 + 1e-3     # the uint8 crop's rounding
+    mirrored, mirrored_points = augment_batch(images, truth, replace(still, flip_prob=1.0), side,
+                                              torch.Generator().manual_seed(0), frames)
+    assert torch.equal(mirrored, shown.flip(-1))
+    assert torch.allclose(mirrored_points, flip_keypoints(points), atol=1e-6)
+    with pytest.raises(ValueError, match="cut"):
+        augment_batch(images, truth, replace(still, cut_prob=1.0), side, torch.Generator().manual_seed(0), frames)
+
+
+def test_the_second_stage_learns_the_statistics_of_its_crops():
+    """A network fitted on framed faces holds the mean shape and pixel statistics of the
+    crops it is shown, not of the whole pictures."""
+    n = 32
+    truth = _faces(n, seed=5)
+    images = torch.zeros((n, 3, 64, 64), dtype=torch.uint8)
+    images[:, :, 16:48, 16:48] = 200                                      # a bright face on black
+    frame = canonical_frame(FACE, 1.3, 0.46)
+    faces = FaceSet(images, truth, torch.full((n, 2), 64.0, dtype=torch.float64), [f"{i}.jpg" for i in range(n)],
+                    frames=similarity_to(truth, frame))
+    cfg = tiny_train_config(augment=AugmentConfig(full_turn_prob=0, cut_prob=0))
+    cfg.model.second_look = False
+    net, _ = fit(faces, None, cfg, tiny_run(), progress=quiet_progress, log=lambda _: None)
+    assert torch.allclose(net.mean_shape, apply_transform(faces.frames, truth).mean(0), atol=1e-5)
+    assert float(net.pixel_mean.flatten()[0]) > float(images.float().mean() / 255) + 0.05   # the crops are mostly face
 
 
 def _constant_net(image_size: int, shape: torch.Tensor, second_look: bool = True):

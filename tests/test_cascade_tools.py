@@ -12,6 +12,8 @@ import torch
 
 from conftest import quiet_progress, tiny_run, tiny_train_config
 from facepoints_lib.core.checkpoint import load_checkpoint, load_model
+from facepoints_lib.core.dataset import split_names
+from facepoints_lib.core.gt_csv import read_gt
 from facepoints_lib.core.train import train_model
 from facepoints_lib.tools.cascade_bench import bench_cascade
 from facepoints_lib.tools.cli import main
@@ -44,6 +46,26 @@ def test_second_stage_trains_on_the_first_stages_faces_and_scores_its_validation
     assert on_disk["first_stage"]["faces"] == 40 and set(on_disk["cpu_flags"]) >= {"avx2"}
     with pytest.raises(ValueError, match="second stage already"):
         add_second_stage(out, synth_train, tmp_path / "again.pt", SECOND, threads=1, log=lambda _: None)
+
+
+def test_second_stage_behind_a_benchmark_model_leaves_its_holdout_out_and_scores_it(
+        first_stage, synth_train, tmp_path):
+    """--holdout: the benchmark's holdout is neither trained on nor lost; --replace: a
+    two-stage file gets a new second stage behind the same first stage."""
+    two_stage = tmp_path / "cascade.pt"
+    add_second_stage(first_stage, synth_train, two_stage, SECOND, threads=1, log=lambda _: None)
+    again = tmp_path / "again.pt"
+    result = add_second_stage(two_stage, synth_train, again, SECOND, threads=1, holdout=30, split_seed=1,
+                              replace=True, log=lambda _: None)
+    held = set(split_names(sorted(read_gt(synth_train / "gt.csv")), 30, 1)[1])
+    val_names = set(load_checkpoint(first_stage)["metadata"]["val_names"])
+    assert result["faces"] == {"train": 300 - len(held | val_names), "validation": 40}
+    assert result["holdout"]["faces"] == 30 and result["holdout"]["cascade"]["faces"] == 30
+    before, after = load_model(two_stage).state_dict(), load_model(again).state_dict()
+    assert before.keys() == after.keys()
+    firsts = [key for key in before if not key.startswith("refiner.")]
+    assert firsts and all(torch.equal(before[key], after[key]) for key in firsts)       # the first stage kept
+    assert not all(torch.equal(before[key], after[key]) for key in before if key.startswith("refiner."))
 
 
 def test_bench_cascade_scores_every_way_of_answering(first_stage, synth_train, tmp_path):
@@ -107,3 +129,35 @@ def test_commands_refuse_a_second_stage_setting_that_is_not_key_value(capsys):
     with pytest.raises(SystemExit):
         main(["second-stage", "m.pt", "--out", "o.pt", "--set", "epochs"])
     assert "key=value" in capsys.readouterr().err
+
+
+def test_equal_time_counts_a_second_stage_with_its_benchmarks_first_stage(tmp_path):
+    """notebook 03's figure: a second-stage run behind a benchmark's model is a cascade
+    whose steps and minutes include that benchmark's first stage; runs on another CPU
+    kind and second stages without a holdout are left out."""
+    from facepoints_lib.notebook.cascade_plots import equal_time
+
+    avx2 = {"cpu_flags": {"avx2": True}, "bf16_native": False}
+
+    def bench(name, steps, err, cascade=None, machine=avx2):
+        return {"name": name, "config": {"cascade": cascade}, "machine": machine,
+                "train": {"steps": steps, "wall_seconds": 600.0, "fit_seconds": 540.0},
+                "holdout": {"err": err, "median_err": err - 1}}
+
+    def second(base, step, err, median, holdout=True):
+        return {"base_model": f"{base}.pt", "machine": avx2, "history": [{"step": step}], "seconds": {"train": 300.0},
+                "holdout": {"first_stage": {}, "cascade": {"err": err, "median_err": median}} if holdout else None}
+
+    files = {"curve-e6-seed0": bench("curve-e6-seed0", 100, 9.0), "curve-e12-seed0": bench("curve-e12-seed0", 200, 6.0),
+             "first": bench("first", 100, 7.0, cascade={"epochs": 6}),
+             "native": bench("native", 50, 5.0, cascade={"epochs": 6}, machine={"bf16_native": True}),
+             "second-j3": second("bench-first", 120, 4.5, 2.7), "second-none": second("bench-first", 120, 4.0, 2.0, False),
+             "second-lost": second("bench-gone", 120, 4.0, 2.0)}
+    for name, result in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    points = equal_time(tmp_path, single=("curve-e6-seed0", "curve-e12-seed0"))
+    assert [row["name"] for row in points["single"]] == ["curve-e6-seed0", "curve-e12-seed0"]
+    assert [row["name"] for row in points["cascade"]] == ["first", "second-j3"]
+    added = points["cascade"][1]
+    assert (added["steps"], added["err"], added["median_err"]) == (220, 4.5, 2.7)
+    assert added["minutes"] == pytest.approx((540 + 300) / 60)

@@ -380,12 +380,17 @@ def fig_how_good(faces):                               # 04: how good it can get
 def fig_equal_time(faces):                             # 03: single network against the cascade
     from facepoints_lib.notebook import cascade_plots
 
-    points = {"single": [(396, 9.57, "curve-e6-seed0", 5.0), (792, 5.26, "curve-e12-seed0", 8.6),
-                         (1584, 4.15, "curve-e24-seed0", 19.7)],
-              "cascade": [(1584, 3.69, "cascade-e12-e12-seed0", 21.0), (1188, 3.9, "cascade-e12-e6", 15.0)],
+    def row(name, steps, err, median, minutes):
+        return {"name": name, "steps": steps, "err": err, "median_err": median, "minutes": minutes}
+
+    points = {"single": [row("curve-e6-seed0", 396, 9.57, 6.1, 5.0), row("curve-e12-seed0", 792, 5.26, 3.96, 8.6),
+                         row("curve-e24-seed0", 1584, 4.15, 3.06, 19.7)],
+              "cascade": [row("cascade-e12-e12-seed0", 1584, 5.02, 3.09, 21.0),
+                          row("second-stage-e12-j2", 1584, 4.64, 2.81, 23.0), row("cascade-e12-e6", 1188, 3.9, 3.0, 15.0)],
               "cpu": "AVX2 only"}
-    fig, ax = panels(height=4.0)
-    cascade_plots.plot_equal_time(ax, points)
+    fig, axes = panels(2, 1, height=7.0)
+    for ax, figure in zip(axes, ("err", "median_err")):
+        cascade_plots.plot_equal_time(ax, points, figure)
     return fig
 
 

@@ -300,6 +300,8 @@ def results_dir(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"name": "not a result"}))
     (tmp_path / "speed.json").write_text(json.dumps({"name": "speed", "machine": {"cores": 2}}))
+    (tmp_path / "second-stage.json").write_text(json.dumps({"base_model": "bench-x.pt", "machine": {"cores": 2},
+                                                            "holdout": {"faces": 500, "cascade": {"err": 4.5}}}))
     return tmp_path
 
 

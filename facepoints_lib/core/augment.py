@@ -39,8 +39,6 @@ class AugmentConfig:
     cut_depth: float = 0.5        # ... the cut line up to this share of the face's extent into it
     cut_shrink: float = 0.4       # ... and the sample shrinks by a factor in [1 - s, 1]
     margin: float = 0.0           # keep every point this far inside the frame (grid units)
-    zoom: float = 1.0             # a fixed magnification about the centre before the random ones
-                                  # (the cascade's second stage: crops rendered with a margin)
 
 
 @dataclass
@@ -53,7 +51,6 @@ class AffineParams:
     shift: torch.Tensor   # (N, 2), grid units
     bounds: torch.Tensor | None = None   # (N, 4) where the source picture ends: x_lo, x_hi,
                                          # y_lo, y_hi in its grid units (None: [-1, 1] on both axes)
-    zoom: float = 1.0                    # AugmentConfig.zoom, times ``scale``
 
     @staticmethod
     def identity(n: int) -> "AffineParams":
@@ -62,7 +59,7 @@ class AffineParams:
 
     def copy(self) -> "AffineParams":
         return AffineParams(self.flip.clone(), self.angle.clone(), self.scale.clone(), self.shift.clone(),
-                            None if self.bounds is None else self.bounds.clone(), self.zoom)
+                            None if self.bounds is None else self.bounds.clone())
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
@@ -85,7 +82,7 @@ def sample_affine(n: int, cfg: AugmentConfig, generator: torch.Generator) -> Aff
         turned = torch.rand(n, generator=generator) < cfg.full_turn_prob
         angle = torch.where(turned, _uniform(n, -math.pi, math.pi, generator), angle)
         scale = torch.where(turned, scale * _uniform(n, 1 - cfg.full_turn_shrink, 1.0, generator), scale)
-    return AffineParams(flip, angle, scale, shift, zoom=cfg.zoom)
+    return AffineParams(flip, angle, scale, shift)
 
 
 def sample_cuts(keypoints: torch.Tensor, params: AffineParams, cfg: AugmentConfig,
@@ -127,8 +124,15 @@ def affine_matrices(params: AffineParams) -> torch.Tensor:
     mirror = 1.0 - 2.0 * params.flip.float()
     a = torch.stack([torch.stack([cos * mirror, -sin], -1),
                      torch.stack([sin * mirror, cos], -1)], -2)      # (N, 2, 2)
-    a = a * (params.scale * params.zoom)[:, None, None]
+    a = a * params.scale[:, None, None]
     return torch.cat([a, params.shift[:, :, None]], dim=2)
+
+
+def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """Forward matrices (N, 2, 3) of ``inner`` followed by ``outer``."""
+    a = outer[:, :, :2] @ inner[:, :, :2]
+    t = outer[:, :, :2] @ inner[:, :, 2:] + outer[:, :, 2:]
+    return torch.cat([a, t], dim=2)
 
 
 def apply_transform(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -229,14 +233,23 @@ def photometric(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
 
 
 def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, cfg: AugmentConfig,
-                  out_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  out_size: int, generator: torch.Generator,
+                  frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a uint8 batch (N, 3, S, S) with normalised keypoints (N, K, 2).
 
-    Returns float images (N, 3, out_size, out_size) in [0, 1] and their keypoints.
+    ``frames`` (N, 2, 3; see ``dataset.FaceSet``): the random changes apply to these
+    crops of the pictures, and each sample is resampled from its picture once, as
+    detection resamples the crop it cuts. Returns float images (N, 3, out_size,
+    out_size) in [0, 1] and their keypoints.
     """
-    params = sample_cuts(keypoints, sample_affine(images.shape[0], cfg, generator), cfg, generator)
-    params = keep_points_inside(keypoints, params, cfg.margin)
+    shown = keypoints if frames is None else apply_transform(frames, keypoints)
+    params = sample_cuts(shown, sample_affine(images.shape[0], cfg, generator), cfg, generator)
+    params = keep_points_inside(shown, params, cfg.margin)
     matrices = affine_matrices(params)
+    if frames is not None:
+        if params.bounds is not None:
+            raise ValueError("cut faces (cut_prob > 0) are drawn on whole pictures, not on frames")
+        matrices = compose(matrices, frames.to(matrices.dtype))
     warped = warp_images(images.float().div_(255.0), matrices, out_size, params.bounds)
     return photometric(warped, cfg, generator), transform_keypoints(keypoints, matrices, params.flip)
 

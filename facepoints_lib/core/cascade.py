@@ -7,12 +7,15 @@ loose course crops). A second network trained only on such aligned crops refines
 points, and its answer maps back exactly (``inference.predict_details``), as in the
 cascades of Sun et al. (2013) and the Deep Alignment Network (Kowalski et al., 2017).
 
-Training (``train_refiner``) aligns each training face by its true points (with a margin
-around the frame, at the frame's pixel density) and jitters the alignment as much as the
-first network's answers miss it: the residual similarity
-between the alignment by the first network's answer and by the truth, measured on the
-validation faces (``alignment_residuals``), never seen in training. The validation
-faces are aligned as detection aligns them, by the first network's answer.
+Training (``train_refiner``) aligns each training face by its true points and jitters
+the alignment by a multiple (``CascadeConfig.jitter``) of how much the first network's
+answers miss it: the residual similarity between the alignment by the first network's
+answer and by the truth, measured on the validation faces (``alignment_residuals``),
+never seen in training. The robust spread measured there is the typical face's; the
+tails are wider, and a jitter three times that spread trained the best second network.
+Each training crop is resampled once from the decoded picture, jitter and alignment
+together, as detection cuts its crop (``FaceSet.frames``). The validation faces are
+aligned as detection aligns them, by the first network's answer.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Callable
 import torch
 
 from .align import invert_transform, rotation_degrees, similarity_to
-from .augment import AugmentConfig, apply_transform, warp_images
+from .augment import AugmentConfig, apply_transform, compose, warp_images
 from .config import RunConfig, TrainConfig
 from .dataset import FaceSet
 from .fit import fit
@@ -37,9 +40,6 @@ DEFAULT_RESIDUALS = {"rotation_deg": 3.0, "scale": 0.03, "shift": 0.012, "faces"
 MAX_RESIDUALS = {"rotation_deg": 15.0, "scale": 0.15, "shift": 0.08}   # an untrained first stage's are
                                                                        # kept to these (tiny test runs)
 ALIGN_CHUNK = 64                 # faces warped at a time (bounded float memory)
-TRAIN_MARGIN = 2.0               # training crops show twice the frame's side, at the frame's pixel
-                                 # density; the jitter magnifies them back, so that a training crop is
-                                 # resampled about as detection's is and jitter shows real context
 
 
 def canonical_frame(mean_shape: torch.Tensor, zoom: float, centre_y: float) -> torch.Tensor:
@@ -47,13 +47,6 @@ def canonical_frame(mean_shape: torch.Tensor, zoom: float, centre_y: float) -> t
     times about ``(0.5, centre_y)``."""
     centre = torch.tensor([0.5, centre_y], dtype=mean_shape.dtype)
     return (mean_shape - centre) * zoom + centre
-
-
-def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """Forward matrices (N, 2, 3) of ``inner`` followed by ``outer``."""
-    a = outer[:, :, :2] @ inner[:, :, :2]
-    t = outer[:, :, :2] @ inner[:, :, 2:] + outer[:, :, 2:]
-    return torch.cat([a, t], dim=2)
 
 
 def _robust_std(values: torch.Tensor) -> float:
@@ -85,8 +78,7 @@ def jitter_augment(base: AugmentConfig, residuals: dict, factor: float) -> Augme
     deviation ``r / sqrt(3)``)."""
     root3 = math.sqrt(3.0) * factor
     return replace(base, rotation_deg=root3 * residuals["rotation_deg"], scale=root3 * residuals["scale"],
-                   shift=root3 * residuals["shift"], full_turn_prob=0.0, cut_prob=0.0, margin=0.0,
-                   zoom=TRAIN_MARGIN)
+                   shift=root3 * residuals["shift"], full_turn_prob=0.0, cut_prob=0.0, margin=0.0)
 
 
 def second_stage_recipe(cfg: TrainConfig, residuals: dict) -> TrainConfig:
@@ -97,18 +89,14 @@ def second_stage_recipe(cfg: TrainConfig, residuals: dict) -> TrainConfig:
                    augment=jitter_augment(cfg.augment, residuals, cc.jitter))
 
 
-def aligned_faces(faces: FaceSet, points: torch.Tensor, canonical: torch.Tensor, out_size: int,
-                  margin: float = 1.0) -> FaceSet:
+def aligned_faces(faces: FaceSet, points: torch.Tensor, canonical: torch.Tensor, out_size: int) -> FaceSet:
     """``faces`` warped onto ``canonical`` by the similarity that best maps ``points``
-    (N, 14, 2) onto it, at ``out_size`` px, with their true keypoints in the crop's frame.
-    ``margin`` > 1 shows that much more around the frame (the frame shrunk about the
-    crop's centre): training crops, which the jitter then magnifies back (``AugmentConfig.zoom``)."""
+    (N, 14, 2) onto it, at ``out_size`` px, with their true keypoints in the crop's frame:
+    the second stage's validation faces, cut as detection cuts them."""
     crops, keypoints = [], []
-    outward = torch.tensor([[1.0 / margin, 0.0, 0.0], [0.0, 1.0 / margin, 0.0]])
     for start in range(0, len(faces), ALIGN_CHUNK):
         part = slice(start, start + ALIGN_CHUNK)
         matrices = similarity_to(points[part].float(), canonical)
-        matrices = compose(outward.expand(len(matrices), 2, 3), matrices)
         warped = warp_images(faces.images[part].float().div_(255.0), matrices, out_size)
         crops.append(warped.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8))
         keypoints.append(apply_transform(matrices, faces.keypoints[part].float()))
@@ -144,7 +132,7 @@ def train_refiner(first: KeypointNet, train: FaceSet, val: FaceSet, cfg: TrainCo
         residuals = dict(DEFAULT_RESIDUALS)
         log(f"fewer than {MIN_RESIDUAL_FACES} validation faces: the second stage's jitter is the default one")
     recipe = second_stage_recipe(cfg, residuals)
-    train_aligned = aligned_faces(train, train.keypoints, canonical, round(side * TRAIN_MARGIN), TRAIN_MARGIN)
+    train_aligned = replace(train, frames=similarity_to(train.keypoints.float(), canonical))   # cut per batch
     val_aligned = aligned_faces(val, found, canonical, side) if found is not None else None
     net, history = fit(train_aligned, val_aligned, recipe, run, schedule=schedule, progress=progress, log=log)
     refiner = Refiner(net, cc.source_scale)

@@ -2,7 +2,8 @@
 
 A ``FaceSet`` holds ``images`` (N, 3, S, S) uint8, ``keypoints`` (N, 14, 2) float32 in
 normalised coordinates (see ``schema``: the image spans [0, 1], ``u = (x + 0.5) / w``),
-``sizes`` (N, 2) of the stored images' (width, height) in pixels, and ``filenames``.
+``sizes`` (N, 2) of the stored images' (width, height) in pixels, ``filenames`` and, for
+training, optional ``frames``: the crop of each picture the network is shown.
 ``pixels_to_normalized`` and ``normalized_to_pixels`` convert exactly between the two
 coordinate systems; predictions go back to the original pixels through the latter.
 """
@@ -43,6 +44,9 @@ class FaceSet:
     keypoints: torch.Tensor | None       # (N, 14, 2) float32, normalised; None if unlabelled
     sizes: torch.Tensor                  # (N, 2) float64, (width, height) in pixels
     filenames: list[str]
+    frames: torch.Tensor | None = None   # (N, 2, 3) forward matrices in grid units, picture -> the
+                                         # crop training shows the network (the cascade's second
+                                         # stage: the face aligned by its points); None: the picture
 
     def __len__(self) -> int:
         return len(self.filenames)
@@ -59,6 +63,7 @@ class FaceSet:
             keypoints=None if self.keypoints is None else self.keypoints[index],
             sizes=self.sizes[index],
             filenames=[self.filenames[i] for i in index.tolist()],
+            frames=None if self.frames is None else self.frames[index],
         )
 
 
@@ -88,7 +93,7 @@ def shrunk(faces: FaceSet, side: int) -> FaceSet:
         part = faces.images[start:start + 256].float()
         small = F.interpolate(part, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         images[start:start + 256] = small.round_().clamp_(0, 255).to(torch.uint8)
-    return FaceSet(images, faces.keypoints, faces.sizes, list(faces.filenames))
+    return FaceSet(images, faces.keypoints, faces.sizes, list(faces.filenames), faces.frames)
 
 
 def load_faces(img_dir: str | os.PathLike, image_size: int,

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .augment import augment_batch
+from .augment import apply_transform, augment_batch, warp_images
 from .checkpoint import MIN_PIXEL_STD
 from .config import RunConfig, TrainConfig
 from .dataset import FaceSet
@@ -143,9 +143,11 @@ def _import_dynamo_without_tmp() -> None:
 
 def train_step(model: KeypointNet, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                keypoints: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
-               device: torch.device, layout: torch.memory_format, bf16: bool) -> torch.Tensor:
-    """One optimiser step on a uint8 batch, augmented to the model's input side; returns the loss."""
-    images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator)
+               device: torch.device, layout: torch.memory_format, bf16: bool,
+               frames: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimiser step on a uint8 batch, augmented to the model's input side (from the
+    crops ``frames`` of its pictures, when given); returns the loss."""
+    images, targets = augment_batch(images, keypoints, cfg.augment, cfg.model.image_size, generator, frames)
     images = images.to(device).contiguous(memory_format=layout)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         pred, probs = model(images, with_heatmaps=True)                # (N, 14, 2), (N, 14, H, W)
@@ -173,8 +175,25 @@ def measure_step_seconds(model: KeypointNet, train: FaceSet, cfg: TrainConfig, b
             if i == warmup:
                 started = time.perf_counter()
             train_step(probe, optimizer, train.images[index], train.keypoints[index],
-                       cfg, generator, device, layout, bf16)
+                       cfg, generator, device, layout, bf16, _frames(train, index))
     return (time.perf_counter() - started) / timed
+
+
+def _frames(faces: FaceSet, index: torch.Tensor) -> torch.Tensor | None:
+    return None if faces.frames is None else faces.frames[index]
+
+
+def _shown_images(faces: FaceSet, side: int) -> torch.Tensor:
+    """The pictures as the network is shown them unaugmented: the pictures themselves, or
+    their ``frames`` cut at ``side`` px (every face's crop, a chunk at a time, as uint8)."""
+    if faces.frames is None:
+        return faces.images
+    shown = torch.empty((len(faces), 3, side, side), dtype=torch.uint8)
+    for start in range(0, len(faces), STATISTICS_CHUNK):
+        part = slice(start, start + STATISTICS_CHUNK)
+        crops = warp_images(faces.images[part].float().div_(255.0), faces.frames[part].float(), side)
+        shown[part] = crops.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return shown
 
 
 STATISTICS_CHUNK = 64       # faces converted to float at a time for the pixel statistics
@@ -221,8 +240,9 @@ def _new_trainer(train: FaceSet, cfg: TrainConfig, run: RunConfig) -> _Trainer:
     torch.manual_seed(cfg.seed)
     device = resolve_device(run.device)
     model = build_model(cfg.model)
-    mean, std = pixel_statistics(train.images)
-    model.set_statistics(mean, std.clamp_min(MIN_PIXEL_STD), train.keypoints.mean(0))
+    mean, std = pixel_statistics(_shown_images(train, cfg.model.image_size))
+    shown = train.keypoints if train.frames is None else apply_transform(train.frames, train.keypoints)
+    model.set_statistics(mean, std.clamp_min(MIN_PIXEL_STD), shown.mean(0))
     layout = memory_format_for(model)
     model = model.to(device, memory_format=layout)
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else model
@@ -255,7 +275,7 @@ def _train_epoch(t: _Trainer, train: FaceSet, cfg: TrainConfig, scheduler, done:
             break
         index = order[b * t.batch_size:(b + 1) * t.batch_size]
         loss = train_step(t.model, t.optimizer, train.images[index], train.keypoints[index],
-                          cfg, t.generator, t.device, t.layout, t.bf16)
+                          cfg, t.generator, t.device, t.layout, t.bf16, _frames(train, index))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
         scheduler.step()

@@ -34,14 +34,17 @@ def load_bench_results(results_dir: str | Path) -> list[dict]:
     """Every readable ``*.json`` training result in ``results_dir``, sorted by name ([] if none).
 
     The speed and detection benchmarks' files (no ``holdout``, but a ``machine`` record)
-    are passed over quietly; anything else unreadable is skipped with a warning.
+    and ``facepoints second-stage``'s (a ``base_model``: a second network trained behind
+    a model, not a training run of its own) are passed over quietly; anything else
+    unreadable is skipped with a warning.
     """
     results = []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(result, dict) and "holdout" not in result and "machine" in result:
-                continue                                 # bench-speed / bench-detect output
+            if isinstance(result, dict) and "machine" in result and ("holdout" not in result
+                                                                   or "base_model" in result):
+                continue                                 # bench-speed / bench-detect / second-stage output
             if not isinstance(result["holdout"]["err"], (int, float)) or "history" not in result["train"]:
                 raise ValueError("missing holdout.err or train.history")
         except (OSError, ValueError, KeyError, TypeError) as exc:

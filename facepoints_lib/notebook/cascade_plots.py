@@ -4,9 +4,10 @@ the cascade at equal training time (notebook 03), read from ``bench/results``.
 * ``how_good`` gathers each point's err of the label floor (both estimates of
   ``facepoints label-floor``), the first stage alone and the cascade (``facepoints
   bench-cascade``); ``plot_how_good`` draws them side by side per point.
-* ``equal_time`` gathers holdout err against training steps (and minutes) for the single
-  network (the ``curve-e*`` benchmarks) and for the cascade benchmarks (runs whose recipe
-  has a second stage), all on one CPU kind; ``plot_equal_time`` draws both.
+* ``equal_time`` gathers holdout err and median against training steps (and minutes)
+  for the single network (the ``curve-e*`` benchmarks) and for the cascades (benchmarks
+  whose recipe has a second stage, second stages trained behind a benchmark's model), all
+  on one CPU kind; ``plot_equal_time`` draws either figure for both.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..core.schema import NUM_POINTS, POINT_NAMES
 from .figure_layout import MIN_FONT, place_labels
 
 FLOOR_RESULT = "label-floor"
-CASCADE_RESULT = "cascade-v1"
+CASCADE_RESULT = "cascade-v3"
 SINGLE_CURVE = ("curve-e6-seed0", "curve-e12-seed0", "curve-e24-seed0")
 SERIES_COLOURS = {"labels (duplicates)": "#999999", "labels, upper bound (two networks)": "#cccccc",
                   "the network alone": "#1f77b4", "cascade": "#d62728"}
@@ -110,50 +111,74 @@ def _steps(result: dict) -> int:
     return steps
 
 
+def _bench_row(r: dict) -> dict:
+    return {"name": r["name"], "steps": _steps(r), "err": r["holdout"]["err"],
+            "median_err": r["holdout"]["median_err"], "minutes": r["train"]["wall_seconds"] / 60}
+
+
+def _second_stage_row(results_dir: Path, name: str, r: dict) -> dict | None:
+    """A ``facepoints second-stage --holdout`` run behind a benchmark's model, counted with
+    that benchmark's first stage (its steps and training minutes); None without them."""
+    base_name = Path(r.get("base_model", "")).stem
+    base = _read(results_dir, base_name[len("bench-"):]) if base_name.startswith("bench-") else None
+    if base is None or not r.get("history"):
+        return None
+    held = r["holdout"]["cascade"]
+    return {"name": name, "steps": base["train"]["steps"] + r["history"][-1]["step"], "err": held["err"],
+            "median_err": held["median_err"],
+            "minutes": (base["train"]["fit_seconds"] + r["seconds"]["train"]) / 60}
+
+
 def equal_time(results_dir: str | Path, single: tuple[str, ...] = SINGLE_CURVE) -> dict:
-    """``{"single": [(steps, err, name, minutes)], "cascade": [...], "cpu": kind}``: holdout
-    err against training work for the single network's curve and every cascade benchmark
-    on the CPU kind of that curve. Work is counted in optimiser steps of 64 faces (both
-    stages; their networks cost the same per step), which a busy machine does not change,
-    with the minutes each run took beside them."""
+    """``{"single": [row], "cascade": [row], "cpu": kind}``, each row ``{"name", "steps",
+    "err", "median_err", "minutes"}``: holdout err against training work for the single
+    network's curve and for every cascade on the CPU kind of that curve (benchmarks whose
+    recipe has a second stage, and ``second-stage --holdout`` runs behind a benchmark's
+    model). Work is counted in optimiser steps of 64 faces (both stages; their networks
+    cost the same per step), which a busy machine does not change, with the minutes each
+    run took beside them."""
+    results_dir = Path(results_dir)
     curve = [r for r in (_read(results_dir, name) for name in single) if r is not None]
     kind = _cpu(curve[0]) if curve else None
-    points = {"single": [], "cascade": [], "cpu": kind}
-
-    def row(r: dict) -> tuple:
-        return (_steps(r), r["holdout"]["err"], r["name"], r["train"]["wall_seconds"] / 60)
-
-    points["single"] = [row(r) for r in curve]
-    for path in sorted(Path(results_dir).glob("*.json")):
+    points = {"single": [_bench_row(r) for r in curve], "cascade": [], "cpu": kind}
+    for path in sorted(results_dir.glob("*.json")):
         r = json.loads(path.read_text())
-        if isinstance(r, dict) and (r.get("config") or {}).get("cascade") and "holdout" in r \
-                and _cpu(r) == kind:
-            points["cascade"].append(row(r))
+        if not isinstance(r, dict) or _cpu(r) != kind:
+            continue
+        if (r.get("config") or {}).get("cascade") and "holdout" in r:
+            points["cascade"].append(_bench_row(r))
+        elif isinstance(r.get("holdout"), dict) and "cascade" in r["holdout"]:
+            row = _second_stage_row(results_dir, path.stem, r)
+            if row is not None:
+                points["cascade"].append(row)
     for key in ("single", "cascade"):
-        points[key].sort()
+        points[key].sort(key=lambda row: (row["steps"], row["name"]))
     return points
 
 
-def plot_equal_time(ax, points: dict) -> None:
-    """Holdout err against training steps: the single network's curve and the cascades."""
+def plot_equal_time(ax, points: dict, figure: str = "err") -> None:
+    """Holdout ``figure`` (``"err"``, the mean, or ``"median_err"``) against training
+    steps: the single network's curve and the cascades."""
     size = 49.0                                     # marker area, points^2 (markersize 7)
-    dots = [(m, e) for key in ("single", "cascade") for m, e, _, _ in points[key]]
+    dots = [(row["steps"], row[figure]) for key in ("single", "cascade") for row in points[key]]
+    names, colours = [], []
     for key, style, colour, label in (("single", "o-", "#1f77b4", "single network"),
                                       ("cascade", "s", "#d62728", "cascade (both stages)")):
         rows = points[key]
         if rows:
-            xs, ys = [m for m, _, _, _ in rows], [e for _, e, _, _ in rows]
+            xs, ys = [row["steps"] for row in rows], [row[figure] for row in rows]
             if style.endswith("-"):
                 ax.plot(xs, ys, "-", color=colour, lw=1)
             ax.scatter(xs, ys, s=size, marker=style[0], color=colour, label=label, zorder=3)
-            place_labels(ax, [(m, e) for m, e, _, _ in rows], [name for _, _, name, _ in rows],
-                         [colour] * len(rows), dots, size)
+            names += [row["name"] for row in rows]
+            colours += [colour] * len(rows)
+    place_labels(ax, dots, names, colours, dots, size)        # all at once: no label over another
     if dots:                                        # room for the labels inside the axes
         xs, ys = [m for m, _ in dots], [e for _, e in dots]
         ax.set_xlim(0, max(xs) * 1.35)
         ax.set_ylim(min(ys) * 0.85, max(ys) * 1.12)
     ax.set_xlabel("training steps of 64 faces (both stages)")
-    ax.set_ylabel("holdout err (500 faces)")
+    ax.set_ylabel("holdout err (500 faces)" if figure == "err" else "median per-face err (500 faces)")
     ax.grid(alpha=0.3)
     if points["single"] or points["cascade"]:
         ax.legend(fontsize=MIN_FONT)

@@ -14,7 +14,8 @@ def _cmd_second_stage(args: argparse.Namespace) -> int:
     from .second_stage import add_second_stage
 
     results = Path(args.results_dir) / f"{args.name}.json" if args.name else None
-    add_second_stage(args.model, args.data_dir, args.out, args.set, threads=args.threads, results=results)
+    add_second_stage(args.model, args.data_dir, args.out, args.set, threads=args.threads, results=results,
+                     holdout=args.holdout, split_seed=args.split_seed, replace=args.replace)
     return 0
 
 
@@ -56,6 +57,10 @@ def add_cascade_commands(sub, default_data: Path) -> None:
     p.add_argument("data_dir", nargs="?", default=str(default_data), help=f"train folder (default {default_data})")
     p.add_argument("--out", required=True, help="the two-stage model file to write")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--holdout", type=int, default=0, help="behind a benchmark's model: its holdout's size, left "
+                   "out of training and scored (default 0: none)")
+    p.add_argument("--split-seed", type=int, default=0, help="the benchmark's holdout split seed (default 0)")
+    p.add_argument("--replace", action="store_true", help="train a new second stage in place of the model's own")
     p.add_argument("--name", default=None, help="results file name (bench/results/NAME.json); none: no file")
     p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     add_set(p)
