@@ -923,6 +923,20 @@ def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int,
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+WARP_CHUNK = 64             # pictures converted to float at a time by ``cut_crops``
+
+
+def cut_crops(images: torch.Tensor, matrices: torch.Tensor, out_size: int) -> torch.Tensor:
+    """uint8 pictures (N, 3, S, S) resampled through forward ``matrices`` (N, 2, 3) to
+    uint8 crops (N, 3, out_size, out_size), a chunk at a time (bounded float memory)."""
+    crops = torch.empty((len(images), 3, out_size, out_size), dtype=torch.uint8)
+    for start in range(0, len(images), WARP_CHUNK):
+        part = slice(start, start + WARP_CHUNK)
+        warped = warp_images(images[part].float().div_(255.0), matrices[part].float(), out_size)
+        crops[part] = warped.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return crops
+
+
 def adjust_colours(images: torch.Tensor, to_gray: torch.Tensor, contrast: torch.Tensor,
                    brightness: torch.Tensor) -> torch.Tensor:
     """The photometric formula, with chosen values per image (N,): drop colour where
@@ -2700,15 +2714,8 @@ def _frames(faces: FaceSet, index: torch.Tensor) -> torch.Tensor | None:
 
 def _shown_images(faces: FaceSet, side: int) -> torch.Tensor:
     """The pictures as the network is shown them unaugmented: the pictures themselves, or
-    their ``frames`` cut at ``side`` px (every face's crop, a chunk at a time, as uint8)."""
-    if faces.frames is None:
-        return faces.images
-    shown = torch.empty((len(faces), 3, side, side), dtype=torch.uint8)
-    for start in range(0, len(faces), STATISTICS_CHUNK):
-        part = slice(start, start + STATISTICS_CHUNK)
-        crops = warp_images(faces.images[part].float().div_(255.0), faces.frames[part].float(), side)
-        shown[part] = crops.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return shown
+    their ``frames`` cut at ``side`` px (uint8)."""
+    return faces.images if faces.frames is None else cut_crops(faces.images, faces.frames, side)
 
 
 STATISTICS_CHUNK = 64       # faces converted to float at a time for the pixel statistics
@@ -2921,7 +2928,6 @@ MIN_RESIDUAL_FACES = 20          # fewer validation faces than this: the default
 DEFAULT_RESIDUALS = {"rotation_deg": 3.0, "scale": 0.03, "shift": 0.012, "faces": 0}
 MAX_RESIDUALS = {"rotation_deg": 15.0, "scale": 0.15, "shift": 0.08}   # an untrained first stage's are
                                                                        # kept to these (tiny test runs)
-ALIGN_CHUNK = 64                 # faces warped at a time (bounded float memory)
 
 
 def canonical_frame(mean_shape: torch.Tensor, zoom: float, centre_y: float) -> torch.Tensor:
@@ -2975,15 +2981,10 @@ def aligned_faces(faces: FaceSet, points: torch.Tensor, canonical: torch.Tensor,
     """``faces`` warped onto ``canonical`` by the similarity that best maps ``points``
     (N, 14, 2) onto it, at ``out_size`` px, with their true keypoints in the crop's frame:
     the second stage's validation faces, cut as detection cuts them."""
-    crops, keypoints = [], []
-    for start in range(0, len(faces), ALIGN_CHUNK):
-        part = slice(start, start + ALIGN_CHUNK)
-        matrices = similarity_to(points[part].float(), canonical)
-        warped = warp_images(faces.images[part].float().div_(255.0), matrices, out_size)
-        crops.append(warped.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8))
-        keypoints.append(apply_transform(matrices, faces.keypoints[part].float()))
+    matrices = similarity_to(points.float(), canonical)
     sizes = torch.full((len(faces), 2), float(out_size), dtype=torch.float64)
-    return FaceSet(torch.cat(crops), torch.cat(keypoints), sizes, list(faces.filenames))
+    return FaceSet(cut_crops(faces.images, matrices, out_size), apply_transform(matrices, faces.keypoints.float()),
+                   sizes, list(faces.filenames))
 
 
 def train_refiner(first: KeypointNet, train: FaceSet, val: FaceSet, cfg: TrainConfig,

@@ -200,6 +200,20 @@ def warp_images(images: torch.Tensor, matrices: torch.Tensor, out_size: int,
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+WARP_CHUNK = 64             # pictures converted to float at a time by ``cut_crops``
+
+
+def cut_crops(images: torch.Tensor, matrices: torch.Tensor, out_size: int) -> torch.Tensor:
+    """uint8 pictures (N, 3, S, S) resampled through forward ``matrices`` (N, 2, 3) to
+    uint8 crops (N, 3, out_size, out_size), a chunk at a time (bounded float memory)."""
+    crops = torch.empty((len(images), 3, out_size, out_size), dtype=torch.uint8)
+    for start in range(0, len(images), WARP_CHUNK):
+        part = slice(start, start + WARP_CHUNK)
+        warped = warp_images(images[part].float().div_(255.0), matrices[part].float(), out_size)
+        crops[part] = warped.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return crops
+
+
 def adjust_colours(images: torch.Tensor, to_gray: torch.Tensor, contrast: torch.Tensor,
                    brightness: torch.Tensor) -> torch.Tensor:
     """The photometric formula, with chosen values per image (N,): drop colour where

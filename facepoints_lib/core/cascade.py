@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from .align import invert_transform, rotation_degrees, similarity_to
-from .augment import AugmentConfig, apply_transform, compose, warp_images
+from .augment import AugmentConfig, apply_transform, compose, cut_crops
 from .config import RunConfig, TrainConfig
 from .dataset import FaceSet
 from .fit import fit
@@ -39,7 +39,6 @@ MIN_RESIDUAL_FACES = 20          # fewer validation faces than this: the default
 DEFAULT_RESIDUALS = {"rotation_deg": 3.0, "scale": 0.03, "shift": 0.012, "faces": 0}
 MAX_RESIDUALS = {"rotation_deg": 15.0, "scale": 0.15, "shift": 0.08}   # an untrained first stage's are
                                                                        # kept to these (tiny test runs)
-ALIGN_CHUNK = 64                 # faces warped at a time (bounded float memory)
 
 
 def canonical_frame(mean_shape: torch.Tensor, zoom: float, centre_y: float) -> torch.Tensor:
@@ -93,15 +92,10 @@ def aligned_faces(faces: FaceSet, points: torch.Tensor, canonical: torch.Tensor,
     """``faces`` warped onto ``canonical`` by the similarity that best maps ``points``
     (N, 14, 2) onto it, at ``out_size`` px, with their true keypoints in the crop's frame:
     the second stage's validation faces, cut as detection cuts them."""
-    crops, keypoints = [], []
-    for start in range(0, len(faces), ALIGN_CHUNK):
-        part = slice(start, start + ALIGN_CHUNK)
-        matrices = similarity_to(points[part].float(), canonical)
-        warped = warp_images(faces.images[part].float().div_(255.0), matrices, out_size)
-        crops.append(warped.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8))
-        keypoints.append(apply_transform(matrices, faces.keypoints[part].float()))
+    matrices = similarity_to(points.float(), canonical)
     sizes = torch.full((len(faces), 2), float(out_size), dtype=torch.float64)
-    return FaceSet(torch.cat(crops), torch.cat(keypoints), sizes, list(faces.filenames))
+    return FaceSet(cut_crops(faces.images, matrices, out_size), apply_transform(matrices, faces.keypoints.float()),
+                   sizes, list(faces.filenames))
 
 
 def train_refiner(first: KeypointNet, train: FaceSet, val: FaceSet, cfg: TrainConfig,

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .augment import apply_transform, augment_batch, warp_images
+from .augment import apply_transform, augment_batch, cut_crops
 from .checkpoint import MIN_PIXEL_STD
 from .config import RunConfig, TrainConfig
 from .dataset import FaceSet
@@ -185,15 +185,8 @@ def _frames(faces: FaceSet, index: torch.Tensor) -> torch.Tensor | None:
 
 def _shown_images(faces: FaceSet, side: int) -> torch.Tensor:
     """The pictures as the network is shown them unaugmented: the pictures themselves, or
-    their ``frames`` cut at ``side`` px (every face's crop, a chunk at a time, as uint8)."""
-    if faces.frames is None:
-        return faces.images
-    shown = torch.empty((len(faces), 3, side, side), dtype=torch.uint8)
-    for start in range(0, len(faces), STATISTICS_CHUNK):
-        part = slice(start, start + STATISTICS_CHUNK)
-        crops = warp_images(faces.images[part].float().div_(255.0), faces.frames[part].float(), side)
-        shown[part] = crops.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return shown
+    their ``frames`` cut at ``side`` px (uint8)."""
+    return faces.images if faces.frames is None else cut_crops(faces.images, faces.frames, side)
 
 
 STATISTICS_CHUNK = 64       # faces converted to float at a time for the pixel statistics
