@@ -1543,7 +1543,10 @@ DOUBT_SPREAD = 1.0                   # the second try: for faces whose flip pair
                                      # this (mean spread, err units) ...
 DOUBT_BLUR = 6.0                     # ... or whose heatmaps are broader than this (mean blur, % of the
                                      # side; the recipe's network: 5.7 at the 99th percentile of upright
-                                     # validation faces, 10.3 at the 90th of cut ones) ...
+                                     # validation faces, 10.3 at the 90th of cut ones), for a network
+DOUBT_BLUR_SIDE = 96                 # of this input side; scaled by DOUBT_BLUR_SIDE / side for others:
+                                     # a 64 px network's maps are 1.5x as broad (median 6.6 % against
+                                     # 4.4 %), and at 6 % it doubted 84 % of upright faces (doubt_blur) ...
 NEAR_BORDER = 0.05                   # ... or with a point this close to the border (share of the side;
                                      # 1 % of upright validation faces come closer than 0.08)
 PAD_MARGIN = 0.25                    # the padded look's margin around the picture (share of its side)
@@ -1708,6 +1711,12 @@ def predict_bytes_per_image(model: KeypointNet, side: int, flip_tta: bool = True
     return 4 * activations * (2 if flip_tta else 1) + 12 * side ** 2
 
 
+def doubt_blur(side: int) -> float:
+    """The heatmap blur (% of the side) above which a network of input ``side`` doubts its
+    answer: ``DOUBT_BLUR`` at ``DOUBT_BLUR_SIDE``, as broad in heatmap cells at any other side."""
+    return DOUBT_BLUR * DOUBT_BLUR_SIDE / side
+
+
 @torch.no_grad()
 def predict_details(model: KeypointNet, images: torch.Tensor, batch_size: int = 64,
                     flip_tta: bool = True, bf16: bool = False, second_look: bool | None = None,
@@ -1725,7 +1734,7 @@ def predict_details(model: KeypointNet, images: torch.Tensor, batch_size: int = 
     against 3.43), while turned faces gain most from the second look and a third.
 
     ``second_try`` (with the second look and flip TTA): a face the answer doubts (its
-    mean spread above ``DOUBT_SPREAD``, its heatmaps broader than ``DOUBT_BLUR``, or a
+    mean spread above ``DOUBT_SPREAD``, its heatmaps broader than ``doubt_blur``, or a
     point near the picture's border, where a picture that cuts the face leaves it) is
     looked at again inside a margin (``padded_view``), which lets points fall outside
     the picture, then aligned by that answer ``EXTRA_LOOKS`` times, and that answer is
@@ -1774,7 +1783,7 @@ def predict_details(model: KeypointNet, images: torch.Tensor, batch_size: int = 
                 pred[turned], spread[turned], blur[turned] = aligned(x[turned], pred[turned])
                 used[turned] = ALIGNED
         if retry:
-            doubted = (spread.mean(1) > DOUBT_SPREAD) | (blur.mean(1) > DOUBT_BLUR) | near_border(pred)
+            doubted = (spread.mean(1) > DOUBT_SPREAD) | (blur.mean(1) > doubt_blur(side)) | near_border(pred)
             if bool(doubted.any()):
                 first = look(x[doubted], padded_view(int(doubted.sum())).to(device))[0]
                 pred[doubted], spread[doubted], blur[doubted] = aligned(x[doubted], first)

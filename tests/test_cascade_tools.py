@@ -51,7 +51,8 @@ def test_second_stage_trains_on_the_first_stages_faces_and_scores_its_validation
 def test_second_stage_behind_a_benchmark_model_leaves_its_holdout_out_and_scores_it(
         first_stage, synth_train, tmp_path):
     """--holdout: the benchmark's holdout is neither trained on nor lost; --replace: a
-    two-stage file gets a new second stage behind the same first stage."""
+    two-stage file gets a new second stage behind the same first stage; the result file
+    records the command with every option the run took."""
     two_stage = tmp_path / "cascade.pt"
     add_second_stage(first_stage, synth_train, two_stage, SECOND, threads=1, log=lambda _: None)
     again = tmp_path / "again.pt"
@@ -61,6 +62,8 @@ def test_second_stage_behind_a_benchmark_model_leaves_its_holdout_out_and_scores
     val_names = set(load_checkpoint(first_stage)["metadata"]["val_names"])
     assert result["faces"] == {"train": 300 - len(held | val_names), "validation": 40}
     assert result["holdout"]["faces"] == 30 and result["holdout"]["cascade"]["faces"] == 30
+    assert result["command"] == (f"facepoints second-stage {two_stage} {synth_train} --out {again} --threads 1 "
+                                 "--holdout 30 --split-seed 1 --replace " + " ".join(f"--set {o}" for o in SECOND))
     before, after = load_model(two_stage).state_dict(), load_model(again).state_dict()
     assert before.keys() == after.keys()
     firsts = [key for key in before if not key.startswith("refiner.")]
@@ -133,31 +136,38 @@ def test_commands_refuse_a_second_stage_setting_that_is_not_key_value(capsys):
 
 def test_equal_time_counts_a_second_stage_with_its_benchmarks_first_stage(tmp_path):
     """notebook 03's figure: a second-stage run behind a benchmark's model is a cascade
-    whose steps and minutes include that benchmark's first stage; runs on another CPU
-    kind and second stages without a holdout are left out."""
+    whose work and minutes include that benchmark's first stage, each stage's steps
+    weighted by its network's FLOPs (a 64 px first stage's by (64/96)^2); runs on another
+    CPU kind and second stages without a holdout are left out."""
+    from facepoints_lib.core.model import ModelConfig
     from facepoints_lib.notebook.cascade_plots import equal_time
 
     avx2 = {"cpu_flags": {"avx2": True}, "bf16_native": False}
+    net96, net64 = ModelConfig().to_dict(), ModelConfig(image_size=64).to_dict()
 
-    def bench(name, steps, err, cascade=None, machine=avx2):
-        return {"name": name, "config": {"cascade": cascade}, "machine": machine,
+    def bench(name, steps, err, cascade=None, machine=avx2, model=net96):
+        return {"name": name, "config": {"cascade": cascade, "model": model}, "machine": machine,
                 "train": {"steps": steps, "wall_seconds": 600.0, "fit_seconds": 540.0},
                 "holdout": {"err": err, "median_err": err - 1}}
 
     def second(base, step, err, median, holdout=True):
         return {"base_model": f"{base}.pt", "machine": avx2, "history": [{"step": step}], "seconds": {"train": 300.0},
+                "cascade": {"model": net96},
                 "holdout": {"first_stage": {}, "cascade": {"err": err, "median_err": median}} if holdout else None}
 
     files = {"curve-e6-seed0": bench("curve-e6-seed0", 100, 9.0), "curve-e12-seed0": bench("curve-e12-seed0", 200, 6.0),
-             "first": bench("first", 100, 7.0, cascade={"epochs": 6}),
+             "first": bench("first", 100, 7.0, cascade={"epochs": 6}), "cheap": bench("cheap", 180, 8.0, model=net64),
              "native": bench("native", 50, 5.0, cascade={"epochs": 6}, machine={"bf16_native": True}),
              "second-j3": second("bench-first", 120, 4.5, 2.7), "second-none": second("bench-first", 120, 4.0, 2.0, False),
-             "second-lost": second("bench-gone", 120, 4.0, 2.0)}
+             "second-lost": second("bench-gone", 120, 4.0, 2.0), "second-cheap": second("bench-cheap", 120, 4.2, 2.5)}
     for name, result in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
     points = equal_time(tmp_path, single=("curve-e6-seed0", "curve-e12-seed0"))
     assert [row["name"] for row in points["single"]] == ["curve-e6-seed0", "curve-e12-seed0"]
-    assert [row["name"] for row in points["cascade"]] == ["first", "second-j3"]
-    added = points["cascade"][1]
-    assert (added["steps"], added["err"], added["median_err"]) == (220, 4.5, 2.7)
+    assert [row["name"] for row in points["cascade"]] == ["first", "second-cheap", "second-j3"]
+    assert [row["work"] for row in points["single"]] == [100, 200]
+    cheap, added = points["cascade"][1:]
+    assert (added["steps"], added["work"], added["err"], added["median_err"]) == (220, 220, 4.5, 2.7)
+    assert cheap["steps"] == 300
+    assert cheap["work"] == pytest.approx(180 * (64 / 96) ** 2 + 120, rel=0.01)
     assert added["minutes"] == pytest.approx((540 + 300) / 60)

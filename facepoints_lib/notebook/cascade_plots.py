@@ -4,8 +4,8 @@ the cascade at equal training time (notebook 03), read from ``bench/results``.
 * ``how_good`` gathers each point's err of the label floor (both estimates of
   ``facepoints label-floor``), the first stage alone and the cascade (``facepoints
   bench-cascade``); ``plot_how_good`` draws them side by side per point.
-* ``equal_time`` gathers holdout err and median against training steps (and minutes)
-  for the single network (the ``curve-e*`` benchmarks) and for the cascades (benchmarks
+* ``equal_time`` gathers holdout err and median against training work (optimiser steps
+  weighted by each network's forward FLOPs, and minutes) for the single network (the ``curve-e*`` benchmarks) and for the cascades (benchmarks
   whose recipe has a second stage, second stages trained behind a benchmark's model), all
   on one CPU kind; ``plot_equal_time`` draws either figure for both.
 """
@@ -13,19 +13,23 @@ the cascade at equal training time (notebook 03), read from ``bench/results``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..core.inference import predict
 from ..core.metrics import per_image_err
+from ..core.model import build_model
 from ..core.schema import NUM_POINTS, POINT_NAMES
 from .figure_layout import MIN_FONT, place_labels
 
 FLOOR_RESULT = "label-floor"
 CASCADE_RESULT = "cascade-v3"
-SINGLE_CURVE = ("curve-e6-seed0", "curve-e12-seed0", "curve-e24-seed0")
+SINGLE_CURVE = ("curve-e6-seed0", "curve-e12-seed0", "curve-e24-seed0", "turn-seed0")   # turn-seed0: 90 epochs
 SERIES_COLOURS = {"labels (duplicates)": "#999999", "labels, upper bound (two networks)": "#cccccc",
                   "the network alone": "#1f77b4", "cascade": "#d62728"}
 
@@ -102,71 +106,93 @@ def _cpu(result: dict) -> str:
     return "native bf16" if machine.get("bf16_native") or flags.get("avx512_bf16") else "AVX2 only"
 
 
-def _steps(result: dict) -> int:
-    """Optimiser steps of batches of 64 a benchmark took, both stages counted."""
-    steps = result["train"]["steps"]
+@functools.lru_cache(maxsize=None)
+def _forward_flops(model_json: str) -> int:
+    """Forward FLOPs of one face through the network a result file's model config describes."""
+    net = build_model(json.loads(model_json)).eval()
+    side = net.config.image_size
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.zeros(1, 3, side, side))
+    return counter.get_total_flops()
+
+
+def _cost(model: dict, reference: dict) -> float:
+    """What one training step of ``model`` costs in steps of ``reference`` (forward FLOPs:
+    a 64 px network's step counts 0.44 of a 96 px one's)."""
+    return _forward_flops(json.dumps(model, sort_keys=True)) / _forward_flops(json.dumps(reference, sort_keys=True))
+
+
+def _stages(result: dict) -> list[tuple[int, dict]]:
+    """``(optimiser steps, model config)`` of each stage a benchmark trained."""
+    stages = [(result["train"]["steps"], result["config"]["model"])]
     second = result["train"].get("second_stage") or {}
     if second.get("history"):
-        steps += second["history"][-1]["step"]
-    return steps
+        stages.append((second["history"][-1]["step"], result["config"]["cascade"]["model"]))
+    return stages
 
 
-def _bench_row(r: dict) -> dict:
-    return {"name": r["name"], "steps": _steps(r), "err": r["holdout"]["err"],
-            "median_err": r["holdout"]["median_err"], "minutes": r["train"]["wall_seconds"] / 60}
+def _row(name: str, stages: list[tuple[int, dict]], holdout: dict, seconds: float, reference: dict) -> dict:
+    return {"name": name, "steps": sum(steps for steps, _ in stages),
+            "work": sum(steps * _cost(model, reference) for steps, model in stages),
+            "err": holdout["err"], "median_err": holdout["median_err"], "minutes": seconds / 60}
 
 
-def _second_stage_row(results_dir: Path, name: str, r: dict) -> dict | None:
+def _bench_row(r: dict, reference: dict) -> dict:
+    return _row(r["name"], _stages(r), r["holdout"], r["train"]["wall_seconds"], reference)
+
+
+def _second_stage_row(results_dir: Path, name: str, r: dict, reference: dict) -> dict | None:
     """A ``facepoints second-stage --holdout`` run behind a benchmark's model, counted with
     that benchmark's first stage (its steps and training minutes); None without them."""
     base_name = Path(r.get("base_model", "")).stem
     base = _read(results_dir, base_name[len("bench-"):]) if base_name.startswith("bench-") else None
     if base is None or not r.get("history"):
         return None
-    held = r["holdout"]["cascade"]
-    return {"name": name, "steps": base["train"]["steps"] + r["history"][-1]["step"], "err": held["err"],
-            "median_err": held["median_err"],
-            "minutes": (base["train"]["fit_seconds"] + r["seconds"]["train"]) / 60}
+    stages = _stages(base)[:1] + [(r["history"][-1]["step"], r["cascade"]["model"])]
+    return _row(name, stages, r["holdout"]["cascade"], base["train"]["fit_seconds"] + r["seconds"]["train"],
+                reference)
 
 
 def equal_time(results_dir: str | Path, single: tuple[str, ...] = SINGLE_CURVE) -> dict:
     """``{"single": [row], "cascade": [row], "cpu": kind}``, each row ``{"name", "steps",
-    "err", "median_err", "minutes"}``: holdout err against training work for the single
-    network's curve and for every cascade on the CPU kind of that curve (benchmarks whose
-    recipe has a second stage, and ``second-stage --holdout`` runs behind a benchmark's
-    model). Work is counted in optimiser steps of 64 faces (both stages; their networks
-    cost the same per step), which a busy machine does not change, with the minutes each
-    run took beside them."""
+    "work", "err", "median_err", "minutes"}``: holdout err against training work for the
+    single network's curve and for every cascade on the CPU kind of that curve (benchmarks
+    whose recipe has a second stage, and ``second-stage --holdout`` runs behind a
+    benchmark's model). Work is counted in optimiser steps of 64 faces, both stages, each
+    step weighted by its network's forward FLOPs against the curve's network (a busy
+    machine changes neither), with the minutes each run took beside them."""
     results_dir = Path(results_dir)
     curve = [r for r in (_read(results_dir, name) for name in single) if r is not None]
     kind = _cpu(curve[0]) if curve else None
-    points = {"single": [_bench_row(r) for r in curve], "cascade": [], "cpu": kind}
+    reference = curve[0]["config"]["model"] if curve else None
+    points = {"single": [_bench_row(r, reference) for r in curve], "cascade": [], "cpu": kind}
     for path in sorted(results_dir.glob("*.json")):
         r = json.loads(path.read_text())
         if not isinstance(r, dict) or _cpu(r) != kind:
             continue
         if (r.get("config") or {}).get("cascade") and "holdout" in r:
-            points["cascade"].append(_bench_row(r))
+            points["cascade"].append(_bench_row(r, reference))
         elif isinstance(r.get("holdout"), dict) and "cascade" in r["holdout"]:
-            row = _second_stage_row(results_dir, path.stem, r)
+            row = _second_stage_row(results_dir, path.stem, r, reference)
             if row is not None:
                 points["cascade"].append(row)
     for key in ("single", "cascade"):
-        points[key].sort(key=lambda row: (row["steps"], row["name"]))
+        points[key].sort(key=lambda row: (row["work"], row["name"]))
     return points
 
 
 def plot_equal_time(ax, points: dict, figure: str = "err") -> None:
     """Holdout ``figure`` (``"err"``, the mean, or ``"median_err"``) against training
-    steps: the single network's curve and the cascades."""
+    work (``equal_time``'s FLOPs-weighted steps): the single network's curve and the cascades."""
     size = 49.0                                     # marker area, points^2 (markersize 7)
-    dots = [(row["steps"], row[figure]) for key in ("single", "cascade") for row in points[key]]
+    dots = [(row["work"], row[figure]) for key in ("single", "cascade") for row in points[key]]
     names, colours = [], []
     for key, style, colour, label in (("single", "o-", "#1f77b4", "single network"),
                                       ("cascade", "s", "#d62728", "cascade (both stages)")):
         rows = points[key]
         if rows:
-            xs, ys = [row["steps"] for row in rows], [row[figure] for row in rows]
+            xs, ys = [row["work"] for row in rows], [row[figure] for row in rows]
             if style.endswith("-"):
                 ax.plot(xs, ys, "-", color=colour, lw=1)
             ax.scatter(xs, ys, s=size, marker=style[0], color=colour, label=label, zorder=3)
@@ -177,7 +203,7 @@ def plot_equal_time(ax, points: dict, figure: str = "err") -> None:
         xs, ys = [m for m, _ in dots], [e for _, e in dots]
         ax.set_xlim(0, max(xs) * 1.35)
         ax.set_ylim(min(ys) * 0.85, max(ys) * 1.12)
-    ax.set_xlabel("training steps of 64 faces (both stages)")
+    ax.set_xlabel("training work: steps of 64 faces, both stages, in the single network's FLOPs")
     ax.set_ylabel("holdout err (500 faces)" if figure == "err" else "median per-face err (500 faces)")
     ax.grid(alpha=0.3)
     if points["single"] or points["cascade"]:

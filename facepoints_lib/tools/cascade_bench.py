@@ -108,7 +108,9 @@ def bench_cascade(model_path: str | Path, data_dir: str | Path, out: Path | None
     bf16 = use_bf16("auto", torch.device("cpu"))
     ways = {"first_stage": (first, small), "first_stage_shrunk": (first, large),
             "cascade": (cascade, large), "cascade_second_unmirrored": (unmirrored, large)}
-    result = {"command": f"facepoints bench-cascade {model_path} {data_dir}" + (f" --name {out.stem}" if out else ""),
+    command = (f"facepoints bench-cascade {model_path} {data_dir}" + (f" --threads {threads}" if threads != 2 else "")
+               + (f" --name {out.stem}" if out else ""))
+    result = {"command": command,
               "model": Path(model_path).name, "faces": len(names), "source": "the model's validation faces",
               "cascade_recipe": metadata.get("train_config", {}).get("cascade"),
               "residuals": metadata.get("cascade", {}).get("residuals"), "threads": threads,

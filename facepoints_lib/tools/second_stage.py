@@ -45,6 +45,17 @@ def _scores(model, faces) -> dict:
             "faces": len(errs)}
 
 
+def _command(base, data_dir, out, overrides, threads, results, holdout, split_seed, replace) -> str:
+    """The ``facepoints second-stage`` command line that repeats this run, every option it took."""
+    words = [str(base), str(data_dir), "--out", str(out)]
+    words += [] if threads == 2 else ["--threads", str(threads)]
+    words += ["--holdout", str(holdout), "--split-seed", str(split_seed)] if holdout > 0 else []
+    words += ["--replace"] if replace else []
+    words += [f"--set {o}" for o in overrides]
+    words += ["--name", Path(results).stem] if results is not None else []
+    return "facepoints second-stage " + " ".join(words)
+
+
 @restores_torch_threads
 def add_second_stage(base: str | Path, data_dir: str | Path, out: str | Path, overrides: Sequence[str] = (),
                      threads: int = 2, results: Path | None = None, holdout: int = 0, split_seed: int = 0,
@@ -100,8 +111,7 @@ def add_second_stage(base: str | Path, data_dir: str | Path, out: str | Path, ov
                 "base_model": Path(base).name}
     save_checkpoint(first, out, metadata)
     log(f"saved {out}")
-    result = {"command": "facepoints second-stage " + " ".join([str(base), str(data_dir), "--out", str(out),
-                                                                  *[f"--set {o}" for o in overrides]]),
+    result = {"command": _command(base, data_dir, out, overrides, threads, results, holdout, split_seed, replace),
               "base_model": Path(base).name, "cascade": cfg.cascade.to_dict(), "residuals": residuals,
               "faces": {"train": len(train), "validation": len(val)},
               "first_stage": before, "cascade_scores": after, "history": history,
