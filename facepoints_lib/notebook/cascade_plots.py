@@ -5,9 +5,10 @@ the cascade at equal training time (notebook 03), read from ``bench/results``.
   ``facepoints label-floor``), the first stage alone and the cascade (``facepoints
   bench-cascade``); ``plot_how_good`` draws them side by side per point.
 * ``equal_time`` gathers holdout err and median against training work (optimiser steps
-  weighted by each network's forward FLOPs, and minutes) for the single network (the ``curve-e*`` benchmarks) and for the cascades (benchmarks
-  whose recipe has a second stage, second stages trained behind a benchmark's model), all
-  on one CPU kind; ``plot_equal_time`` draws either figure for both.
+  weighted by each network's forward FLOPs; minutes beside) for the single network (the
+  ``curve-e*`` benchmarks and the 90-epoch ``turn-seed0``) and for the cascades
+  (benchmarks whose recipe has a second stage, second stages trained behind a benchmark's
+  model) on that curve's CPU kind; ``plot_equal_time`` draws either figure for both.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def _stages(result: dict) -> list[tuple[int, dict]]:
 
 
 def _row(name: str, stages: list[tuple[int, dict]], holdout: dict, seconds: float, reference: dict) -> dict:
+    """One point of ``equal_time``: the stages' steps, their FLOPs-weighted work, the holdout figures."""
     return {"name": name, "steps": sum(steps for steps, _ in stages),
             "work": sum(steps * _cost(model, reference) for steps, model in stages),
             "err": holdout["err"], "median_err": holdout["median_err"], "minutes": seconds / 60}

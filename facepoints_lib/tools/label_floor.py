@@ -91,8 +91,9 @@ def label_floor(data_dir: str | Path, models: tuple[str | Path, str | Path], out
     networks["models"] = [Path(p).name for p in models]
     log(f"two networks on {len(names)} faces neither trained on: floor at most {networks['err']:.3f} "
         f"(their errs {networks['networks_err'][0]:.3f} and {networks['networks_err'][1]:.3f})")
-    result = {"command": "facepoints label-floor " + " ".join([str(data_dir), *[f"--model {m}" for m in models]])
-              + (f" --threads {threads}" if threads != 2 else "") + (f" --name {out.stem}" if out else ""), "duplicates": duplicates, "two_networks": networks,
+    command = ("facepoints label-floor " + " ".join([str(data_dir), *[f"--model {m}" for m in models]])
+               + (f" --threads {threads}" if threads != 2 else "") + (f" --name {out.stem}" if out else ""))
+    result = {"command": command, "duplicates": duplicates, "two_networks": networks,
               "cpu_flags": cpu_flags(), "machine": machine_info()}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
