@@ -287,3 +287,26 @@ def test_training_runs_both_stages_and_saves_them(synth_train, tmp_path):
     assert loaded.refiner is not None and loaded.decode_side() == 64
     stored = load_checkpoint(tmp_path / "m.pt")
     assert stored["metadata"]["train_config"]["cascade"]["epochs"] == 1
+    assert loaded.refiner.flip_tta is False                       # the recipe's: the second stage unmirrored
+
+
+def test_the_recipe_decides_whether_detection_mirrors_the_second_stage(synth_train, tmp_path):
+    """``cascade.flip_tta`` reaches the model file, and a mirrored second stage costs one
+    more pass of its network than an unmirrored one."""
+    second = tiny_model_config(32)
+    second.second_look = False
+    cfg = tiny_train_config(cascade=CascadeConfig(epochs=1, model=second, flip_tta=True))
+    train_model(synth_train / "gt.csv", synth_train / "images", cfg, tiny_run(max_images=60, val_size=0),
+                model_path=tmp_path / "m.pt", progress=quiet_progress, log=lambda _: None)
+    mirrored = load_model(tmp_path / "m.pt")
+    assert mirrored.refiner.flip_tta is True
+    calls = []
+    hook = mirrored.refiner.net.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    predict_details(mirrored, images, second_try=False, second_look=False)
+    mirrored.refiner.flip_tta = False
+    predict_details(mirrored, images, second_try=False, second_look=False)
+    hook.remove()
+    assert calls == [6, 3]                     # the crops and their mirror images in one batch, then the crops
+    with pytest.raises(ValueError, match="flip_tta"):
+        CascadeConfig(flip_tta="yes").validate()

@@ -83,6 +83,7 @@ def test_bench_cascade_scores_every_way_of_answering(first_stage, synth_train, t
     assert ways["cascade"]["flops_per_face"] >= ways["cascade_second_unmirrored"]["flops_per_face"] \
         >= ways["first_stage_shrunk"]["flops_per_face"]
     assert json.loads((tmp_path / "bench.json").read_text())["faces"] == 40
+    assert result["file_mirrors_second_stage"] is False           # the recipe's default; both ways still scored
     with pytest.raises(ValueError, match="no second stage"):
         bench_cascade(first_stage, synth_train, None, threads=1, log=lambda _: None)
 

@@ -122,3 +122,21 @@ def test_iter_image_chunks_bounded_and_reports_errors(tmp_path, small_faces):
         assert sizes.shape == (len(names), 2) and sizes.dtype == torch.float64
     with pytest.raises(Exception, match="00003.jpg"):
         list(iter_image_chunks(folder, 32, 3))
+
+
+def test_detection_shrinks_larger_pictures_as_training_does(synth_train):
+    """A cascade's first stage sees the 2x decodes shrunk: in detection (``shrink_for``, on
+    the uint8 pictures) within one level of training's shrink (``shrunk``)."""
+    from facepoints_lib.core.dataset import shrunk
+    from facepoints_lib.core.inference import shrink_for
+
+    faces = load_faces(synth_train / "images", 64, read_gt(synth_train / "gt.csv"))
+    trained, detected = shrunk(faces, 32).images, shrink_for(faces.images, 32)
+    assert detected.dtype == torch.uint8 and detected.shape == trained.shape
+    assert (trained.int() - detected.int()).abs().max() <= 1
+
+
+def test_no_faces_load_as_an_empty_set(synth_train):
+    """A run without validation faces (``val_size=0``) loads an empty labelled set."""
+    faces = load_faces(synth_train / "images", 32, read_gt(synth_train / "gt.csv"), filenames=[])
+    assert len(faces) == 0 and faces.images.shape == (0, 3, 32, 32) and faces.keypoints.shape == (0, 14, 2)

@@ -370,7 +370,7 @@ def fig_how_good(faces):                               # 04: how good it can get
     from facepoints_lib.notebook import cascade_plots
 
     rng = np.random.default_rng(0)
-    names = ("labels (duplicates)", "labels, upper bound (two networks)", "the network alone", "cascade")
+    names = ("labels (duplicates)", "labels, upper bound (two networks)", "the first network alone", "cascade")
     series = {name: list(rng.uniform(0.5, 6.0, 14)) for name in names}
     fig, ax = panels(height=4.4)
     cascade_plots.plot_how_good(ax, {"series": series, "overall": {n: float(np.mean(v)) for n, v in series.items()}})

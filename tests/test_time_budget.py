@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -103,7 +104,8 @@ def test_a_cascade_splits_the_budget_between_its_stages_by_their_epochs():
     cfg = full_config(epochs=30)
     cfg.cascade = CascadeConfig(epochs=10)
     shares = TimeBudget.stage_shares(cfg)
-    assert shares == (30.0, 10.0) and TimeBudget.stage_shares(full_config()) == (1.0,)
+    assert shares == (30.0, 10.0) and TimeBudget.stage_shares(full_config(cascade=None)) == (1.0,)
+    assert TimeBudget.stage_shares(cfg, (0.1, 0.3)) == pytest.approx((3.0, 3.0))   # a dearer step: more time
     budget = TimeBudget(10.0, reserve_seconds=60.0, log=lambda _: None, clock=clock, shares=shares)
     first = budget.schedule(cfg, tiny_run(), steps_per_epoch=10)
     clock.now = 1000.0 + 0.75 * 540 - 1
@@ -156,31 +158,56 @@ def test_predicted_err_follows_the_measured_curve(monkeypatch):
         assert predicted_err_note(90, curve_recipe()).startswith("no measured")
     curve = ((10, 4.0, "a"), (30, 3.5, "b"), (90, 3.2, "c"))
     monkeypatch.setattr(budget_module, "RECIPE_CURVE", curve)
-    assert "3.20 at 90 epochs" in predicted_err_note(90, full_config(cascade=None, seed=3))   # the seed is free
+    assert "3.20 at 90 epochs" in predicted_err_note(90, full_config(seed=3))        # the seed is free
     assert "fewer epochs do worse" in predicted_err_note(1, curve_recipe())
     # between two measured budgets: log-linear interpolation
     middle = predicted_err_note(60, curve_recipe())
     value = float(middle.split("about ")[1].split()[0])
     assert 3.2 <= value <= 3.5
+    # the stages' epochs are free together, in the recipe's proportion (76 of 90)
+    assert "3.20 at 90" in predicted_err_note(90, full_config(epochs=45, cascade=CascadeConfig(epochs=38)))
+    assert predicted_err_note(45, full_config(epochs=45, cascade=CascadeConfig(epochs=10))).startswith("no measured")
     other = full_config(model=ModelConfig(head="regression"))
     assert predicted_err_note(45, other).startswith("no measured")
-    assert predicted_err_note(45, full_config(cascade=None, lr=0.1)).startswith("no measured")
-    assert predicted_err_note(45, full_config(cascade=CascadeConfig())).startswith("no measured")   # two stages
+    assert predicted_err_note(45, full_config(lr=0.1)).startswith("no measured")
+    assert predicted_err_note(45, full_config(cascade=None)).startswith("no measured")    # one network
     monkeypatch.setattr(budget_module, "RECIPE_CURVE", curve[:2])
     assert predicted_err_note(45, curve_recipe()).startswith("no measured")   # two points are no curve
 
 
+def test_only_the_first_stage_quotes_the_curve():
+    """The curve counts the first stage's epochs: the second fit of a cascade's budget
+    says it takes the time left instead of quoting it for its own epochs."""
+    clock, logs = FakeClock(), []
+    cfg = full_config()
+    budget = TimeBudget(10.0, log=logs.append, clock=clock, shares=TimeBudget.stage_shares(cfg))
+    for _ in range(2):
+        schedule = budget.schedule(cfg, tiny_run(), steps_per_epoch=10)
+        clock.now += budget_module.RATE_STEPS
+        schedule.finished(budget_module.RATE_STEPS)
+    assert "holdout err" in logs[0] and "second stage gets the time the first one left" in logs[1]
+
+
+def test_step_seconds_are_measured_for_each_stage():
+    cfg = tiny_train_config(model=tiny_model_config(32), batch_size=4,
+                            cascade=CascadeConfig(epochs=1, model=tiny_model_config(32), source_scale=2))
+    cfg.cascade.model.second_look = False
+    seconds = budget_module.estimate_step_seconds(cfg, tiny_run(), timed=1)
+    assert len(seconds) == 2 and all(0 < s < 60 for s in seconds)
+    assert len(budget_module.estimate_step_seconds(replace(cfg, cascade=None), tiny_run(), timed=1)) == 1
+
+
 def test_recipe_curve_is_read_from_the_bench_results():
-    """The curve quotes bench/results: the numbers, the epochs and the recipe must match."""
+    """The curve quotes bench/results: the numbers, each stage's epochs and the recipe must match."""
     assert len(RECIPE_CURVE) >= 3
-    free = budget_module._CURVE_FREE_KEYS
-    recipe = {k: v for k, v in curve_recipe().to_dict().items() if k not in free}
+    recipe = budget_module._recipe_key(curve_recipe().to_dict())
     for epochs, err, name in RECIPE_CURVE:
         result = json.loads((REPO_ROOT / "bench" / "results" / f"{name}.json").read_text())
-        assert result["config"]["epochs"] == epochs, name
+        stored = without_retired_settings(result["config"])
+        assert stored["epochs"] == epochs, name
+        assert stored["cascade"]["epochs"] == budget_module.curve_epochs(epochs)["cascade.epochs"], name
         assert round(result["holdout"]["err"], 2) == err, name
-        stored = {k: v for k, v in without_retired_settings(result["config"]).items() if k not in free}
-        assert stored == recipe, name
+        assert budget_module._recipe_key(stored) == recipe, name
         assert result["data"] == {"dir": "train", "faces": 5000, "train": 4500, "holdout": 500,
                                   "split_seed": 0}, name
     assert [e for e, _, _ in RECIPE_CURVE] == sorted(e for e, _, _ in RECIPE_CURVE)

@@ -39,7 +39,10 @@ def _snapshot(folder):
 
 def test_fast_config_is_the_graders_short_run():
     cfg, run = fast_config(), fast_run()
-    assert (cfg.epochs, cfg.batch_size) == (2, 32)
+    assert (cfg.epochs, cfg.batch_size, cfg.cascade.epochs) == (2, 32, 2)          # both stages small
+    assert {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "batch_size", "warmup_epochs", "cascade")} \
+        == {k: v for k, v in full_config().to_dict().items() if k not in ("epochs", "batch_size", "warmup_epochs",
+                                                                          "cascade")}  # otherwise the full recipe
     assert (run.max_images, run.val_size, run.threads, run.device, run.eval_every) == (600, 100, 1, "cpu", 1)
     assert fast_config(epochs=5, seed=3).epochs == 5 and fast_config(seed=3).seed == 3
     full, full_run_ = full_config(epochs=7), full_run()

@@ -129,6 +129,6 @@ def train_refiner(first: KeypointNet, train: FaceSet, val: FaceSet, cfg: TrainCo
     train_aligned = replace(train, frames=similarity_to(train.keypoints.float(), canonical))   # cut per batch
     val_aligned = aligned_faces(val, found, canonical, side) if found is not None else None
     net, history = fit(train_aligned, val_aligned, recipe, run, schedule=schedule, progress=progress, log=log)
-    refiner = Refiner(net, cc.source_scale)
+    refiner = Refiner(net, cc.source_scale, cc.flip_tta)
     refiner.canonical.copy_(canonical)
     return refiner.to(next(first.parameters()).device), history, residuals

@@ -121,7 +121,8 @@ def load_faces(img_dir: str | os.PathLike, image_size: int,
     images, sizes = decode_images([img_dir / name for name in filenames], image_size, progress)
     keypoints = None
     if gt is not None:
-        pixels = torch.as_tensor(np.stack([gt[name] for name in filenames]), dtype=torch.float64)
+        rows = [np.asarray(gt[name], dtype=np.float64) for name in filenames]
+        pixels = torch.as_tensor(np.stack(rows) if rows else np.zeros((0, 2 * NUM_POINTS)))  # none: no validation
         keypoints = pixels_to_normalized(pixels.view(-1, NUM_POINTS, 2), sizes).float()
     return FaceSet(images=images, keypoints=keypoints, sizes=sizes, filenames=filenames)
 

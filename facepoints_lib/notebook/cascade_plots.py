@@ -2,8 +2,9 @@
 the cascade at equal training time (notebook 03), read from ``bench/results``.
 
 * ``how_good`` gathers each point's err of the label floor (both estimates of
-  ``facepoints label-floor``), the first stage alone and the cascade (``facepoints
-  bench-cascade``); ``plot_how_good`` draws them side by side per point.
+  ``facepoints label-floor``), the shipped file's first stage alone and the whole cascade
+  as detection runs it (``facepoints bench-cascade``); ``plot_how_good`` draws them side
+  by side per point.
 * ``equal_time`` gathers holdout err and median against training work (optimiser steps
   weighted by each network's forward FLOPs; minutes beside) for the single network (the
   ``curve-e*`` benchmarks and the 90-epoch ``turn-seed0``) and for the cascades
@@ -29,10 +30,10 @@ from ..core.schema import NUM_POINTS, POINT_NAMES
 from .figure_layout import MIN_FONT, place_labels
 
 FLOOR_RESULT = "label-floor"
-CASCADE_RESULT = "cascade-v3"
+CASCADE_RESULT = "cascade-shipped-native-bf16"     # the shipped file, on its validation faces
 SINGLE_CURVE = ("curve-e6-seed0", "curve-e12-seed0", "curve-e24-seed0", "turn-seed0")   # turn-seed0: 90 epochs
 SERIES_COLOURS = {"labels (duplicates)": "#999999", "labels, upper bound (two networks)": "#cccccc",
-                  "the network alone": "#1f77b4", "cascade": "#d62728"}
+                  "the first network alone": "#1f77b4", "cascade": "#d62728"}
 
 
 def _read(results_dir: Path, name: str) -> dict | None:
@@ -53,7 +54,8 @@ def how_good(results_dir: str | Path, floor: str = FLOOR_RESULT, cascade: str = 
                 faces[name] = part.get("pairs", part.get("faces"))
     cascade_result = _read(results_dir, cascade)
     if cascade_result is not None:
-        for key, name in (("first_stage", "the network alone"), ("cascade", "cascade")):
+        for key, name in (("first_stage_shrunk", "the first network alone"),   # as the cascade runs it
+                          ("cascade_second_unmirrored", "cascade")):                # as detection runs it
             row = cascade_result["ways"][key]
             series[name], overall[name] = row["per_point_err"], row["err"]
             faces[name] = cascade_result["faces"]

@@ -272,6 +272,7 @@ def model_to_analyse(setting: str | os.PathLike | None, data: NotebookData, gt: 
     why = "the setting says \"train\"" if path is None else f"there is no {shown_path(path)}"
     log(f"Because {why}, a small model is trained here on the {len(rest)} faces outside the holdout.")
     cfg = fast_config(epochs=pick(12, 2))
+    cfg.cascade.epochs = pick(10, 2)                  # the second stage's share, as in the full recipe
     run = fast_run(max_images=pick(2000, 200), val_size=pick(100, 30), threads=pick(None, 1))
     model = train_detector({name: gt[name] for name in rest}, data.img_dir, fast_train=True, config=cfg,
                            run=run, log=log)

@@ -9,9 +9,11 @@ budget is made, so decoding the faces counts; the time that the last validation,
 confidence calibration and saving will take is set aside first (``reserve_seconds``,
 estimated by ``estimate_reserve_seconds``).
 
-Once the step rate has been measured on the run's own first steps, the budget says how
-many epochs that rate gives and what holdout err the recipe's measured err-vs-epochs
-curve (``RECIPE_CURVE``, from ``bench/results``) predicts for them.
+A cascade's two fits share the budget by their epochs, each weighted by its network's
+measured seconds a step (``estimate_step_seconds``), so each stage trains the recipe's
+share. Once the step rate has been measured on the run's own first steps, the budget
+says how many epochs that rate gives and what holdout err the recipe's measured
+err-vs-epochs curve (``RECIPE_CURVE``, from ``bench/results``) predicts for them.
 """
 
 from __future__ import annotations
@@ -22,20 +24,23 @@ from typing import Callable
 
 import torch
 
+from ..core.align import similarity_to
+from ..core.cascade import DEFAULT_RESIDUALS, second_stage_recipe
 from ..core.config import RunConfig, TrainConfig, full_config
-from ..core.inference import predict_details, restores_torch_threads
-from ..core.model import build_model, fold_batch_norm
+from ..core.dataset import FaceSet
+from ..core.fit import measure_step_seconds
+from ..core.inference import predict_details, resolve_device, restores_torch_threads, use_bf16
+from ..core.model import build_model, fold_batch_norm, memory_format_for
 from ..core.progress import format_seconds
 
-# Holdout err of the shipped recipe's first network alone (``curve_recipe``: no second
-# stage) trained for a number of epochs (seed 0, 4250 training
-# faces, the 500-face holdout of split seed 0, 2 threads), as measured by
-# ``facepoints bench --set epochs=N`` in bench/results/<file>.json. A test checks these
-# numbers against those files.
-RECIPE_CURVE: tuple = ((6, 9.57, "curve-e6-seed0"), (12, 5.26, "curve-e12-seed0"),
-                        (24, 4.15, "curve-e24-seed0"))
-# settings that do not change the recipe the curve was measured for
-_CURVE_FREE_KEYS = {"epochs", "seed"}
+# Holdout err of the shipped recipe (``curve_recipe``: both stages) trained for a number
+# of first-stage epochs, the second stage for the recipe's share of them (``curve_epochs``;
+# seed 0, 4250 training faces, the 500-face holdout of split seed 0, 2 threads), as
+# measured by ``facepoints bench --set epochs=N --set cascade.epochs=M`` in
+# bench/results/<file>.json. A test checks these numbers against those files.
+RECIPE_CURVE: tuple = ((12, 0.0, "cascade-curve-e12-seed0"), (24, 0.0, "cascade-curve-e24-seed0"),
+                        (90, 0.0, "cascade-seed0"))
+
 
 MAX_MINUTES = 30 * 24 * 60       # a time budget beyond 30 days is a typo (1e308 overflowed the epoch count)
 WARMUP_SHARE = 2 / 90            # the recipe's 2 warm-up epochs of 90, as a share of the time
@@ -45,29 +50,75 @@ SAVE_SECONDS = 5.0               # writing the model file, with margin
 
 
 def curve_recipe() -> TrainConfig:
-    """The recipe ``RECIPE_CURVE`` was measured for: the shipped recipe's first network
-    alone (``--set cascade=None``); the two-stage recipe has no measured curve yet."""
-    return full_config(cascade=None)
+    """The recipe ``RECIPE_CURVE`` was measured for: the shipped one."""
+    return full_config()
+
+
+def curve_epochs(epochs: int, cfg: TrainConfig | None = None) -> dict:
+    """The ``epochs`` and ``cascade.epochs`` of a point of the curve: the second stage
+    keeps the recipe's share of the first stage's epochs."""
+    cfg = cfg if cfg is not None else curve_recipe()
+    if cfg.cascade is None:
+        return {"epochs": epochs}
+    return {"epochs": epochs, "cascade.epochs": max(1, round(epochs * cfg.cascade.epochs / cfg.epochs))}
+
+
+def _recipe_key(config: dict) -> dict:
+    """A recipe's settings as plain data without those a point of the curve is free to set
+    (the seed, and the epochs of each stage)."""
+    key = {k: v for k, v in config.items() if k not in ("epochs", "seed")}
+    if key.get("cascade") is not None:
+        key["cascade"] = {k: v for k, v in key["cascade"].items() if k != "epochs"}
+    return key
 
 
 def predicted_err_note(epochs: float, cfg: TrainConfig) -> str:
-    """What the recipe's measured err-vs-epochs curve says of ``epochs`` (log-linear in between)."""
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in _CURVE_FREE_KEYS}
-    recipe = {k: v for k, v in curve_recipe().to_dict().items() if k not in _CURVE_FREE_KEYS}
-    if mine != recipe or len(RECIPE_CURVE) < 3:
+    """What the recipe's measured err-vs-epochs curve says of ``epochs`` of the first stage
+    (log-linear in between); the curve applies to the shipped recipe only, with its
+    second stage taking its share of the time."""
+    recipe = curve_recipe()
+    same_split = cfg.cascade is None or cfg.cascade.epochs * recipe.epochs == recipe.cascade.epochs * cfg.epochs
+    if _recipe_key(cfg.to_dict()) != _recipe_key(recipe.to_dict()) or not same_split or len(RECIPE_CURVE) < 3:
         return "no measured err-vs-epochs curve for this recipe, so no prediction"
     points = [(e, err) for e, err, _ in RECIPE_CURVE]
     if epochs < points[0][0]:
         return f"the recipe's measured holdout err is {points[0][1]:.2f} at {points[0][0]} epochs; fewer epochs do worse"
     if epochs >= points[-1][0]:
-        return (f"the recipe's measured holdout err is {points[-1][1]:.2f} at {points[-1][0]} epochs "
-                f"(the most measured; 90 epochs do better)")
+        return f"the recipe's measured holdout err is {points[-1][1]:.2f} at {points[-1][0]} epochs (the most measured)"
     for (e0, err0), (e1, err1) in zip(points, points[1:]):
         if e0 <= epochs <= e1:
             t = (math.log(epochs) - math.log(e0)) / (math.log(e1) - math.log(e0))
             return (f"the recipe's measured err-vs-epochs curve predicts holdout err about "
                     f"{err0 + t * (err1 - err0):.2f} (measured: {err0:.2f} at {e0}, {err1:.2f} at {e1} epochs)")
     raise AssertionError("unreachable")
+
+
+@restores_torch_threads
+def estimate_step_seconds(cfg: TrainConfig, run: RunConfig, timed: int = 3) -> tuple[float, ...]:
+    """Seconds a training step of each of the recipe's networks takes on the run's
+    threads, augmentation included, timed on fresh networks and noise pictures at the
+    side each stage decodes (the second stage cuts its crops from larger ones): what
+    ``TimeBudget.stage_shares`` weighs the stages' epochs by."""
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    device = resolve_device(run.device)
+    bf16 = use_bf16(run.bf16, device)
+    batch = cfg.batch_size
+    generator = torch.Generator().manual_seed(0)
+    stages = [(cfg, cfg.model.image_size, False)]
+    if cfg.cascade is not None:
+        stages.append((second_stage_recipe(cfg, DEFAULT_RESIDUALS), cfg.decode_side(), True))
+    seconds = []
+    for stage, side, framed in stages:
+        images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=generator)
+        points = 0.3 + 0.4 * torch.rand(batch, 14, 2, generator=generator)
+        frames = similarity_to(points, points[0]) if framed else None
+        faces = FaceSet(images, points, torch.full((batch, 2), float(side), dtype=torch.float64),
+                        [f"noise{i}" for i in range(batch)], frames)
+        probe = build_model(stage.model).to(device)
+        seconds.append(measure_step_seconds(probe, faces, stage, batch, device, memory_format_for(probe), bf16,
+                                            warmup=1, timed=timed))
+    return tuple(seconds)
 
 
 @restores_torch_threads
@@ -119,6 +170,7 @@ class TimeBudget:
         self.started = clock() if started is None else started
         self.stop_at = self.started + 60 * minutes - self.reserve      # the last step ends by then
         self.shares = list(shares)            # the training time left, split between the fits to come
+        self.fits = 0                         # schedules handed out so far (one a fit)
 
     def schedule(self, cfg: TrainConfig, run: RunConfig, steps_per_epoch: int) -> "_TimeSchedule":
         """The schedule ``fit`` asks for (the signature of ``StepSchedule.for_recipe``).
@@ -130,23 +182,28 @@ class TimeBudget:
             end = now + max(self.stop_at - now, 0.0) * mine / (mine + sum(self.shares))
         else:
             end = self.stop_at
-        return _TimeSchedule(self, cfg, steps_per_epoch, end)
+        self.fits += 1
+        return _TimeSchedule(self, cfg, steps_per_epoch, end, first_fit=self.fits == 1)
 
     @staticmethod
-    def stage_shares(cfg: TrainConfig) -> tuple[float, ...]:
-        """How a recipe's time splits between its fits: by their epochs (the two stages'
-        networks cost about the same per step at the recipe's sizes)."""
+    def stage_shares(cfg: TrainConfig, step_seconds: tuple[float, ...] | None = None) -> tuple[float, ...]:
+        """How a recipe's time splits between its fits: by their epochs, each weighted by
+        its network's seconds a step (``estimate_step_seconds``; equal when not given),
+        so each stage trains its share of the recipe's epochs."""
         if cfg.cascade is None:
             return (1.0,)
-        return (float(cfg.epochs), float(cfg.cascade.epochs))
+        first, second = step_seconds if step_seconds is not None else (1.0, 1.0)
+        return (cfg.epochs * first, cfg.cascade.epochs * second)
 
 
 class _TimeSchedule:
     """A ``TimeBudget`` as ``fit`` sees it: ``finished``, ``lr_factor``, ``expected_steps``,
     ``describe``, ``to_dict`` (see ``fit.StepSchedule``)."""
 
-    def __init__(self, budget: TimeBudget, cfg: TrainConfig, steps_per_epoch: int, stop_at: float | None = None):
+    def __init__(self, budget: TimeBudget, cfg: TrainConfig, steps_per_epoch: int, stop_at: float | None = None,
+                 first_fit: bool = True):
         self.budget, self.cfg, self.steps_per_epoch = budget, cfg, steps_per_epoch
+        self.first_fit = first_fit                        # a later fit is a cascade's second stage
         self.stop_at = budget.stop_at if stop_at is None else stop_at     # this fit's last step ends by then
         self.begin = budget.clock()                       # the first step starts about now
         self.rate: float | None = None                    # steps per second, once measured
@@ -182,9 +239,11 @@ class _TimeSchedule:
     def _say_rate(self) -> None:
         left = max(self.stop_at - self.begin, 0.0)
         epochs = self.rate * left / self.steps_per_epoch
+        note = predicted_err_note(epochs, self.cfg) if self.first_fit else \
+            "the second stage gets the time the first one left (the curve counts the first stage's epochs)"
         self.budget.log(f"time budget {self.budget.minutes:g} min: {1000 / self.rate:.0f} ms per step measured, "
                         f"so about {epochs:.1f} epochs fit in the {format_seconds(left)} left for training "
-                        f"(it stops on time if the rate changes); {predicted_err_note(epochs, self.cfg)}")
+                        f"(it stops on time if the rate changes); {note}")
 
     def lr_factor(self, step: int) -> float:
         fraction = self._fraction()

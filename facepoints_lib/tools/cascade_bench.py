@@ -3,7 +3,8 @@ neither stage trained on (the model file's validation faces).
 
 For each way of answering (the first stage on the pictures decoded at its own side, as
 a single-network model file is run; the first stage on the cascade's larger decodes
-shrunk; the cascade; the cascade with its second stage not mirrored) it measures the err
+shrunk; the cascade with its second stage mirrored too; the cascade with it not mirrored,
+as the shipped recipe detects, ``CascadeConfig.flip_tta``) it measures the err
 of the faces upright, turned by each quarter turn and cut by a border, each point's
 err, the detection work per face in FLOPs (every look and mirror included, counted by
 ``torch.utils.flop_counter``) and the faces per second on one thread, decoding
@@ -102,18 +103,19 @@ def bench_cascade(model_path: str | Path, data_dir: str | Path, out: Path | None
 
     first = copy.deepcopy(cascade)
     first.attach_refiner(None)
-    unmirrored = copy.deepcopy(cascade)
-    unmirrored.refiner.flip_tta = False
+    mirrored, unmirrored = copy.deepcopy(cascade), copy.deepcopy(cascade)
+    mirrored.refiner.flip_tta, unmirrored.refiner.flip_tta = True, False   # whichever the file says
     small, large = faces_at(first.config.image_size), faces_at(cascade.decode_side())
     bf16 = use_bf16("auto", torch.device("cpu"))
     ways = {"first_stage": (first, small), "first_stage_shrunk": (first, large),
-            "cascade": (cascade, large), "cascade_second_unmirrored": (unmirrored, large)}
+            "cascade": (mirrored, large), "cascade_second_unmirrored": (unmirrored, large)}
     command = (f"facepoints bench-cascade {model_path} {data_dir}" + (f" --threads {threads}" if threads != 2 else "")
                + (f" --name {out.stem}" if out else ""))
     result = {"command": command,
               "model": Path(model_path).name, "faces": len(names), "source": "the model's validation faces",
               "cascade_recipe": metadata.get("train_config", {}).get("cascade"),
               "residuals": metadata.get("cascade", {}).get("residuals"), "threads": threads,
+              "file_mirrors_second_stage": cascade.refiner.flip_tta,
               "cpu_flags": cpu_flags(), "bf16": bf16, "ways": {}, "machine": machine_info()}
     for name, (model, faces) in ways.items():
         log(f"{name}: scoring {len(faces)} faces upright, quarter-turned and cut ...")

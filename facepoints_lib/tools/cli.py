@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..core.config import fast_config, fast_run, full_config, full_run
     from ..core.gt_csv import read_gt
     from ..core.train import train_detector, validation_size
-    from .budget import TimeBudget, check_minutes, estimate_reserve_seconds
+    from .budget import TimeBudget, check_minutes, estimate_reserve_seconds, estimate_step_seconds
     from .overrides import apply_overrides
 
     started = time.monotonic()                                     # a time budget counts from here
@@ -43,8 +44,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.minutes is not None:
         check_minutes(args.minutes)                                # before any work
         val_faces = validation_size(len(read_gt(data / "gt.csv")), run)
+        step_seconds = estimate_step_seconds(cfg, run) if cfg.cascade is not None else None
         schedule = TimeBudget(args.minutes, estimate_reserve_seconds(cfg, run, val_faces), started=started,
-                              shares=TimeBudget.stage_shares(cfg)).schedule
+                              shares=TimeBudget.stage_shares(cfg, step_seconds)).schedule
     train_detector(data / "gt.csv", data / "images", fast_train=args.fast, config=cfg, run=run,
                    schedule=schedule, model_path=args.out, exclude=read_names(args.exclude))
     return 0
@@ -185,7 +187,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic faces -> train a short recipe -> grade on a holdout, all on the CPU."""
-    from ..core.config import CascadeConfig, full_config, full_run
+    from ..core.config import full_config, full_run
     from ..core.dataset import split_names
     from .overrides import apply_overrides
     from ..core.grader import grade
@@ -201,8 +203,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     gt = read_gt(data / "gt.csv")
     rest, _ = split_names(sorted(gt), args.holdout, args.seed)
     recipe = full_config()                                          # a second stage keeps its share
-    second = None if recipe.cascade is None else CascadeConfig(
-        epochs=max(1, round(args.epochs * recipe.cascade.epochs / recipe.epochs)))
+    second = None if recipe.cascade is None else replace(
+        recipe.cascade, epochs=max(1, round(args.epochs * recipe.cascade.epochs / recipe.epochs)))
     cfg, run = full_config(seed=args.seed, epochs=args.epochs, cascade=second), full_run(val_size=100)
     apply_overrides(cfg, args.set, run)
     model_path = Path(args.workdir) / "demo_model.pt"
