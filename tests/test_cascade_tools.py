@@ -74,8 +74,13 @@ def test_second_stage_behind_a_benchmark_model_leaves_its_holdout_out_and_scores
 def test_bench_cascade_scores_every_way_of_answering(first_stage, synth_train, tmp_path):
     out = tmp_path / "cascade.pt"
     add_second_stage(first_stage, synth_train, out, SECOND, threads=1, log=lambda _: None)
-    result = bench_cascade(out, synth_train, tmp_path / "bench.json", threads=1, log=lambda _: None)
-    assert set(result["ways"]) == {"first_stage", "first_stage_shrunk", "cascade", "cascade_second_unmirrored"}
+    result = bench_cascade(out, synth_train, tmp_path / "bench.json", threads=1, log=lambda _: None,
+                           baseline=first_stage)
+    assert set(result["ways"]) == {"first_stage", "first_stage_shrunk", "cascade", "cascade_second_unmirrored",
+                                   "baseline"}
+    assert result["baseline"] == first_stage.name and f"--baseline {first_stage}" in result["command"]
+    assert result["file_vs_baseline"]["flops_per_face"] == pytest.approx(   # the file as detection runs it
+        result["ways"]["cascade_second_unmirrored"]["flops_per_face"] / result["ways"]["baseline"]["flops_per_face"])
     for row in result["ways"].values():
         assert row["faces"] == 40 and len(row["per_point_err"]) == 14
         assert row["flops_per_face"] > 0 and row["images_per_second"] > 0
@@ -147,7 +152,7 @@ def test_equal_time_counts_a_second_stage_with_its_benchmarks_first_stage(tmp_pa
     net96, net64 = ModelConfig().to_dict(), ModelConfig(image_size=64).to_dict()
 
     def bench(name, steps, err, cascade=None, machine=avx2, model=net96):
-        return {"name": name, "config": {"cascade": cascade, "model": model}, "machine": machine,
+        return {"name": name, "config": {"cascade": cascade, "model": model, "epochs": 6}, "machine": machine,
                 "train": {"steps": steps, "wall_seconds": 600.0, "fit_seconds": 540.0},
                 "holdout": {"err": err, "median_err": err - 1}}
 
@@ -163,9 +168,10 @@ def test_equal_time_counts_a_second_stage_with_its_benchmarks_first_stage(tmp_pa
              "second-lost": second("bench-gone", 120, 4.0, 2.0), "second-cheap": second("bench-cheap", 120, 4.2, 2.5)}
     for name, result in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
-    points = equal_time(tmp_path, single=("curve-e6-seed0", "curve-e12-seed0"))
+    points = equal_time(tmp_path, single=("curve-e6-seed0", "curve-e12-seed0"), shipped=("native", "absent"))
     assert [row["name"] for row in points["single"]] == ["curve-e6-seed0", "curve-e12-seed0"]
     assert [row["name"] for row in points["cascade"]] == ["first", "second-cheap", "second-j3"]
+    assert [(row["name"], row["steps"]) for row in points["shipped"]] == [("shipped e6", 50)]   # whatever its CPU
     assert [row["work"] for row in points["single"]] == [100, 200]
     cheap, added = points["cascade"][1:]
     assert (added["steps"], added["work"], added["err"], added["median_err"]) == (220, 220, 4.5, 2.7)

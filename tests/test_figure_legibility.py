@@ -389,6 +389,9 @@ def fig_equal_time(faces):                             # 03: single network agai
               "cascade": [row("cascade-e12-e12-seed0", 1584, 5.02, 3.09, 21.0),
                           row("second-stage-e12-j2", 1584, 4.64, 2.81, 23.0), row("cascade-e12-e6", 1188, 3.9, 3.0, 15.0),
                           row("second-stage-cheap64-e12", 1584, 4.3, 2.7, 17.0, work=1144)],
+              "shipped": [row("shipped e12", 1452, 4.4, 3.1, 3.0, work=1040),
+                          row("shipped e24", 2904, 3.8, 2.7, 6.0, work=2080),
+                          row("shipped e90", 10956, 3.2, 2.3, 20.0, work=7860)],
               "cpu": "AVX2 only"}
     fig, axes = panels(2, 1, height=7.0)
     for ax, figure in zip(axes, ("err", "median_err")):

@@ -292,8 +292,9 @@ def test_fast_train_in_a_capped_read_only_sandbox(read_only_fast_train, sandbox)
         sandbox.check_nothing_written(before)
         stdout = proc.stdout
     assert report["seconds"] < TRAIN_BUDGET_S
-    history = validations(report["log"])              # validation ran after each of the 2 epochs
-    assert [h["epoch"] for h in history] == [1, 2]
+    history = validations(report["log"])              # validation ran after each of the 2 epochs of each network
+    assert [h["epoch"] for h in history] == [1, 2, 1, 2]
+    assert any(line.startswith("cascade: val err") for line in report["log"])   # both networks trained
     assert all(0 < h["val_err"] < 1e6 and 0 < h["val_nme"] < 1e3 for h in history)
     assert "val err" in stdout
     assert not any("could not be read" in w for w in report["warnings"])

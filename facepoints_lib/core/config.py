@@ -59,7 +59,8 @@ class CascadeConfig:
                                      # the validation faces (robust: the typical face's), times this;
                                      # 3 beat 1, 2 and 4 (bench/README.md, "A second network")
     flip_tta: bool = False           # detection averages the second stage's answer with its mirrored
-                                     # crop's: 0.3x more work a face for err 0.05 (bench/README.md)
+                                     # crop's: the mirror's extra pass bought little err for its work
+                                     # (bench/README.md, "The shipped cascade")
     model: ModelConfig = field(default_factory=_second_stage_model)
 
     def to_dict(self) -> dict:

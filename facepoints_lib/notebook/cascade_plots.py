@@ -27,11 +27,13 @@ from ..core.inference import predict
 from ..core.metrics import per_image_err
 from ..core.model import build_model
 from ..core.schema import NUM_POINTS, POINT_NAMES
+from ..tools.budget import RECIPE_CURVE
 from .figure_layout import MIN_FONT, place_labels
 
 FLOOR_RESULT = "label-floor"
 CASCADE_RESULT = "cascade-shipped-native-bf16"     # the shipped file, on its validation faces
 SINGLE_CURVE = ("curve-e6-seed0", "curve-e12-seed0", "curve-e24-seed0", "turn-seed0")   # turn-seed0: 90 epochs
+SHIPPED_CURVE = tuple(name for _, _, name in RECIPE_CURVE)          # the shipped cascade at 12, 24, 90 epochs
 SERIES_COLOURS = {"labels (duplicates)": "#999999", "labels, upper bound (two networks)": "#cccccc",
                   "the first network alone": "#1f77b4", "cascade": "#d62728"}
 
@@ -158,22 +160,29 @@ def _second_stage_row(results_dir: Path, name: str, r: dict, reference: dict) ->
                 reference)
 
 
-def equal_time(results_dir: str | Path, single: tuple[str, ...] = SINGLE_CURVE) -> dict:
-    """``{"single": [row], "cascade": [row], "cpu": kind}``, each row ``{"name", "steps",
-    "work", "err", "median_err", "minutes"}``: holdout err against training work for the
-    single network's curve and for every cascade on the CPU kind of that curve (benchmarks
-    whose recipe has a second stage, and ``second-stage --holdout`` runs behind a
-    benchmark's model). Work is counted in optimiser steps of 64 faces, both stages, each
-    step weighted by its network's forward FLOPs against the curve's network (a busy
-    machine changes neither), with the minutes each run took beside them."""
+def equal_time(results_dir: str | Path, single: tuple[str, ...] = SINGLE_CURVE,
+               shipped: tuple[str, ...] = SHIPPED_CURVE) -> dict:
+    """``{"single": [row], "cascade": [row], "shipped": [row], "cpu": kind}``, each row
+    ``{"name", "steps", "work", "err", "median_err", "minutes"}``: holdout err against
+    training work for the single network's curve, for every other cascade on the CPU kind
+    of that curve (benchmarks whose recipe has a second stage, and ``second-stage
+    --holdout`` runs behind a benchmark's model) and for the shipped cascade's curve (the
+    benchmarks ``--minutes`` predicts from, on whichever CPU ran them: work does not
+    depend on it). Work is counted in optimiser steps of 64 faces, both stages, each step
+    weighted by its network's forward FLOPs against the curve's network (a busy machine
+    changes neither), with the minutes each run took beside them."""
     results_dir = Path(results_dir)
     curve = [r for r in (_read(results_dir, name) for name in single) if r is not None]
     kind = _cpu(curve[0]) if curve else None
     reference = curve[0]["config"]["model"] if curve else None
-    points = {"single": [_bench_row(r, reference) for r in curve], "cascade": [], "cpu": kind}
+    points = {"single": [_bench_row(r, reference) for r in curve], "cascade": [], "shipped": [], "cpu": kind}
+    if reference is not None:                 # the shipped recipe's own curve, on whichever CPU measured it
+        for r in (_read(results_dir, name) for name in shipped):
+            if r is not None:                 # named short: the figure is crowded at the small budgets
+                points["shipped"].append({**_bench_row(r, reference), "name": f"shipped e{r['config']['epochs']}"})
     for path in sorted(results_dir.glob("*.json")):
         r = json.loads(path.read_text())
-        if not isinstance(r, dict) or _cpu(r) != kind:
+        if not isinstance(r, dict) or _cpu(r) != kind or path.stem in shipped:
             continue
         if (r.get("config") or {}).get("cascade") and "holdout" in r:
             points["cascade"].append(_bench_row(r, reference))
@@ -181,7 +190,7 @@ def equal_time(results_dir: str | Path, single: tuple[str, ...] = SINGLE_CURVE) 
             row = _second_stage_row(results_dir, path.stem, r, reference)
             if row is not None:
                 points["cascade"].append(row)
-    for key in ("single", "cascade"):
+    for key in ("single", "cascade", "shipped"):
         points[key].sort(key=lambda row: (row["work"], row["name"]))
     return points
 
@@ -190,11 +199,12 @@ def plot_equal_time(ax, points: dict, figure: str = "err") -> None:
     """Holdout ``figure`` (``"err"``, the mean, or ``"median_err"``) against training
     work (``equal_time``'s FLOPs-weighted steps): the single network's curve and the cascades."""
     size = 49.0                                     # marker area, points^2 (markersize 7)
-    dots = [(row["work"], row[figure]) for key in ("single", "cascade") for row in points[key]]
+    series = (("single", "o-", "#1f77b4", "single network"), ("cascade", "s", "#d62728", "cascade (both stages)"),
+              ("shipped", "D-", "#2ca02c", "the shipped cascade"))
+    dots = [(row["work"], row[figure]) for key, *_ in series for row in points.get(key, [])]
     names, colours = [], []
-    for key, style, colour, label in (("single", "o-", "#1f77b4", "single network"),
-                                      ("cascade", "s", "#d62728", "cascade (both stages)")):
-        rows = points[key]
+    for key, style, colour, label in series:
+        rows = points.get(key, [])
         if rows:
             xs, ys = [row["work"] for row in rows], [row[figure] for row in rows]
             if style.endswith("-"):
@@ -210,5 +220,5 @@ def plot_equal_time(ax, points: dict, figure: str = "err") -> None:
     ax.set_xlabel("training work: steps of 64 faces, both stages, in the single network's FLOPs")
     ax.set_ylabel("holdout err (500 faces)" if figure == "err" else "median per-face err (500 faces)")
     ax.grid(alpha=0.3)
-    if points["single"] or points["cascade"]:
+    if dots:
         ax.legend(fontsize=MIN_FONT)

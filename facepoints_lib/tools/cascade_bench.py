@@ -8,7 +8,8 @@ as the shipped recipe detects, ``CascadeConfig.flip_tta``) it measures the err
 of the faces upright, turned by each quarter turn and cut by a border, each point's
 err, the detection work per face in FLOPs (every look and mirror included, counted by
 ``torch.utils.flop_counter``) and the faces per second on one thread, decoding
-included. The result file feeds bench/README.md and notebook 04.
+included; with ``--baseline``, another model file (the one the cascade replaces) on
+the same faces in the same run. The result file feeds bench/README.md and notebook 04.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ def _scores(model, faces: FaceSet, bf16: bool, seed: int) -> dict:
 
 @restores_torch_threads
 def bench_cascade(model_path: str | Path, data_dir: str | Path, out: Path | None = None, threads: int = 2,
-                  seed: int = 0, log=print) -> dict:
-    """Score a two-stage model file against its first stage alone (see the module's text)."""
+                  seed: int = 0, log=print, baseline: str | Path | None = None) -> dict:
+    """Score a two-stage model file against its first stage alone (see the module's text),
+    and against ``baseline``, another model file, on the same faces in the same run
+    (speeds measured hours apart on a shared machine differed by a tenth)."""
     torch.set_num_threads(threads)
     cascade = fold_batch_norm(load_model(model_path))
     if cascade.refiner is None:
@@ -109,13 +112,17 @@ def bench_cascade(model_path: str | Path, data_dir: str | Path, out: Path | None
     bf16 = use_bf16("auto", torch.device("cpu"))
     ways = {"first_stage": (first, small), "first_stage_shrunk": (first, large),
             "cascade": (mirrored, large), "cascade_second_unmirrored": (unmirrored, large)}
+    if baseline is not None:
+        other = fold_batch_norm(load_model(baseline))
+        ways["baseline"] = (other, faces_at(other.decode_side()))
     command = (f"facepoints bench-cascade {model_path} {data_dir}" + (f" --threads {threads}" if threads != 2 else "")
-               + (f" --name {out.stem}" if out else ""))
+               + (f" --baseline {baseline}" if baseline is not None else "") + (f" --name {out.stem}" if out else ""))
     result = {"command": command,
               "model": Path(model_path).name, "faces": len(names), "source": "the model's validation faces",
               "cascade_recipe": metadata.get("train_config", {}).get("cascade"),
               "residuals": metadata.get("cascade", {}).get("residuals"), "threads": threads,
               "file_mirrors_second_stage": cascade.refiner.flip_tta,
+              "baseline": Path(baseline).name if baseline is not None else None,
               "cpu_flags": cpu_flags(), "bf16": bf16, "ways": {}, "machine": machine_info()}
     for name, (model, faces) in ways.items():
         log(f"{name}: scoring {len(faces)} faces upright, quarter-turned and cut ...")
@@ -127,8 +134,12 @@ def bench_cascade(model_path: str | Path, data_dir: str | Path, out: Path | None
             f"{row['images_per_second']:.1f} faces/s on 1 thread")
         result["ways"][name] = row
     base, full = result["ways"]["first_stage"], result["ways"]["cascade"]
-    result["cascade_vs_first_stage"] = {key: full[key] / base[key] for key in
-                                        ("err", "median_err", "flops_per_face", "images_per_second")}
+    keys = ("err", "median_err", "flops_per_face", "images_per_second")
+    result["cascade_vs_first_stage"] = {key: full[key] / base[key] for key in keys}
+    if baseline is not None:       # the file as detection runs it, against the other file
+        shipped, other_row = result["ways"]["cascade_second_unmirrored" if not cascade.refiner.flip_tta
+                                            else "cascade"], result["ways"]["baseline"]
+        result["file_vs_baseline"] = {key: shipped[key] / other_row[key] for key in keys}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")

@@ -22,7 +22,8 @@ def _cmd_second_stage(args: argparse.Namespace) -> int:
 def _cmd_bench_cascade(args: argparse.Namespace) -> int:
     from .cascade_bench import bench_cascade
 
-    bench_cascade(args.model, args.data_dir, Path(args.results_dir) / f"{args.name}.json", threads=args.threads)
+    bench_cascade(args.model, args.data_dir, Path(args.results_dir) / f"{args.name}.json", threads=args.threads,
+                  baseline=args.baseline)
     return 0
 
 
@@ -72,6 +73,9 @@ def add_cascade_commands(sub, default_data: Path) -> None:
     p.add_argument("data_dir", nargs="?", default=str(default_data), help=f"train folder (default {default_data})")
     p.add_argument("--name", default="cascade", help="results file name (bench/results/NAME.json)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the scoring (speed: 1 thread)")
+    p.add_argument("--baseline", default=None, metavar="MODEL",
+                   help="another model file (e.g. the one this cascade replaces) scored and timed on the same "
+                        "faces in the same run")
     p.add_argument("--results-dir", default="bench/results", help="where the JSON goes (default bench/results)")
     p.set_defaults(func=_cmd_bench_cascade)
 
