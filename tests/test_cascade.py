@@ -310,3 +310,21 @@ def test_the_recipe_decides_whether_detection_mirrors_the_second_stage(synth_tra
     assert calls == [6, 3]                     # the crops and their mirror images in one batch, then the crops
     with pytest.raises(ValueError, match="flip_tta"):
         CascadeConfig(flip_tta="yes").validate()
+
+
+def test_a_second_stage_worse_than_the_first_is_left_off(synth_train, tmp_path, monkeypatch):
+    """A budget too short for the second stage (a cascade that scores the validation faces
+    worse than its first stage alone) leaves the model its first stage, and says so."""
+    import facepoints_lib.core.train as train_module
+
+    monkeypatch.setattr(train_module, "evaluate", lambda model, faces, flip_tta=True: {"err": 1e9})
+    second = tiny_model_config(32)
+    second.second_look = False
+    cfg = tiny_train_config(cascade=CascadeConfig(epochs=1, model=second, source_scale=2))
+    logs: list[str] = []
+    run = train_model(synth_train / "gt.csv", synth_train / "images", cfg, tiny_run(max_images=80, val_size=20),
+                      model_path=tmp_path / "m.pt", progress=quiet_progress, log=logs.append)
+    assert run.model.refiner is None and run.model.metadata["cascade"]["kept"] is False
+    assert any(line.startswith("warning: the second stage made the validation faces worse") for line in logs)
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.refiner is None and loaded.decode_side() == loaded.config.image_size

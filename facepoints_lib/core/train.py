@@ -192,7 +192,10 @@ def train_model(train_gt, train_img_dir, cfg: TrainConfig, run: RunConfig | None
 def _second_stage(first: KeypointNet, history: list[dict], train_set: FaceSet, val_set: FaceSet,
                   cfg: TrainConfig, run: RunConfig, schedule, progress, log: Callable[[str], None]) -> dict:
     """Train the cascade's second stage behind ``first`` and attach it; returns what the
-    model file records of it. Stopped, it leaves the first stage alone to be kept."""
+    model file records of it. A second stage that makes the validation faces worse than
+    the first stage alone (a budget too short for it: 1.5 minutes of ``--minutes`` gave
+    it one step) is left off, and the record says so (``kept``). Stopped, it leaves the
+    first stage alone to be kept."""
     log(f"second stage: {cfg.cascade.epochs} epochs on the faces aligned by their points")
     try:
         refiner, stage_history, residuals = train_refiner(first, train_set, val_set, cfg, run, schedule=schedule,
@@ -201,11 +204,16 @@ def _second_stage(first: KeypointNet, history: list[dict], train_set: FaceSet, v
         stop.model, stop.record = first, (history[-1] if history else None)
         raise
     first.attach_refiner(refiner)
-    record = {"residuals": residuals, "history": stage_history}
+    record = {"residuals": residuals, "history": stage_history, "kept": True}
     if len(val_set) and history:
         record["val_err_first_stage"] = history[-1]["val_err"]
         record["val_err"] = evaluate(first, val_set)["err"]
         log(f"cascade: val err {record['val_err']:.3f} (first stage alone {record['val_err_first_stage']:.3f})")
+        if record["val_err"] > record["val_err_first_stage"]:      # too short a training for the second stage
+            first.attach_refiner(None)
+            record["kept"] = False
+            log("warning: the second stage made the validation faces worse, so the model keeps the first "
+                "stage alone (a longer training, or a larger --minutes budget, gives the second stage its share)")
     return record
 
 
