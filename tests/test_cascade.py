@@ -271,10 +271,15 @@ def test_a_model_file_holds_both_stages(tmp_path):
             load_model(target)
 
 
-def test_training_runs_both_stages_and_saves_them(synth_train, tmp_path):
+def _tiny_cascade(**second_stage) -> TrainConfig:
+    """The tiny recipe with a tiny second stage of one epoch (``second_stage``: its other settings)."""
     second = tiny_model_config(32)
     second.second_look = False
-    cfg = tiny_train_config(cascade=CascadeConfig(epochs=1, model=second, source_scale=2))
+    return tiny_train_config(cascade=CascadeConfig(epochs=1, model=second, **second_stage))
+
+
+def test_training_runs_both_stages_and_saves_them(synth_train, tmp_path):
+    cfg = _tiny_cascade(source_scale=2)
     logs: list[str] = []
     run = train_model(synth_train / "gt.csv", synth_train / "images", cfg, tiny_run(max_images=120, val_size=24),
                       model_path=tmp_path / "m.pt", progress=quiet_progress, log=logs.append)
@@ -293,9 +298,7 @@ def test_training_runs_both_stages_and_saves_them(synth_train, tmp_path):
 def test_the_recipe_decides_whether_detection_mirrors_the_second_stage(synth_train, tmp_path):
     """``cascade.flip_tta`` reaches the model file, and a mirrored second stage costs one
     more pass of its network than an unmirrored one."""
-    second = tiny_model_config(32)
-    second.second_look = False
-    cfg = tiny_train_config(cascade=CascadeConfig(epochs=1, model=second, flip_tta=True))
+    cfg = _tiny_cascade(flip_tta=True)
     train_model(synth_train / "gt.csv", synth_train / "images", cfg, tiny_run(max_images=60, val_size=0),
                 model_path=tmp_path / "m.pt", progress=quiet_progress, log=lambda _: None)
     mirrored = load_model(tmp_path / "m.pt")
@@ -318,9 +321,7 @@ def test_a_second_stage_worse_than_the_first_is_left_off(synth_train, tmp_path, 
     import facepoints_lib.core.train as train_module
 
     monkeypatch.setattr(train_module, "evaluate", lambda model, faces, flip_tta=True: {"err": 1e9})
-    second = tiny_model_config(32)
-    second.second_look = False
-    cfg = tiny_train_config(cascade=CascadeConfig(epochs=1, model=second, source_scale=2))
+    cfg = _tiny_cascade(source_scale=2)
     logs: list[str] = []
     run = train_model(synth_train / "gt.csv", synth_train / "images", cfg, tiny_run(max_images=80, val_size=20),
                       model_path=tmp_path / "m.pt", progress=quiet_progress, log=logs.append)

@@ -18,7 +18,7 @@ from facepoints_lib.core.dataset import load_faces
 from facepoints_lib.core.gt_csv import read_gt
 from facepoints_lib.core.model import ModelConfig
 from facepoints_lib.core.inference import cpu_flags, cpu_has_bf16
-from facepoints_lib.core.config import CascadeConfig, full_config
+from facepoints_lib.core.config import CascadeConfig, full_config, with_epochs
 from facepoints_lib.core.fit import fit
 
 from conftest import (REPO_ROOT, quiet_progress, tiny_model_config, tiny_run, tiny_train_config,
@@ -205,7 +205,7 @@ def test_recipe_curve_is_read_from_the_bench_results():
         result = json.loads((REPO_ROOT / "bench" / "results" / f"{name}.json").read_text())
         stored = without_retired_settings(result["config"])
         assert stored["epochs"] == epochs, name
-        assert stored["cascade"]["epochs"] == budget_module.curve_epochs(epochs)["cascade.epochs"], name
+        assert stored["cascade"]["epochs"] == with_epochs(curve_recipe(), epochs).cascade.epochs, name
         assert round(result["holdout"]["err"], 2) == err, name
         assert budget_module._recipe_key(stored) == recipe, name
         assert result["data"] == {"dir": "train", "faces": 5000, "train": 4500, "holdout": 500,

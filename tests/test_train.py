@@ -365,3 +365,13 @@ def test_predict_batches_are_bounded_by_the_models_feature_maps(monkeypatch):
     monkeypatch.setattr(train_module, "PREDICT_MEMORY_BYTES", 3 * per_image)
     np.testing.assert_allclose(train_module.predict(model, images, batch_size=64), whole, atol=1e-5)
     assert max(calls) == 2 * 3                       # 3 images and their mirrors per forward pass
+
+
+def test_with_epochs_keeps_the_second_stages_share():
+    """The curve's points and the demo train both networks in the recipe's proportion."""
+    from facepoints_lib.core.config import with_epochs
+
+    short = with_epochs(full_config(seed=2), 12)
+    assert (short.epochs, short.cascade.epochs, short.seed) == (12, 10, 2)        # 76 of every 90
+    assert with_epochs(full_config(), 1).cascade.epochs == 1                       # never none
+    assert with_epochs(full_config(cascade=None), 7).cascade is None and full_config().epochs == 90

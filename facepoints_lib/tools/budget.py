@@ -34,7 +34,7 @@ from ..core.model import build_model, fold_batch_norm, memory_format_for
 from ..core.progress import format_seconds
 
 # Holdout err of the shipped recipe (``curve_recipe``: both stages) trained for a number
-# of first-stage epochs, the second stage for the recipe's share of them (``curve_epochs``;
+# of first-stage epochs, the second stage for the recipe's share of them (``config.with_epochs``;
 # seed 0, 4250 training faces, the 500-face holdout of split seed 0, 2 threads), as
 # measured by ``facepoints bench --set epochs=N --set cascade.epochs=M`` in
 # bench/results/<file>.json. A test checks these numbers against those files.
@@ -52,15 +52,6 @@ SAVE_SECONDS = 5.0               # writing the model file, with margin
 def curve_recipe() -> TrainConfig:
     """The recipe ``RECIPE_CURVE`` was measured for: the shipped one."""
     return full_config()
-
-
-def curve_epochs(epochs: int, cfg: TrainConfig | None = None) -> dict:
-    """The ``epochs`` and ``cascade.epochs`` of a point of the curve: the second stage
-    keeps the recipe's share of the first stage's epochs."""
-    cfg = cfg if cfg is not None else curve_recipe()
-    if cfg.cascade is None:
-        return {"epochs": epochs}
-    return {"epochs": epochs, "cascade.epochs": max(1, round(epochs * cfg.cascade.epochs / cfg.epochs))}
 
 
 def _recipe_key(config: dict) -> dict:

@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -187,7 +186,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic faces -> train a short recipe -> grade on a holdout, all on the CPU."""
-    from ..core.config import full_config, full_run
+    from ..core.config import full_config, full_run, with_epochs
     from ..core.dataset import split_names
     from .overrides import apply_overrides
     from ..core.grader import grade
@@ -202,10 +201,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_synthetic_faces(data, args.count, seed=args.seed, progress=True)
     gt = read_gt(data / "gt.csv")
     rest, _ = split_names(sorted(gt), args.holdout, args.seed)
-    recipe = full_config()                                          # a second stage keeps its share
-    second = None if recipe.cascade is None else replace(
-        recipe.cascade, epochs=max(1, round(args.epochs * recipe.cascade.epochs / recipe.epochs)))
-    cfg, run = full_config(seed=args.seed, epochs=args.epochs, cascade=second), full_run(val_size=100)
+    cfg, run = with_epochs(full_config(seed=args.seed), args.epochs), full_run(val_size=100)  # a second stage
+                                                                                          # keeps its share
     apply_overrides(cfg, args.set, run)
     model_path = Path(args.workdir) / "demo_model.pt"
     train_detector({n: gt[n] for n in rest}, data / "images", fast_train=False, config=cfg, run=run,
